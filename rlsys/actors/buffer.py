@@ -1,0 +1,84 @@
+"""Buffer actor: holds scored groups between the reward workers and the learners, and records what it hands out.
+
+Data flows reward worker → buffer → learners through the object store, never through the controller; the
+controller only sees the small :class:`PutSummary` / :class:`TakeSummary` records. Every group that leaves the
+buffer, trained or dropped, is appended to a Parquet file with the reason, so a run can say exactly which
+samples it used and which it dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rlsys.actors.rollout import RolloutBatch
+from rlsys.buffer import GroupBuffer
+from rlsys.samples_io import SampleLog
+from rlsys.types import Group
+
+
+@dataclass(frozen=True)
+class PutSummary:
+    """What arrived: enough for the controller's throughput, reward and staleness bookkeeping."""
+
+    request_id: int
+    worker: int
+    num_groups: int
+    num_samples: int
+    num_tokens: int
+    versions: list[int]
+    rewards: list[float]  # NaN where the reward failed
+    reward_errors: list[str]
+    response_lengths: list[int]
+    generate_s: float
+    reward_s: float
+    depth: int
+
+
+@dataclass(frozen=True)
+class TakeSummary:
+    taken: int
+    dropped_keys: list[tuple[str, int]]  # (prompt id, epoch) of each group dropped as too stale
+    dropped_versions: list[int]
+    batch_versions: list[int]
+    depth: int
+
+
+class BufferActor:
+    def __init__(self, max_staleness: int, sample_log_path: str | None) -> None:
+        self.buffer = GroupBuffer(max_staleness)
+        self.log = SampleLog(sample_log_path) if sample_log_path else None
+
+    def put(self, batch: RolloutBatch) -> PutSummary:
+        self.buffer.put(batch.groups)
+        samples = [s for g in batch.groups for s in g.samples]
+        return PutSummary(
+            request_id=batch.request_id, worker=batch.worker, num_groups=len(batch.groups),
+            num_samples=len(samples), num_tokens=sum(len(s.response_ids) for s in samples),
+            versions=[g.version for g in batch.groups], rewards=[float(s.reward) for s in samples],
+            reward_errors=[s.reward_error for s in samples if s.reward_failed],
+            response_lengths=[len(s.response_ids) for s in samples],
+            generate_s=batch.generate_s, reward_s=batch.reward_s, depth=len(self.buffer),
+        )
+
+    def take(self, num_groups: int, learner_version: int) -> tuple[list[Group] | None, TakeSummary]:
+        result = self.buffer.take(num_groups, learner_version)
+        if self.log is not None:
+            self.log.write(result.dropped, learner_version, f"stale: older than {self.buffer.max_staleness} versions")
+            if result.batch:
+                self.log.write(result.batch, learner_version, "")
+        summary = TakeSummary(
+            taken=len(result.batch or []), dropped_keys=[(g.prompt.prompt_id, g.prompt.epoch) for g in result.dropped],
+            dropped_versions=[g.version for g in result.dropped],
+            batch_versions=[g.version for g in result.batch or []], depth=result.depth_after,
+        )
+        return result.batch, summary
+
+    def depth(self) -> int:
+        return len(self.buffer)
+
+    def close(self) -> int:
+        """Flush the sample log; returns how many groups were still waiting (reported, not trained)."""
+        if self.log is not None:
+            self.log.close()
+        return len(self.buffer)
+

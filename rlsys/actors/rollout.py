@@ -1,0 +1,72 @@
+"""Rollout worker: turns prompts into prompt groups with a generation engine, tagged with the policy version."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer
+
+from rlsys.config import RolloutConfig
+from rlsys.engines.generation import HFEngine
+from rlsys.model_source import local_model_dir
+from rlsys.types import Group, Prompt, Sample
+
+
+@dataclass(frozen=True)
+class RolloutBatch:
+    """The groups of one generate request, plus timings the controller turns into throughput and idle metrics."""
+
+    request_id: int
+    groups: list[Group]
+    worker: int
+    generate_s: float
+    reward_s: float = 0.0
+
+
+class RolloutWorker:
+    def __init__(self, worker_id: int, model_dir: str, cfg: RolloutConfig, packed: list = ()) -> None:
+        torch.set_num_threads(max(1, int(cfg.num_cpus)))
+        model_dir = local_model_dir(model_dir, list(packed))
+        self.worker_id = worker_id
+        self.cfg = cfg
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        self.engine = HFEngine(model_dir, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, device)
+
+    def generate(self, request_id: int, prompts: list[Prompt], greedy: bool = False) -> RolloutBatch:
+        """``group_size`` samples per prompt (one when ``greedy``, for evaluation), all at the engine's version."""
+        start = time.perf_counter()
+        n = 1 if greedy else self.cfg.group_size
+        prompt_ids = [self.tokenizer(p.text)["input_ids"] for p in prompts]
+        completions = self.engine.generate(
+            [ids for ids in prompt_ids for _ in range(n)], self.cfg.max_new_tokens, self.cfg.temperature, greedy
+        )
+        version = self.engine.version
+        groups = []
+        for i, prompt in enumerate(prompts):
+            ids = np.asarray(prompt_ids[i], dtype=np.int32)
+            samples = tuple(
+                Sample(
+                    prompt_id=prompt.prompt_id, sample_index=j, epoch=prompt.epoch, prompt_ids=ids,
+                    response_ids=c.token_ids, behaviour_logprobs=c.logprobs, finish_reason=c.finish_reason,
+                    version=version, response_text=self.tokenizer.decode(c.token_ids, skip_special_tokens=True),
+                )
+                for j, c in enumerate(completions[i * n: (i + 1) * n])
+            )
+            groups.append(Group(prompt=prompt, samples=samples, worker=self.worker_id))
+        return RolloutBatch(request_id, groups, self.worker_id, time.perf_counter() - start)
+
+    def update_weights(self, state: dict[str, np.ndarray], version: int) -> float:
+        """Adopt new weights between generation batches (calls run in order); returns the seconds it took."""
+        start = time.perf_counter()
+        self.engine.update_weights(state, version)
+        return time.perf_counter() - start
+
+    def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[np.ndarray]:
+        return self.engine.score(prompt_ids, response_ids, self.cfg.temperature)
+
+    def version(self) -> int:
+        return self.engine.version

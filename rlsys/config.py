@@ -1,0 +1,273 @@
+"""Typed experiment configuration: one dataclass per component, validated at start-up.
+
+The tree is an OmegaConf structured config, so a YAML file or ``key=value`` overrides can only set fields that
+exist, with values of the declared type. :func:`load_config` turns OmegaConf's errors into :class:`ConfigError`
+messages that name the key, and :func:`validate` rejects values that type-check but cannot work (negative
+sizes, a batch that does not split into groups, a missing dataset file), saying what to change.
+
+Each actor receives only its own sub-config; derived quantities are properties, never written back.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration value that is unknown, mistyped or impossible; the message names the key and the fix."""
+
+
+@dataclass
+class ModelConfig:
+    """The policy. Either a local Hugging Face checkpoint (``path``) or a tiny Llama built from the fields below."""
+
+    path: str | None = None  # local HF checkpoint dir; None builds the tiny model (no hub downloads anywhere)
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_layers: int = 2
+    num_heads: int = 4
+    max_position_embeddings: int = 64
+    seed: int = 0
+
+
+@dataclass
+class TaskConfig:
+    """The prompt dataset. ``synthetic_addition`` writes its own Parquet files; ``parquet`` reads yours.
+
+    A Parquet dataset needs string columns ``prompt`` and ``answer`` (and optionally ``id``).
+    """
+
+    name: str = "synthetic_addition"  # synthetic_addition | parquet
+    train_file: str | None = None  # for name=parquet
+    eval_file: str | None = None  # for name=parquet; optional
+    num_digits: int = 2  # synthetic_addition: operands have 1..num_digits digits
+    num_train: int = 4000
+    num_eval: int = 200
+    seed: int = 1234
+
+
+@dataclass
+class WarmupConfig:
+    """Supervised warm-up on (prompt, answer) pairs so that RL starts with non-zero reward. Cached on disk."""
+
+    steps: int = 150  # 0 disables
+    batch_size: int = 64
+    lr: float = 3e-3
+
+
+@dataclass
+class RolloutConfig:
+    """Generation: ``group_size`` completions per prompt, by ``num_workers`` rollout actors."""
+
+    backend: str = "hf"  # hf (transformers, CPU/CUDA). vllm is planned; it needs a GPU.
+    num_workers: int = 1
+    group_size: int = 8
+    groups_per_request: int = 8  # prompt groups per generate() call
+    max_new_tokens: int = 6
+    temperature: float = 1.0
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+
+@dataclass
+class RewardConfig:
+    """Reward workers: a registered reward name (or ``module:function``), run with a per-sample timeout."""
+
+    fn: str = "addition_exact"
+    num_workers: int = 1
+    timeout_s: float = 5.0
+    num_cpus: float = 0.25
+
+
+@dataclass
+class AlgoConfig:
+    """GRPO objective (see :mod:`rlsys.algos.grpo`)."""
+
+    clip_eps: float = 0.2
+    kl_coef: float = 0.0  # 0 skips the reference model entirely
+    kl_estimator: str = "k3"  # k1 | k2 | k3
+    adv_eps: float = 1e-6  # added to the group std
+
+
+@dataclass
+class LearnerConfig:
+    """DeepSpeed learners, data-parallel over ``num_learners`` Ray actors."""
+
+    num_learners: int = 1
+    zero_stage: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    micro_batch_size: int = 64  # samples per forward/backward on one learner
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """The RL schedule: steps, batch, staleness bound and weight-sync cadence."""
+
+    num_steps: int = 60
+    groups_per_step: int = 8  # prompt groups per optimizer step (the global batch is this × group_size samples)
+    max_staleness: int = 1  # η: a sample of version u may train policy version v only if v − u ≤ η
+    sync_every: int = 1  # push weights to rollout workers every k optimizer steps
+    eval_every: int = 10  # held-out greedy accuracy every k steps (0: only before and after)
+    seed: int = 0
+
+
+@dataclass
+class RayConfig:
+    """Where to run. ``address=None`` starts a local Ray; ``auto`` joins the cluster this job was submitted to."""
+
+    address: str | None = None
+    num_cpus: int | None = None  # local cluster only; None lets Ray count cores
+
+
+@dataclass
+class OutputConfig:
+    """Where results go: ``<root>/<run_name>/`` holds TensorBoard events, metrics.jsonl, samples and the model."""
+
+    root: str = "runs"
+    run_name: str | None = None  # None: a timestamp
+    cache_dir: str = "~/.cache/rlsys"  # built tokenizer, data and warm-up checkpoints, reused across runs
+    save_samples: bool = True  # trained groups to Parquet, for inspection
+    progress_bar: bool = True
+
+
+@dataclass
+class RLConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.train.groups_per_step * self.rollout.group_size
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RLConfig:
+    """Defaults ← the YAML file (the embedded default when ``path`` is None) ← ``key=value`` overrides, validated."""
+    base = OmegaConf.structured(RLConfig)
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; pass an existing YAML file or omit it")
+    try:
+        cfg = OmegaConf.merge(base, OmegaConf.load(path))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"in {path}: {_describe(e)}") from None
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.num_steps=20)")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"override {item!r}: {_describe(e)}") from None
+    config: RLConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    validate(config)
+    return config
+
+
+def to_yaml(config: RLConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def to_dict(config: RLConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(config))  # type: ignore[return-value]
+
+
+def _describe(e: OmegaConfBaseException) -> str:
+    key = getattr(e, "full_key", None)
+    msg = str(e).splitlines()[0]
+    if "not in struct" in str(e) or "Key '" in msg and "not in" in msg:
+        return f"unknown key {key!r}; see `rlsys train --print-config` for the valid keys"
+    if key:
+        return f"key {key!r}: {msg}"
+    return msg
+
+
+def validate(cfg: RLConfig) -> None:
+    """Reject values that type-check but cannot work; each message names the key, the value and the fix."""
+    problems: list[str] = []
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            problems.append(msg)
+
+    for key, value in [
+        ("rollout.num_workers", cfg.rollout.num_workers),
+        ("rollout.group_size", cfg.rollout.group_size),
+        ("rollout.groups_per_request", cfg.rollout.groups_per_request),
+        ("rollout.max_new_tokens", cfg.rollout.max_new_tokens),
+        ("reward.num_workers", cfg.reward.num_workers),
+        ("learner.num_learners", cfg.learner.num_learners),
+        ("learner.micro_batch_size", cfg.learner.micro_batch_size),
+        ("train.num_steps", cfg.train.num_steps),
+        ("train.groups_per_step", cfg.train.groups_per_step),
+        ("train.sync_every", cfg.train.sync_every),
+        ("task.num_digits", cfg.task.num_digits),
+        ("model.hidden_size", cfg.model.hidden_size),
+        ("model.num_layers", cfg.model.num_layers),
+        ("model.num_heads", cfg.model.num_heads),
+    ]:
+        need(value >= 1, f"{key}={value} must be a positive integer (≥ 1)")
+    for key, value in [
+        ("train.max_staleness", cfg.train.max_staleness),
+        ("train.eval_every", cfg.train.eval_every),
+        ("warmup.steps", cfg.warmup.steps),
+        ("algo.kl_coef", cfg.algo.kl_coef),
+        ("learner.weight_decay", cfg.learner.weight_decay),
+        ("rollout.num_gpus", cfg.rollout.num_gpus),
+        ("learner.num_gpus", cfg.learner.num_gpus),
+    ]:
+        need(value >= 0, f"{key}={value} must be ≥ 0")
+    for key, value in [
+        ("learner.lr", cfg.learner.lr),
+        ("rollout.temperature", cfg.rollout.temperature),
+        ("reward.timeout_s", cfg.reward.timeout_s),
+        ("algo.clip_eps", cfg.algo.clip_eps),
+        ("rollout.num_cpus", cfg.rollout.num_cpus),
+        ("reward.num_cpus", cfg.reward.num_cpus),
+        ("learner.num_cpus", cfg.learner.num_cpus),
+    ]:
+        need(value > 0, f"{key}={value} must be > 0")
+    need(cfg.learner.zero_stage in (0, 1, 2, 3), f"learner.zero_stage={cfg.learner.zero_stage} must be 0, 1, 2 or 3")
+    need(cfg.algo.kl_estimator in ("k1", "k2", "k3"), f"algo.kl_estimator={cfg.algo.kl_estimator!r}: use k1, k2 or k3")
+    need(cfg.rollout.backend == "hf", f"rollout.backend={cfg.rollout.backend!r}: only 'hf' is implemented "
+         "(the vLLM engine is planned and needs a GPU)")
+    need(cfg.task.name in ("synthetic_addition", "parquet"),
+         f"task.name={cfg.task.name!r}: use 'synthetic_addition' or 'parquet'")
+    if cfg.learner.num_learners >= 1 and cfg.train.groups_per_step % cfg.learner.num_learners:
+        problems.append(
+            f"train.groups_per_step={cfg.train.groups_per_step} must be divisible by "
+            f"learner.num_learners={cfg.learner.num_learners} so every data-parallel rank gets whole groups"
+        )
+    if cfg.model.num_heads >= 1 and cfg.model.hidden_size % cfg.model.num_heads:
+        problems.append(f"model.hidden_size={cfg.model.hidden_size} must be divisible by model.num_heads="
+                        f"{cfg.model.num_heads}")
+    if cfg.task.name == "parquet":
+        if not cfg.task.train_file:
+            problems.append("task.train_file must be set when task.name=parquet")
+        for key in ("train_file", "eval_file"):
+            value = getattr(cfg.task, key)
+            if value and not Path(value).expanduser().is_file():
+                problems.append(f"task.{key}={value!r} does not exist; give the path of a Parquet file")
+    if cfg.model.path and not Path(cfg.model.path).expanduser().is_dir():
+        problems.append(f"model.path={cfg.model.path!r} is not a directory; give a local Hugging Face checkpoint "
+                        "(rlsys never downloads from a hub)")
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))

@@ -1,0 +1,313 @@
+"""The controller: the driver's event loop that keeps rollout, reward and learning running concurrently.
+
+::
+
+    prompts ──admit──▶ rollout.generate ──▶ reward.score ──▶ buffer.put          (chained by object refs:
+       ▲  (capacity from η)                                      │               data never visits the driver)
+       │ requeue on loss                                  buffer.take(B, v)  ◀── when the learner is idle
+       │                                                          │  drops groups older than η, records all
+       └──────── rollout.update_weights(v) ◀── learner.get_weights ◀── learner.train_step × N ranks
+                      (every sync_every steps)                     version v → v + 1
+
+One loop iteration: admit → learn (if idle and enough is buffered) → wait for any completion → handle it
+(put: count; take: start a step; step: sync, log, maybe eval). Every wait has a timeout; a pipeline that makes
+no progress for ``STALL_TIMEOUT_S`` raises :class:`PipelineStalled` rather than hanging.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import ray
+from ray.exceptions import RayError
+
+from rlsys.actors.buffer import PutSummary, TakeSummary
+from rlsys.actors.learner import StepResult
+from rlsys.actors.placement import ActorHandles
+from rlsys.config import RLConfig
+from rlsys.data.tasks import PromptStream
+from rlsys.metrics import MetricsWriter
+from rlsys.staleness import AdmissionGate
+from rlsys.types import Prompt
+
+log = logging.getLogger(__name__)
+
+STALL_TIMEOUT_S = 600.0
+MAX_REQUESTS_PER_WORKER = 2  # one generating, one queued behind it: the worker never waits for the driver
+RESULT_TIMEOUT_S = 300.0
+
+
+class PipelineStalled(RuntimeError):
+    """Nothing completed for too long: a worker hangs or the cluster lost the resources the run needs."""
+
+
+@dataclass
+class _Pending:
+    kind: str  # rollout | take | learn | weights | sync | eval
+    payload: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Window:
+    """What happened since the last optimizer step: turned into per-step metrics, then reset."""
+
+    start: float = field(default_factory=time.perf_counter)
+    samples: int = 0
+    tokens: int = 0
+    rewards: list[float] = field(default_factory=list)
+    reward_failures: int = 0
+    response_lengths: list[int] = field(default_factory=list)
+    generate_s: float = 0.0
+    learner_s: float = 0.0
+
+
+@dataclass
+class RunSummary:
+    steps: int
+    eval_accuracy: dict[int, float]  # policy version → held-out accuracy
+    wall_s: float
+    samples_generated: int
+    samples_per_s: float
+    learner_idle_frac: float
+    rollout_idle_frac: float
+    dropped_stale_groups: int
+    lost_requests: int
+    reward_failures: int
+    max_staleness_seen: int
+    sync_s_mean: float
+
+
+class Controller:
+    """Runs the asynchronous loop over already created and set-up actors (see :mod:`rlsys.actors.placement`)."""
+
+    def __init__(self, cfg: RLConfig, actors: ActorHandles, train_prompts: list[Prompt], eval_prompts: list[Prompt],
+                 metrics: MetricsWriter, on_step: Callable[[int, dict], None] | None = None) -> None:
+        self.cfg, self.actors, self.metrics, self.on_step = cfg, actors, metrics, on_step
+        self.stream = PromptStream(train_prompts, cfg.train.seed)
+        self.eval_prompts = eval_prompts
+        self.gate = AdmissionGate(cfg.train.groups_per_step, cfg.train.max_staleness)
+        self.pending: dict[ray.ObjectRef, _Pending] = {}
+        self.requests = itertools.count()
+        self.inflight_per_worker = [0] * len(actors.rollouts)
+        self.version = 0  # learner's policy version = optimizer steps done
+        self.rollout_version = 0  # version whose weights every rollout worker holds (or has queued to load)
+        self.buffer_depth = 0
+        self.learning = False
+        self.window = _Window()
+        self.eval_accuracy: dict[int, float] = {}
+        self.sync_s: list[float] = []
+        self.staleness_seen: list[int] = []
+        self.totals = {"samples": 0, "tokens": 0, "dropped_stale": 0, "lost_requests": 0, "reward_failures": 0,
+                       "learner_s": 0.0, "generate_s": 0.0}
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> RunSummary:
+        self.t0 = time.perf_counter()
+        self._evaluate()
+        last_progress = time.monotonic()
+        while self.version < self.cfg.train.num_steps or self._finishing():
+            self._admit()
+            self._maybe_learn()
+            done, _ = ray.wait(list(self.pending), num_returns=1, timeout=1.0)
+            if done:
+                last_progress = time.monotonic()
+            elif time.monotonic() - last_progress > STALL_TIMEOUT_S:
+                raise PipelineStalled(f"no rollout, reward or learner call finished for {STALL_TIMEOUT_S:.0f} s; "
+                                      f"waiting on {sorted(p.kind for p in self.pending.values())}")
+            for ref in done:
+                self._handle(ref, self.pending.pop(ref))
+        return self._summary()
+
+    def _finishing(self) -> bool:
+        """After the last step: wait for its weight sync and evaluation, not for surplus rollouts."""
+        return any(p.kind in ("learn", "weights", "sync", "eval") for p in self.pending.values())
+
+    # ------------------------------------------------------------------ admit → generate → score → buffer
+    def _admit(self) -> None:
+        if self.version >= self.cfg.train.num_steps:
+            return
+        while True:
+            capacity = self.gate.capacity(self.rollout_version)
+            worker = int(np.argmin(self.inflight_per_worker))
+            if capacity == 0 or self.inflight_per_worker[worker] >= MAX_REQUESTS_PER_WORKER:
+                return
+            n = min(self.cfg.rollout.groups_per_request, capacity)
+            prompts = [self.stream.next() for _ in range(n)]
+            self.gate.admit(n, self.rollout_version)
+            rid = next(self.requests)
+            generated = self.actors.rollouts[worker].generate.remote(rid, prompts)
+            scored = self.actors.rewards[rid % len(self.actors.rewards)].score.remote(generated)
+            self.pending[self.actors.buffer.put.remote(scored)] = _Pending("rollout", {"prompts": prompts,
+                                                                                       "worker": worker})
+            self.inflight_per_worker[worker] += 1
+
+    def _on_put(self, p: _Pending, put: PutSummary) -> None:
+        self.buffer_depth = put.depth
+        w = self.window
+        w.samples += put.num_samples
+        w.tokens += put.num_tokens
+        w.rewards.extend(put.rewards)
+        w.reward_failures += len(put.reward_errors)
+        w.response_lengths.extend(put.response_lengths)
+        w.generate_s += put.generate_s
+        for error in put.reward_errors[:3]:
+            log.warning("reward function failed on a sample of request %d: %s", put.request_id, error)
+
+    def _on_rollout_lost(self, p: _Pending, error: Exception) -> None:
+        """A rollout or reward worker died mid-request: its prompts go back to the front of the queue."""
+        prompts = p.payload["prompts"]
+        self.stream.requeue(prompts)
+        self.gate.discard(len(prompts))
+        self.totals["lost_requests"] += 1
+        log.warning("lost a request of %d prompt groups on rollout worker %d (re-queued: %s): %s",
+                    len(prompts), p.payload["worker"], [q.prompt_id for q in prompts], error)
+
+    # ------------------------------------------------------------------ learn → sync
+    def _maybe_learn(self) -> None:
+        busy = self.learning or any(p.kind == "take" for p in self.pending.values())
+        if busy or self.version >= self.cfg.train.num_steps or self.buffer_depth < self.cfg.train.groups_per_step:
+            return
+        batch, summary = self.actors.buffer.take.options(num_returns=2).remote(
+            self.cfg.train.groups_per_step, self.version)
+        self.pending[summary] = _Pending("take", {"batch": batch})
+
+    def _on_take(self, p: _Pending, take: TakeSummary) -> None:
+        self.buffer_depth = take.depth
+        if take.dropped_keys:
+            self.gate.discard(len(take.dropped_keys))
+            self.totals["dropped_stale"] += len(take.dropped_keys)
+            log.warning("dropped %d group(s) older than max_staleness=%d at version %d: %s", len(take.dropped_keys),
+                        self.cfg.train.max_staleness, self.version, take.dropped_keys)
+        if not take.taken:
+            return
+        staleness = [self.version - v for v in take.batch_versions]
+        refs = [learner.train_step.remote(p.payload["batch"]) for learner in self.actors.learners]
+        self.pending[refs[0]] = _Pending("learn", {"refs": refs, "staleness": staleness})
+        self.learning = True
+
+    def _on_learn(self, p: _Pending, results: list[StepResult]) -> None:
+        self.learning = False
+        self.version = results[0].version
+        assert all(r.version == self.version for r in results), "learner ranks disagree on the policy version"
+        step_s = max(r.seconds for r in results)
+        self.window.learner_s += step_s
+        self.staleness_seen.extend(p.payload["staleness"])
+        train = {k: sum(r.metrics[k] for r in results) for k in results[0].metrics if k != "grad_norm"}
+        train["grad_norm"] = results[0].metrics["grad_norm"]
+        self._log_step(train, p.payload["staleness"], step_s)
+        last = self.version >= self.cfg.train.num_steps
+        if last or self.version % self.cfg.train.sync_every == 0:
+            self._sync()
+        elif self._eval_due():
+            self._evaluate()
+
+    def _sync(self) -> None:
+        """Put the new weights in the object store once (rank 0's return value); every rollout worker fetches
+        that one object. Rollout calls run in order, so whatever is submitted after this uses the new version."""
+        refs = [learner.get_weights.remote() for learner in self.actors.learners]
+        self.pending[refs[0]] = _Pending("weights", {"refs": refs, "t0": time.perf_counter()})
+
+    def _on_weights(self, p: _Pending) -> None:
+        gather_s = time.perf_counter() - p.payload["t0"]
+        weights = p.payload["refs"][0]
+        acks = [w.update_weights.remote(weights, self.version) for w in self.actors.rollouts]
+        self.rollout_version = self.version
+        self.pending[acks[0]] = _Pending("sync", {"acks": acks, "gather_s": gather_s, "version": self.version})
+        if self._eval_due():
+            self._evaluate()
+
+    def _on_sync(self, p: _Pending, load_s: list[float]) -> None:
+        total = p.payload["gather_s"] + max(load_s)
+        self.sync_s.append(total)
+        self.metrics.log(p.payload["version"], {"sync/seconds": total, "sync/gather_s": p.payload["gather_s"],
+                                                "sync/load_s": max(load_s)})
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_due(self) -> bool:
+        every = self.cfg.train.eval_every
+        return self.version >= self.cfg.train.num_steps or (every > 0 and self.version % every == 0)
+
+    def _evaluate(self) -> None:
+        """Greedy accuracy on the held-out prompts, queued on rollout worker 0 behind its weight update."""
+        generated = self.actors.rollouts[0].generate.remote(-1, self.eval_prompts, greedy=True)
+        scored = self.actors.rewards[0].score.remote(generated)
+        self.pending[scored] = _Pending("eval", {"version": self.rollout_version})
+
+    def _on_eval(self, p: _Pending, batch) -> None:
+        rewards = np.array([s.reward for g in batch.groups for s in g.samples], dtype=np.float64)
+        accuracy = float(np.mean(np.nan_to_num(rewards, nan=0.0) >= 1.0))
+        self.eval_accuracy[p.payload["version"]] = accuracy
+        self.metrics.log(p.payload["version"], {"eval/accuracy": accuracy,
+                                                "eval/reward_mean": float(np.nanmean(rewards))})
+        if self.on_step:
+            self.on_step(self.version, {"eval_acc": accuracy})
+
+    # ------------------------------------------------------------------ dispatch
+    def _handle(self, ref: ray.ObjectRef, p: _Pending) -> None:
+        if p.kind == "rollout":
+            self.inflight_per_worker[p.payload["worker"]] -= 1
+            try:
+                self._on_put(p, ray.get(ref, timeout=RESULT_TIMEOUT_S))
+            except RayError as e:
+                self._on_rollout_lost(p, e)
+        elif p.kind == "take":
+            self._on_take(p, ray.get(ref, timeout=RESULT_TIMEOUT_S))
+        elif p.kind == "learn":
+            self._on_learn(p, ray.get(p.payload["refs"], timeout=RESULT_TIMEOUT_S))
+        elif p.kind == "weights":
+            self._on_weights(p)
+        elif p.kind == "sync":
+            self._on_sync(p, ray.get(p.payload["acks"], timeout=RESULT_TIMEOUT_S))
+        elif p.kind == "eval":
+            self._on_eval(p, ray.get(ref, timeout=RESULT_TIMEOUT_S))
+        else:
+            raise AssertionError(f"unknown pending kind {p.kind}")
+
+    # ------------------------------------------------------------------ metrics
+    def _log_step(self, train: dict[str, float], staleness: list[int], step_s: float) -> None:
+        w, now = self.window, time.perf_counter()
+        elapsed = max(now - w.start, 1e-9)
+        n_workers = len(self.actors.rollouts)
+        rewards = np.array(w.rewards, dtype=np.float64)
+        scalars = {
+            **{f"train/{k}": v for k, v in train.items()},
+            "reward/mean": float(np.nanmean(rewards)) if np.isfinite(rewards).any() else math.nan,
+            "reward/failures": float(w.reward_failures),
+            "rollout/response_len": float(np.mean(w.response_lengths)) if w.response_lengths else math.nan,
+            "perf/samples_per_s": w.samples / elapsed,
+            "perf/tokens_per_s": w.tokens / elapsed,
+            "perf/step_s": elapsed,
+            "perf/learner_idle_frac": max(0.0, 1.0 - w.learner_s / elapsed),
+            "perf/rollout_idle_frac": max(0.0, 1.0 - w.generate_s / (elapsed * n_workers)),
+            "buffer/depth": float(self.buffer_depth),
+            "staleness/mean": float(np.mean(staleness)),
+            "staleness/max": float(np.max(staleness)),
+            "pipeline/dropped_stale_total": float(self.totals["dropped_stale"]),
+            "pipeline/lost_requests_total": float(self.totals["lost_requests"]),
+        }
+        self.metrics.log(self.version, scalars, {"staleness": staleness})
+        for key, value in (("samples", w.samples), ("tokens", w.tokens), ("reward_failures", w.reward_failures),
+                           ("learner_s", w.learner_s), ("generate_s", w.generate_s)):
+            self.totals[key] += value
+        if self.on_step:
+            self.on_step(self.version, {"reward": scalars["reward/mean"], "stale": scalars["staleness/mean"]})
+        self.window = _Window(start=now)
+
+    def _summary(self) -> RunSummary:
+        wall = time.perf_counter() - self.t0
+        t = self.totals
+        return RunSummary(
+            steps=self.version, eval_accuracy=dict(sorted(self.eval_accuracy.items())), wall_s=wall,
+            samples_generated=t["samples"], samples_per_s=t["samples"] / wall,
+            learner_idle_frac=1.0 - t["learner_s"] / wall,
+            rollout_idle_frac=1.0 - t["generate_s"] / (wall * len(self.actors.rollouts)),
+            dropped_stale_groups=t["dropped_stale"], lost_requests=t["lost_requests"],
+            reward_failures=t["reward_failures"], max_staleness_seen=max(self.staleness_seen, default=0),
+            sync_s_mean=float(np.mean(self.sync_s)) if self.sync_s else math.nan,
+        )

@@ -1,0 +1,1 @@
+"""Generation engines (what rollout workers run) and the DeepSpeed training engine (what learners run)."""

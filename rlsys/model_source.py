@@ -1,0 +1,38 @@
+"""Getting the initial checkpoint to actors on any node.
+
+The driver prepares the checkpoint on its own disk. Actors on the same node (or on shared storage) read that
+path; an actor on a node where the path does not exist materialises the files from the object store, where
+the driver put them once (:func:`pack`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import ray
+
+PACK_LIMIT_BYTES = 2 << 30  # larger checkpoints must be on storage every node mounts
+
+
+def pack(model_dir: str) -> list:
+    """[ref to {relative path: bytes}] — the ref wrapped in a list so Ray does not fetch it unless needed."""
+    files = [p for p in Path(model_dir).rglob("*") if p.is_file()]
+    if sum(p.stat().st_size for p in files) > PACK_LIMIT_BYTES:
+        return []
+    return [ray.put({str(p.relative_to(model_dir)): p.read_bytes() for p in files})]
+
+
+def local_model_dir(model_dir: str, packed: list) -> str:
+    """``model_dir`` if this node can read it, else a local copy made from the packed files."""
+    if os.path.isdir(model_dir):
+        return model_dir
+    if not packed:
+        raise FileNotFoundError(f"checkpoint {model_dir!r} is not on this node and is too large to ship through "
+                                "the object store; put output.cache_dir / model.path on storage every node mounts")
+    target = Path(tempfile.mkdtemp(prefix="rlsys-model-"))
+    for rel, data in ray.get(packed[0]).items():
+        (target / rel).parent.mkdir(parents=True, exist_ok=True)
+        (target / rel).write_bytes(data)
+    return str(target)

@@ -1,0 +1,76 @@
+"""Registry of reward functions, looked up by name or by an import path.
+
+A reward function maps ``(completion_text, reference_answer)`` to a float. Built-in rewards register themselves
+with :func:`register_reward`; user rewards need no registration and are given as ``"package.module:function"``.
+Lookup by string (rather than passing function objects around) lets a config name the reward and lets a child
+process resolve it again without pickling the function.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+RewardFn = Callable[[str, str], float]
+
+_REGISTRY: dict[str, RewardFn] = {}
+
+
+def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
+    """Decorator that registers a reward function under ``name`` and returns the function unchanged.
+
+    Raises ValueError for a duplicate name (two rewards silently shadowing each other would be a config bug) and
+    for a name containing ":" (that form is reserved for import paths).
+    """
+    if not name or ":" in name:
+        raise ValueError(f"invalid reward name {name!r}: use a non-empty name without ':' (':' marks import paths)")
+
+    def decorator(fn: RewardFn) -> RewardFn:
+        if name in _REGISTRY:
+            raise ValueError(
+                f"reward {name!r} is already registered (by {_REGISTRY[name].__module__}."
+                f"{_REGISTRY[name].__qualname__}); pick another name"
+            )
+        _REGISTRY[name] = fn
+        return fn
+
+    return decorator
+
+
+def reward_names() -> list[str]:
+    """Names of the registered reward functions, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_reward_fn(name: str) -> RewardFn:
+    """Return the reward function for a registered ``name`` or an import path ``"package.module:function"``.
+
+    Raises ValueError naming what is wrong: an unknown name (with the registered names listed), or an import path
+    whose module cannot be imported or that lacks the attribute.
+    """
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if ":" not in name:
+        raise ValueError(
+            f"unknown reward function {name!r}; registered rewards: {', '.join(reward_names()) or '(none)'}. "
+            f"A custom function can be given as 'module:function', e.g. 'my_pkg.rewards:score'."
+        )
+    return _import_reward(name)
+
+
+def _import_reward(path: str) -> RewardFn:
+    module_name, _, attr_path = path.partition(":")
+    if not module_name or not attr_path:
+        raise ValueError(f"invalid reward import path {path!r}: expected 'package.module:function'")
+    try:
+        obj: object = importlib.import_module(module_name)
+    except Exception as e:  # any error raised while importing user code, not just ImportError
+        raise ValueError(f"could not import reward function {path!r}: {type(e).__name__}: {e}") from e
+    for attr in attr_path.split("."):
+        try:
+            obj = getattr(obj, attr)
+        except AttributeError as e:
+            raise ValueError(f"could not import reward function {path!r}: AttributeError: {e}") from e
+    if not callable(obj):
+        raise ValueError(f"reward function {path!r} is a {type(obj).__name__}, not a callable")
+    return obj  # type: ignore[return-value]

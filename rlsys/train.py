@@ -1,0 +1,107 @@
+"""One training run, top to bottom: config → prepare → Ray → actors → controller loop → save → report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import ray
+from tqdm import tqdm
+
+from rlsys.actors.placement import create_actors, setup_learners, shutdown_actors
+from rlsys.config import RLConfig, to_yaml
+from rlsys.controller import Controller, RunSummary
+from rlsys.metrics import MetricsWriter
+from rlsys.prepare import prepare
+
+log = logging.getLogger(__name__)
+
+# Actors inherit these: CPU DeepSpeed needs its accelerator chosen before import; tokenizers' thread pool
+# would oversubscribe the cores the actors were given.
+ACTOR_ENV = {"DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+
+
+def run_dir_for(cfg: RLConfig) -> Path:
+    name = cfg.output.run_name or time.strftime("%Y%m%d-%H%M%S")
+    path = Path(cfg.output.root).expanduser().resolve() / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def init_ray(cfg: RLConfig) -> None:
+    """Join ``ray.address`` (``auto`` inside ``ray job submit``) or start a local Ray sized for the actors."""
+    env = {"env_vars": dict(ACTOR_ENV)}
+    if not any(s > 0 for s in (cfg.learner.num_gpus, cfg.rollout.num_gpus)):
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    else:
+        env["env_vars"].pop("DS_ACCELERATOR")
+    if ray.is_initialized():
+        return
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address, runtime_env=env, log_to_driver=True)
+        return
+    # Logical CPUs: the actors' num_cpus are scheduling shares, so a laptop with 2 cores still hosts them all.
+    needed = (cfg.learner.num_learners * cfg.learner.num_cpus + cfg.rollout.num_workers * cfg.rollout.num_cpus
+              + cfg.reward.num_workers * cfg.reward.num_cpus)
+    num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, int(needed + 0.999))
+    ray.init(num_cpus=num_cpus, runtime_env=env, include_dashboard=False, log_to_driver=True)
+
+
+def train(cfg: RLConfig) -> tuple[RunSummary, Path]:
+    run_dir = run_dir_for(cfg)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    t_prep = time.perf_counter()
+    prepared = prepare(cfg)
+    print(f"initial policy: {prepared.model_dir} "
+          f"({'cached warm-up' if prepared.warmup_cached else f'warm-up took {prepared.warmup_s:.0f} s'})")
+    init_ray(cfg)
+    actors = create_actors(cfg, prepared.model_dir, str(run_dir / "samples.parquet") if cfg.output.save_samples
+                           else None)
+    metrics = MetricsWriter(run_dir)
+    try:
+        setup_learners(actors.learners)
+        startup_s = time.perf_counter() - t_prep
+        bar = tqdm(total=cfg.train.num_steps, desc="rlsys train", unit="step", disable=not cfg.output.progress_bar)
+        shown: dict[str, float] = {}
+
+        def on_step(version: int, values: dict) -> None:
+            shown.update({k: round(v, 3) for k, v in values.items()})
+            bar.n = version
+            bar.set_postfix(shown, refresh=True)
+
+        summary = Controller(cfg, actors, prepared.train_prompts, prepared.eval_prompts, metrics, on_step).run()
+        bar.close()
+        model_out = run_dir / "model"
+        ray.get([learner.save.remote(str(model_out)) for learner in actors.learners])
+        left = ray.get(actors.buffer.close.remote())
+        report = {**asdict(summary), "startup_s": startup_s, "groups_left_in_buffer": left,
+                  "model_dir": str(model_out), "run_dir": str(run_dir)}
+        (run_dir / "summary.json").write_text(json.dumps(report, indent=2))
+    finally:
+        metrics.close()
+        shutdown_actors(actors)
+    _print_report(summary, run_dir, left, startup_s)
+    return summary, run_dir
+
+
+def _print_report(s: RunSummary, run_dir: Path, left: int, startup_s: float) -> None:
+    acc = s.eval_accuracy
+    first, last = (acc[min(acc)], acc[max(acc)]) if acc else (float("nan"), float("nan"))
+    print(f"\nheld-out accuracy: {first:.1%} at version {min(acc, default=0)} → {last:.1%} at version "
+          f"{max(acc, default=0)}")
+    print(f"{s.steps} steps in {s.wall_s:.0f} s (+{startup_s:.0f} s start-up); {s.samples_per_s:.1f} samples/s; "
+          f"learner idle {s.learner_idle_frac:.0%}, rollout idle {s.rollout_idle_frac:.0%}; "
+          f"weight sync {s.sync_s_mean * 1e3:.0f} ms on average")
+    print(f"staleness max {s.max_staleness_seen}; dropped as stale: {s.dropped_stale_groups} groups; lost requests "
+          f"(re-queued): {s.lost_requests}; reward failures: {s.reward_failures}; groups generated but never "
+          f"trained (run ended): {left}")
+    print(f"\noutputs in {run_dir}:")
+    print(f"  model/          Hugging Face checkpoint (AutoModelForCausalLM.from_pretrained('{run_dir / 'model'}'))")
+    print("  tensorboard/    TensorBoard events   (tensorboard --logdir " + str(run_dir / "tensorboard") + ")")
+    print("  metrics.jsonl   the same metrics, one JSON object per line")
+    print("  samples.parquet every trained or dropped sample, with its version, reward and reason")
+    print("  summary.json    the figures above;  config.yaml  the resolved config")

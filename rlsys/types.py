@@ -1,0 +1,71 @@
+"""The data that crosses actors: prompts, samples and prompt groups. Plain, numpy-backed, saveable to Parquet.
+
+Identity: a prompt has a stable ``prompt_id``; a sample is (prompt id, sample index, epoch). Versions: the
+learner's policy version counts optimizer steps; every sample records the version whose weights generated it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Prompt:
+    prompt_id: str
+    text: str
+    answer: str  # the reference the reward function checks against
+    epoch: int = 0
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One completion of one prompt, as the generation engine produced it, plus its reward once scored.
+
+    Shapes: ``prompt_ids`` [P] int32; ``response_ids`` [R] int32 (ends with EOS when ``finish_reason == "stop"``);
+    ``behaviour_logprobs`` [R] float32, the engine's log π_behaviour(token) for each response token.
+    """
+
+    prompt_id: str
+    sample_index: int
+    epoch: int
+    prompt_ids: np.ndarray
+    response_ids: np.ndarray
+    behaviour_logprobs: np.ndarray
+    finish_reason: str  # "stop" (EOS) | "length" (max_new_tokens reached)
+    version: int
+    response_text: str
+    reward: float = math.nan
+    reward_failed: bool = False
+    reward_error: str | None = None
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.prompt_id, self.sample_index, self.epoch)
+
+    def scored(self, reward: float, failed: bool, error: str | None) -> Sample:
+        return replace(self, reward=reward, reward_failed=failed, reward_error=error)
+
+
+@dataclass(frozen=True)
+class Group:
+    """The ``group_size`` samples of one prompt: the unit that moves from reward to buffer to learner."""
+
+    prompt: Prompt
+    samples: tuple[Sample, ...]
+    worker: int = field(default=-1, compare=False)  # rollout worker that generated it, for metrics
+
+    @property
+    def version(self) -> int:
+        """The oldest policy version in the group: what staleness is measured against."""
+        return min(s.version for s in self.samples)
+
+    @property
+    def rewards(self) -> np.ndarray:
+        return np.array([s.reward for s in self.samples], dtype=np.float32)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(s.response_ids) for s in self.samples)

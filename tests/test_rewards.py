@@ -1,0 +1,182 @@
+"""Tests for rlsys.rewards: built-in rules, the registry, and RewardScorer with real child processes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from rlsys.rewards import RewardOutcome, RewardScorer, get_reward_fn, register_reward, reward_names
+from rlsys.rewards.rules import addition_exact, math_verify_reward
+
+FIX = "reward_fixtures"  # tests/reward_fixtures.py, importable once tests/ is on sys.path
+
+
+@pytest.fixture(autouse=True)
+def _fixtures_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The spawned scorer child copies the parent's sys.path, so it can import reward_fixtures too.
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+
+
+# ---- addition_exact ----
+
+
+@pytest.mark.parametrize(
+    ("completion", "reference", "expected"),
+    [
+        ("42", "42", 1.0),
+        ("41", "42", 0.0),
+        ("  42\n", "42", 1.0),
+        ("", "42", 0.0),
+        ("   ", "42", 0.0),
+        ("12a", "12", 0.0),
+        ("1 2", "12", 0.0),
+        ("-3", "-3", 0.0),  # only non-negative digit strings count
+        ("4.0", "4", 0.0),
+        ("²", "2", 0.0),  # unicode digits are not ASCII decimal digits
+        ("042", "42", 1.0),  # leading zeros: same integer value, so correct
+        ("The answer is 42", "42", 0.0),
+    ],
+)
+def test_addition_exact(completion: str, reference: str, expected: float) -> None:
+    assert addition_exact(completion, reference) == expected
+
+
+# ---- math_verify (called directly: pytest runs tests in the main thread, where its signal timeouts work) ----
+
+
+@pytest.mark.parametrize(
+    ("completion", "reference", "expected"),
+    [
+        ("The answer is $\\boxed{42}$", "42", 1.0),
+        ("So we get $\\boxed{0.5}$.", "\\frac{1}{2}", 1.0),
+        ("$\\boxed{\\frac{2}{4}}$", "0.5", 1.0),
+        ("$\\boxed{2\\sqrt{2}}$", "2\\sqrt{2}", 1.0),  # bare LaTeX reference must not parse as just "2"
+        ("$\\boxed{2}$", "2\\sqrt{2}", 0.0),
+        ("The answer is $\\boxed{41}$", "42", 0.0),
+        ("I don't know", "42", 0.0),
+        ("", "42", 0.0),
+    ],
+)
+def test_math_verify(completion: str, reference: str, expected: float) -> None:
+    assert math_verify_reward(completion, reference) == expected
+
+
+def test_math_verify_unparseable_reference_raises() -> None:
+    with pytest.raises(ValueError, match="reference answer"):
+        math_verify_reward("$\\boxed{1}$", "")
+
+
+# ---- registry ----
+
+
+def test_builtins_registered() -> None:
+    assert {"addition_exact", "math_verify"} <= set(reward_names())
+    assert get_reward_fn("addition_exact") is addition_exact
+
+
+def test_unknown_name_error_lists_names_and_import_form() -> None:
+    with pytest.raises(ValueError) as info:
+        get_reward_fn("no_such_reward")
+    message = str(info.value)
+    assert "no_such_reward" in message
+    assert "addition_exact" in message and "math_verify" in message
+    assert "module:function" in message
+
+
+def test_duplicate_registration_raises() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        register_reward("addition_exact")(lambda c, r: 0.0)
+
+
+def test_import_path() -> None:
+    fn = get_reward_fn(f"{FIX}:exact_match")
+    assert fn("x", "x") == 1.0 and fn("x", "y") == 0.0
+
+
+@pytest.mark.parametrize(
+    ("path", "needle"),
+    [("no_such_module_xyz:fn", "ModuleNotFoundError"), (f"{FIX}:missing_fn", "missing_fn"), (f"{FIX}:", "expected")],
+)
+def test_bad_import_path(path: str, needle: str) -> None:
+    with pytest.raises(ValueError) as info:
+        get_reward_fn(path)
+    assert repr(path) in str(info.value) and needle in str(info.value)
+
+
+# ---- RewardScorer ----
+
+
+def test_scorer_unknown_name_fails_at_construction() -> None:
+    with pytest.raises(ValueError, match="no_such_reward"):
+        RewardScorer("no_such_reward", timeout_s=1.0)
+
+
+def test_scorer_builtin_batch() -> None:
+    items = [("42", "42"), ("41", "42"), (" 7 ", "7")]
+    with RewardScorer("addition_exact", timeout_s=5.0) as scorer:
+        assert scorer.score(items) == [RewardOutcome(1.0, False), RewardOutcome(0.0, False), RewardOutcome(1.0, False)]
+        assert scorer.score([]) == []
+
+
+def test_scorer_math_verify_in_child() -> None:
+    with RewardScorer("math_verify", timeout_s=10.0) as scorer:
+        out = scorer.score([("The answer is $\\boxed{42}$", "42"), ("$\\boxed{0.5}$", "\\frac{1}{3}")])
+    assert [o.reward for o in out] == [1.0, 0.0] and not any(o.failed for o in out)
+
+
+def test_scorer_raising_function() -> None:
+    with RewardScorer(f"{FIX}:raises", timeout_s=5.0) as scorer:
+        out = scorer.score([("a", "a"), ("b", "b")])
+    assert all(o.failed and o.reward == 0.0 for o in out)
+    assert out[0].error is not None and out[0].error.startswith("RuntimeError: reward exploded on 'a'")
+
+
+@pytest.mark.parametrize(
+    ("fn", "ok", "reward", "needle"),
+    [
+        ("returns_string", False, 0.0, "'yes' (str)"),
+        ("returns_nan", False, 0.0, "nan"),
+        ("returns_bool", True, 1.0, None),  # bool is accepted as 0/1
+    ],
+)
+def test_scorer_checks_return_value(fn: str, ok: bool, reward: float, needle: str | None) -> None:
+    with RewardScorer(f"{FIX}:{fn}", timeout_s=5.0) as scorer:
+        (out,) = scorer.score([("a", "a")])
+    assert out.failed is not ok and out.reward == reward
+    if needle is not None:
+        assert needle in (out.error or "") and "finite real number" in (out.error or "")
+
+
+def test_scorer_timeout_then_recovers() -> None:
+    with RewardScorer(f"{FIX}:sleeps", timeout_s=0.5) as scorer:
+        start = time.monotonic()
+        (out,) = scorer.score([("a", "a")])
+        elapsed = time.monotonic() - start
+        assert out == RewardOutcome(0.0, True, "timed out after 0.5 s")
+        assert elapsed < 8.0  # far below the 10 s sleep: the child was killed, not waited for
+    with RewardScorer(f"{FIX}:misbehaves_on_command", timeout_s=0.5) as scorer:
+        out = scorer.score([("a", "a"), ("sleep", "x"), ("b", "c")])
+        assert [(o.reward, o.failed) for o in out] == [(1.0, False), (0.0, True), (0.0, False)]
+        assert out[1].error == "timed out after 0.5 s"
+        assert scorer.score([("ok", "ok")]) == [RewardOutcome(1.0, False)]  # fresh child works after the kill
+
+
+def test_scorer_crash_then_recovers() -> None:
+    with RewardScorer(f"{FIX}:crashes", timeout_s=5.0) as scorer:
+        (out,) = scorer.score([("a", "a")])
+    assert out.failed and out.reward == 0.0 and "crashed (exit code 1)" in (out.error or "")
+    with RewardScorer(f"{FIX}:misbehaves_on_command", timeout_s=5.0) as scorer:
+        out = scorer.score([("crash", "x"), ("a", "a")])
+        assert out[0].failed and "crashed" in (out[0].error or "")
+        assert out[1] == RewardOutcome(1.0, False)
+        assert scorer.score([("b", "b"), ("b", "c")]) == [RewardOutcome(1.0, False), RewardOutcome(0.0, False)]
+
+
+def test_scorer_closed() -> None:
+    scorer = RewardScorer("addition_exact", timeout_s=1.0)
+    scorer.close()
+    scorer.close()  # idempotent
+    with pytest.raises(RuntimeError, match="after close"):
+        scorer.score([("1", "1")])
