@@ -44,5 +44,11 @@ class GroupBuffer:
         self._groups = self._groups[num_groups:]
         return Take(batch, dropped, len(self._groups))
 
+    def drain(self) -> list[Group]:
+        """Remove and return every waiting group (at the end of a run)."""
+        groups = [g for _, _, g in self._groups]
+        self._groups = []
+        return groups
+
     def __len__(self) -> int:
         return len(self._groups)

@@ -122,7 +122,18 @@ class Controller:
                                       f"waiting on {sorted(p.kind for p in self.pending.values())}")
             for ref in done:
                 self._handle(ref, self.pending.pop(ref))
+        self._drain_rollouts()
         return self._summary()
+
+    def _drain_rollouts(self) -> None:
+        """Let requests still generating land in the buffer, so the run's sample log accounts for them."""
+        refs = [ref for ref, p in self.pending.items() if p.kind == "rollout"]
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=RESULT_TIMEOUT_S)
+        for ref in done:
+            self._handle(ref, self.pending.pop(ref))
+        for ref in set(refs) - set(done):
+            log.warning("a rollout request did not finish within %.0f s of the end of the run: prompts %s",
+                        RESULT_TIMEOUT_S, [q.prompt_id for q in self.pending[ref].payload["prompts"]])
 
     def _finishing(self) -> bool:
         """After the last step: wait for its weight sync and evaluation, not for surplus rollouts."""

@@ -77,7 +77,7 @@ def train(cfg: RLConfig) -> tuple[RunSummary, Path]:
         bar.close()
         model_out = run_dir / "model"
         ray.get([learner.save.remote(str(model_out)) for learner in actors.learners])
-        left = ray.get(actors.buffer.close.remote())
+        left = ray.get(actors.buffer.close.remote(summary.steps))
         report = {**asdict(summary), "startup_s": startup_s, "groups_left_in_buffer": left,
                   "model_dir": str(model_out), "run_dir": str(run_dir)}
         (run_dir / "summary.json").write_text(json.dumps(report, indent=2))

@@ -76,9 +76,11 @@ class BufferActor:
     def depth(self) -> int:
         return len(self.buffer)
 
-    def close(self) -> int:
-        """Flush the sample log; returns how many groups were still waiting (reported, not trained)."""
+    def close(self, learner_version: int) -> int:
+        """Record the groups still waiting as not trained, flush the sample log; returns how many there were."""
+        left = self.buffer.drain()
         if self.log is not None:
+            self.log.write(left, learner_version, "run ended before it was trained")
             self.log.close()
-        return len(self.buffer)
+        return len(left)
 

@@ -122,13 +122,6 @@ class Learner:
         return [logp[i][batch.mask[i].bool()].numpy() for i in range(len(prompt_ids))]
 
     def parameter_vector(self) -> np.ndarray:
-        """All parameters flattened (gathered under ZeRO-3; every rank must be called)."""
-        state = self.policy.full_state_dict()
-        import torch.distributed as dist
-
-        if state is None:  # non-zero ranks: read their own replica (ZeRO-1/2 keep full params on every rank)
-            if self.policy.engine.zero_optimization_stage() == 3:
-                return np.zeros(0, dtype=np.float32)
-            state = {k: v.detach().cpu().numpy() for k, v in self.policy.engine.module.state_dict().items()}
-        del dist
+        """This rank's view of all parameters, flattened (gathered under ZeRO-3; every rank must be called)."""
+        state = self.policy.full_state_dict(all_ranks=True)
         return np.concatenate([state[k].ravel() for k in sorted(state)])

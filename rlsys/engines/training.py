@@ -150,16 +150,16 @@ class DeepSpeedPolicy:
                              attention_mask=batch.attention_mask.to(self.device)).logits
         return token_logprobs(logits[:, :-1], batch.input_ids[:, 1:].to(self.device)).cpu()
 
-    def full_state_dict(self) -> dict[str, np.ndarray] | None:
-        """The full float32 weights as numpy arrays on rank 0 (None elsewhere). A collective under ZeRO-3:
-        every rank must call it."""
+    def full_state_dict(self, all_ranks: bool = False) -> dict[str, np.ndarray] | None:
+        """The full float32 weights as numpy arrays on rank 0 (on every rank if ``all_ranks``; None elsewhere).
+
+        A collective under ZeRO-3 (parameters are sharded and gathered here): every rank must call it."""
         import deepspeed
 
         module = self.engine.module
-        params = list(module.parameters())
         stage3 = self.engine.zero_optimization_stage() == 3
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=stage3):
-            if self.engine.global_rank != 0:
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None, enabled=stage3):
+            if self.engine.global_rank != 0 and not all_ranks:
                 return None
             return {k: v.detach().to("cpu", torch.float32).numpy().copy() for k, v in module.state_dict().items()}
 

@@ -1,0 +1,45 @@
+"""Shared fixtures: one local Ray for the session, and a tiny warmed-up policy checkpoint built here."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def tiny_overrides(tmp_path, *extra: str) -> list[str]:
+    """A configuration small enough for a test run on 2 cores (cache shared across the session's runs)."""
+    return [
+        f"output.root={tmp_path}/runs", f"output.cache_dir={tmp_path.parent}/rlsys-cache",
+        "output.progress_bar=false", "task.num_train=400", "task.num_eval=40", "warmup.steps=300",
+        "train.groups_per_step=4", "rollout.group_size=4", "rollout.groups_per_request=2", "learner.micro_batch_size=8",
+        "train.eval_every=0", *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    from rlsys.train import ACTOR_ENV
+
+    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": dict(ACTOR_ENV)},
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tmp_path_factory):
+    """(model_dir, prompts): a warmed-up tiny Llama on 2-digit addition, saved as a Hugging Face checkpoint."""
+    from rlsys.config import load_config
+    from rlsys.prepare import prepare
+
+    tmp = tmp_path_factory.mktemp("policy")
+    cfg = load_config(None, tiny_overrides(tmp))
+    prepared = prepare(cfg)
+    return prepared.model_dir, prepared.train_prompts

@@ -1,0 +1,218 @@
+"""Tests for rlsys.config and the ``rlsys train`` CLI: the error messages the project promises.
+
+Every mistake a user can make in a YAML file or a ``key=value`` override must come back as a ConfigError whose
+message names the offending key and says what to change, never as a raw OmegaConf traceback.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlsys.cli import main
+from rlsys.config import DEFAULT_CONFIG, ConfigError, RLConfig, load_config, to_dict, to_yaml, validate
+
+
+def _error(overrides: list[str], path: str | Path | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    return str(info.value)
+
+
+# ---- the embedded default ----
+
+
+def test_default_config_loads_and_validates() -> None:
+    cfg = load_config()
+    assert isinstance(cfg, RLConfig)
+    validate(cfg)  # idempotent: the loaded config is already valid
+    # Values come from configs/default.yaml, not just the dataclass defaults.
+    on_disk = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    assert cfg.train.num_steps == on_disk["train"]["num_steps"]
+    assert cfg.train.groups_per_step == on_disk["train"]["groups_per_step"]
+    assert cfg.warmup.steps == on_disk["warmup"]["steps"]
+    assert cfg.rollout.backend == "hf"
+    assert cfg.task.name == "synthetic_addition"
+    assert cfg.model.path is None
+
+
+def test_samples_per_step_is_groups_times_group_size() -> None:
+    cfg = load_config(None, ["train.groups_per_step=6", "rollout.group_size=5"])
+    assert cfg.samples_per_step == 30
+    cfg.train.groups_per_step = 2  # a derived property, never stored
+    assert cfg.samples_per_step == 10
+
+
+def test_overrides_are_typed_and_applied_on_top_of_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "exp.yaml"
+    path.write_text("train:\n  num_steps: 11\n  max_staleness: 3\nlearner:\n  lr: 0.5\n")
+    cfg = load_config(path, ["train.num_steps=7", "output.save_samples=false"])
+    assert cfg.train.num_steps == 7  # override wins over the file
+    assert cfg.train.max_staleness == 3  # the file wins over the dataclass default
+    assert cfg.learner.lr == 0.5 and isinstance(cfg.learner.lr, float)
+    assert cfg.output.save_samples is False
+    # A file replaces the embedded default rather than layering on it: unset fields are dataclass defaults.
+    assert cfg.warmup.steps == RLConfig().warmup.steps
+
+
+def test_to_yaml_round_trips(tmp_path: Path) -> None:
+    cfg = load_config(None, ["train.num_steps=9", "model.hidden_size=64"])
+    path = tmp_path / "dump.yaml"
+    path.write_text(to_yaml(cfg))
+    again = load_config(path)
+    assert to_dict(again) == to_dict(cfg)
+
+
+# ---- unknown keys and wrong types ----
+
+
+def test_unknown_key_in_override_is_named() -> None:
+    msg = _error(["train.num_stepz=3"])
+    assert "train.num_stepz" in msg
+    assert "unknown key" in msg
+    assert "--print-config" in msg  # tells the user where to find the valid keys
+
+
+def test_unknown_top_level_key_in_override_is_named() -> None:
+    msg = _error(["bogus=1"])
+    assert "'bogus'" in msg and "unknown key" in msg
+
+
+def test_unknown_key_in_yaml_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "typo.yaml"
+    path.write_text("train:\n  num_steps: 5\n  num_stepz: 3\n")
+    msg = _error([], path)
+    assert "train.num_stepz" in msg
+    assert "unknown key" in msg
+    assert str(path) in msg  # which file has the problem
+
+
+def test_wrong_type_in_override_names_the_key() -> None:
+    msg = _error(["train.num_steps=abc"])
+    assert "train.num_steps" in msg
+    assert "abc" in msg
+
+
+def test_wrong_type_in_yaml_file_names_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("output:\n  save_samples: maybe\n")
+    msg = _error([], path)
+    assert "output.save_samples" in msg
+    assert "maybe" in msg
+
+
+def test_override_without_equals_sign() -> None:
+    msg = _error(["train.num_steps"])
+    assert "train.num_steps" in msg
+    assert "key=value" in msg
+
+
+def test_missing_config_file() -> None:
+    msg = _error([], "/definitely/not/here.yaml")
+    assert "/definitely/not/here.yaml" in msg
+    assert "does not exist" in msg
+
+
+# ---- values that type-check but cannot work ----
+
+
+@pytest.mark.parametrize(
+    ("overrides", "must_contain"),
+    [
+        (["rollout.group_size=-1"], ["rollout.group_size=-1", "positive"]),
+        (["rollout.group_size=0"], ["rollout.group_size=0", "positive"]),
+        (["learner.num_learners=0"], ["learner.num_learners=0", "positive"]),
+        (["train.max_staleness=-1"], ["train.max_staleness=-1", "≥ 0"]),
+        (["learner.lr=0"], ["learner.lr=0", "> 0"]),
+        (["learner.zero_stage=4"], ["learner.zero_stage=4", "0, 1, 2 or 3"]),
+        (["algo.kl_estimator=k9"], ["algo.kl_estimator", "k1, k2 or k3"]),
+        (["task.name=gsm8k"], ["task.name='gsm8k'", "synthetic_addition", "parquet"]),
+        (
+            ["train.groups_per_step=3", "learner.num_learners=2"],
+            ["train.groups_per_step=3", "divisible", "learner.num_learners=2"],
+        ),
+        (["model.hidden_size=100", "model.num_heads=3"], ["model.hidden_size=100", "divisible", "model.num_heads=3"]),
+        (
+            ["task.name=parquet", "task.train_file=/nonexistent.parquet"],
+            ["task.train_file='/nonexistent.parquet'", "does not exist", "Parquet file"],
+        ),
+        (["task.name=parquet"], ["task.train_file must be set"]),
+        (["model.path=/nope"], ["model.path='/nope'", "not a directory", "local Hugging Face checkpoint"]),
+        (["rollout.backend=vllm"], ["rollout.backend='vllm'", "only 'hf' is implemented"]),
+    ],
+)
+def test_impossible_values_name_key_and_fix(overrides: list[str], must_contain: list[str]) -> None:
+    msg = _error(overrides)
+    assert msg.startswith("invalid configuration")
+    for fragment in must_contain:
+        assert fragment in msg, f"{fragment!r} not in {msg!r}"
+
+
+def test_missing_eval_file_is_reported(tmp_path: Path) -> None:
+    train = tmp_path / "train.parquet"
+    train.write_bytes(b"not checked at config time, only existence")
+    msg = _error(["task.name=parquet", f"task.train_file={train}", f"task.eval_file={tmp_path / 'eval.parquet'}"])
+    assert "task.eval_file=" in msg and "eval.parquet" in msg
+    assert "task.train_file" not in msg  # the existing train file is fine
+
+
+def test_all_problems_are_listed_at_once() -> None:
+    msg = _error(["rollout.group_size=-1", "train.max_staleness=-1", "rollout.backend=vllm", "model.path=/nope"])
+    bullets = [line for line in msg.splitlines() if line.strip().startswith("- ")]
+    assert len(bullets) == 4
+    for key in ("rollout.group_size", "train.max_staleness", "rollout.backend", "model.path"):
+        assert sum(key in b for b in bullets) == 1, key
+
+
+def test_yaml_value_problems_are_validated_too(tmp_path: Path) -> None:
+    path = tmp_path / "exp.yaml"
+    path.write_text("train:\n  max_staleness: -2\n")
+    msg = _error([], path)
+    assert "train.max_staleness=-2" in msg
+
+
+# ---- the CLI ----
+
+
+def test_cli_print_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--print-config", "train.num_steps=7"]) == 0
+    out = capsys.readouterr().out
+    assert "num_steps: 7" in out
+    printed = yaml.safe_load(out)
+    assert printed["train"]["num_steps"] == 7
+    assert set(printed) == set(to_dict(load_config()))
+
+
+def test_cli_print_config_with_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "exp.yaml"
+    path.write_text("train:\n  max_staleness: 4\n")
+    assert main(["train", "--config", str(path), "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["train"]["max_staleness"] == 4
+
+
+def test_cli_unknown_key_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "bogus.key=1"]) == 2
+    captured = capsys.readouterr()
+    assert "configuration error" in captured.err
+    assert "bogus" in captured.err
+    assert captured.out == ""
+
+
+def test_cli_invalid_value_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--print-config", "train.groups_per_step=3", "learner.num_learners=2"]) == 2
+    err = capsys.readouterr().err
+    assert "train.groups_per_step=3" in err and "divisible" in err
+
+
+def test_console_script_print_config() -> None:
+    script = Path(sys.executable).parent / "rlsys"
+    assert script.exists(), f"console script not installed at {script}"
+    result = subprocess.run([str(script), "train", "--print-config"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    printed = yaml.safe_load(result.stdout)
+    assert printed["train"]["num_steps"] == load_config().train.num_steps
+    assert printed["rollout"]["backend"] == "hf"
