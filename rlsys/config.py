@@ -58,9 +58,9 @@ class TaskConfig:
 class WarmupConfig:
     """Supervised warm-up on (prompt, answer) pairs so that RL starts with non-zero reward. Cached on disk."""
 
-    steps: int = 150  # 0 disables
+    steps: int = 400  # 0 disables
     batch_size: int = 64
-    lr: float = 3e-3
+    lr: float = 1e-3
 
 
 @dataclass
@@ -103,7 +103,7 @@ class LearnerConfig:
 
     num_learners: int = 1
     zero_stage: int = 1
-    lr: float = 1e-3
+    lr: float = 1e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     micro_batch_size: int = 64  # samples per forward/backward on one learner
@@ -115,11 +115,11 @@ class LearnerConfig:
 class TrainConfig:
     """The RL schedule: steps, batch, staleness bound and weight-sync cadence."""
 
-    num_steps: int = 60
-    groups_per_step: int = 8  # prompt groups per optimizer step (the global batch is this × group_size samples)
+    num_steps: int = 3000
+    groups_per_step: int = 16  # prompt groups per optimizer step (the global batch is this × group_size samples)
     max_staleness: int = 1  # η: a sample of version u may train policy version v only if v − u ≤ η
     sync_every: int = 1  # push weights to rollout workers every k optimizer steps
-    eval_every: int = 10  # held-out greedy accuracy every k steps (0: only before and after)
+    eval_every: int = 100  # held-out greedy accuracy every k steps (0: only before and after)
     seed: int = 0
 
 
@@ -129,6 +129,7 @@ class RayConfig:
 
     address: str | None = None
     num_cpus: int | None = None  # local cluster only; None lets Ray count cores
+    placement_timeout_s: float = 600.0  # how long to wait for the learners' resources (autoscaling clusters)
 
 
 @dataclass
@@ -239,6 +240,7 @@ def validate(cfg: RLConfig) -> None:
         ("learner.lr", cfg.learner.lr),
         ("rollout.temperature", cfg.rollout.temperature),
         ("reward.timeout_s", cfg.reward.timeout_s),
+        ("ray.placement_timeout_s", cfg.ray.placement_timeout_s),
         ("algo.clip_eps", cfg.algo.clip_eps),
         ("rollout.num_cpus", cfg.rollout.num_cpus),
         ("reward.num_cpus", cfg.reward.num_cpus),

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 STALL_TIMEOUT_S = 600.0
 MAX_REQUESTS_PER_WORKER = 2  # one generating, one queued behind it: the worker never waits for the driver
 RESULT_TIMEOUT_S = 300.0
+MAX_EVAL_ATTEMPTS = 3
 
 
 class PipelineStalled(RuntimeError):
@@ -97,6 +98,7 @@ class Controller:
         self.inflight_per_worker = [0] * len(actors.rollouts)
         self.version = 0  # learner's policy version = optimizer steps done
         self.rollout_version = 0  # version whose weights every rollout worker holds (or has queued to load)
+        self.latest_weights: ray.ObjectRef | None = None  # None: the initial checkpoint is the latest policy
         self.buffer_depth = 0
         self.learning = False
         self.window = _Window()
@@ -171,13 +173,18 @@ class Controller:
             log.warning("reward function failed on a sample of request %d: %s", put.request_id, error)
 
     def _on_rollout_lost(self, p: _Pending, error: Exception) -> None:
-        """A rollout or reward worker died mid-request: its prompts go back to the front of the queue."""
-        prompts = p.payload["prompts"]
+        """A rollout or reward worker died mid-request: its prompts go back to the front of the queue.
+
+        Ray restarts a dead rollout worker from its constructor, i.e. with the initial weights, so it is sent
+        the latest weights again; being first in its queue, they are loaded before it generates anything."""
+        prompts, worker = p.payload["prompts"], p.payload["worker"]
         self.stream.requeue(prompts)
         self.gate.discard(len(prompts))
         self.totals["lost_requests"] += 1
         log.warning("lost a request of %d prompt groups on rollout worker %d (re-queued: %s): %s",
-                    len(prompts), p.payload["worker"], [q.prompt_id for q in prompts], error)
+                    len(prompts), worker, [q.prompt_id for q in prompts], error)
+        if self.latest_weights is not None:
+            self.actors.rollouts[worker].update_weights.remote(self.latest_weights, self.rollout_version)
 
     # ------------------------------------------------------------------ learn → sync
     def _maybe_learn(self) -> None:
@@ -226,14 +233,24 @@ class Controller:
 
     def _on_weights(self, p: _Pending) -> None:
         gather_s = time.perf_counter() - p.payload["t0"]
-        weights = p.payload["refs"][0]
+        weights = self.latest_weights = p.payload["refs"][0]
         acks = [w.update_weights.remote(weights, self.version) for w in self.actors.rollouts]
         self.rollout_version = self.version
         self.pending[acks[0]] = _Pending("sync", {"acks": acks, "gather_s": gather_s, "version": self.version})
         if self._eval_due():
             self._evaluate()
 
-    def _on_sync(self, p: _Pending, load_s: list[float]) -> None:
+    def _on_sync(self, p: _Pending) -> None:
+        load_s = []
+        for worker, ack in enumerate(p.payload["acks"]):
+            try:
+                load_s.append(ray.get(ack, timeout=RESULT_TIMEOUT_S))
+            except RayError as e:  # died while loading: Ray restarts it with the initial weights, so resend
+                log.warning("rollout worker %d failed to load version %d, resending: %s", worker,
+                            p.payload["version"], e)
+                self.actors.rollouts[worker].update_weights.remote(self.latest_weights, self.rollout_version)
+        if not load_s:
+            return
         total = p.payload["gather_s"] + max(load_s)
         self.sync_s.append(total)
         self.metrics.log(p.payload["version"], {"sync/seconds": total, "sync/gather_s": p.payload["gather_s"],
@@ -244,11 +261,11 @@ class Controller:
         every = self.cfg.train.eval_every
         return self.version >= self.cfg.train.num_steps or (every > 0 and self.version % every == 0)
 
-    def _evaluate(self) -> None:
+    def _evaluate(self, attempt: int = 0) -> None:
         """Greedy accuracy on the held-out prompts, queued on rollout worker 0 behind its weight update."""
         generated = self.actors.rollouts[0].generate.remote(-1, self.eval_prompts, greedy=True)
         scored = self.actors.rewards[0].score.remote(generated)
-        self.pending[scored] = _Pending("eval", {"version": self.rollout_version})
+        self.pending[scored] = _Pending("eval", {"version": self.rollout_version, "attempt": attempt})
 
     def _on_eval(self, p: _Pending, batch) -> None:
         rewards = np.array([s.reward for g in batch.groups for s in g.samples], dtype=np.float64)
@@ -274,9 +291,18 @@ class Controller:
         elif p.kind == "weights":
             self._on_weights(p)
         elif p.kind == "sync":
-            self._on_sync(p, ray.get(p.payload["acks"], timeout=RESULT_TIMEOUT_S))
+            self._on_sync(p)
         elif p.kind == "eval":
-            self._on_eval(p, ray.get(ref, timeout=RESULT_TIMEOUT_S))
+            try:
+                self._on_eval(p, ray.get(ref, timeout=RESULT_TIMEOUT_S))
+            except RayError as e:  # the evaluating worker died; evaluate again on its restarted self
+                attempt = p.payload["attempt"] + 1
+                if attempt > MAX_EVAL_ATTEMPTS:
+                    log.error("evaluation at version %d failed %d times; skipping it: %s", p.payload["version"],
+                              attempt, e)
+                    return
+                log.warning("evaluation at version %d was lost, repeating it: %s", p.payload["version"], e)
+                self._evaluate(attempt)
         else:
             raise AssertionError(f"unknown pending kind {p.kind}")
 

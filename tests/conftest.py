@@ -27,8 +27,10 @@ def ray_session():
 
     from rlsys.train import ACTOR_ENV
 
-    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": dict(ACTOR_ENV)},
-             log_to_driver=False)
+    # tests/ on the actors' path: reward functions named "reward_fixtures:..." resolve in reward workers too.
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    env = {**ACTOR_ENV, "PYTHONPATH": os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")]))}
+    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
     yield ray
     ray.shutdown()
 

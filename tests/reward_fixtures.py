@@ -45,3 +45,10 @@ def misbehaves_on_command(completion: str, reference: str) -> float:
     elif completion == "crash":
         os._exit(1)
     return exact_match(completion, reference)
+
+
+def fails_on_answers_ending_in_7(completion: str, reference: str) -> float:
+    """Exact match, but raises for every prompt whose answer ends in 7: a deterministic subset of failures."""
+    if reference.endswith("7"):
+        raise ValueError(f"cannot score answers ending in 7 (got {reference!r})")
+    return exact_match(completion, reference)

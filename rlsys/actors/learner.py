@@ -107,13 +107,6 @@ class Learner:
         """Full weights as numpy on rank 0, None on the others (every rank must be called under ZeRO-3)."""
         return self.policy.full_state_dict()
 
-    def save(self, directory: str) -> None:
-        self.policy.save_pretrained(directory)
-        if self.rank == 0:
-            from transformers import AutoTokenizer
-
-            AutoTokenizer.from_pretrained(self.model_dir).save_pretrained(directory)
-
     def logprobs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[np.ndarray]:
         """Teacher-forced log π(response) under the learner's current weights (for checks against rollouts)."""
         batch = TrainBatch.build([np.asarray(p) for p in prompt_ids], [np.asarray(r) for r in response_ids],

@@ -22,7 +22,6 @@ from rlsys.config import RLConfig
 from rlsys.model_source import pack
 
 WORKER_MAX_RESTARTS = 3  # rollout/reward actors; learners hold optimizer state and are not restarted
-PLACEMENT_TIMEOUT_S = 120.0
 
 
 class PlacementError(RuntimeError):
@@ -36,6 +35,7 @@ class ActorHandles:
     rewards: list
     buffer: object
     learner_group: object
+    packed_model: list  # keeps the checkpoint in the object store while restartable actors may need it
 
     def all(self) -> list:
         return [*self.learners, *self.rollouts, *self.rewards, self.buffer]
@@ -48,11 +48,12 @@ def create_actors(cfg: RLConfig, model_dir: str, sample_log_path: str | None, ru
     n_learn, lc = cfg.learner.num_learners, cfg.learner
     bundles = [{"CPU": lc.num_cpus, **({"GPU": lc.num_gpus} if lc.num_gpus else {})} for _ in range(n_learn)]
     group = placement_group(bundles, strategy="PACK")
-    ready, _ = ray.wait([group.ready()], timeout=PLACEMENT_TIMEOUT_S)
+    ready, _ = ray.wait([group.ready()], timeout=cfg.ray.placement_timeout_s)
     if not ready:
         remove_placement_group(group)
         raise PlacementError(
-            f"could not place {n_learn} learner(s) with {bundles[0]} each within {PLACEMENT_TIMEOUT_S:.0f} s; "
+            f"could not place {n_learn} learner(s) with {bundles[0]} each within "
+            f"ray.placement_timeout_s={cfg.ray.placement_timeout_s:.0f} s; "
             f"the cluster has {ray.cluster_resources()}. Lower learner.num_learners / learner.num_cpus / "
             "learner.num_gpus or add nodes."
         )
@@ -82,7 +83,7 @@ def create_actors(cfg: RLConfig, model_dir: str, sample_log_path: str | None, ru
         num_cpus=0, runtime_env=runtime_env,
         scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
     ).remote(cfg.train.max_staleness, sample_log_path)
-    return ActorHandles(learners, rollouts, rewards, buffer, group)
+    return ActorHandles(learners, rollouts, rewards, buffer, group, packed)
 
 
 def setup_learners(learners: list, timeout_s: float = 600.0) -> None:

@@ -8,7 +8,6 @@ average (÷ world size) is undone by a × world size factor.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -162,10 +161,3 @@ class DeepSpeedPolicy:
             if self.engine.global_rank != 0 and not all_ranks:
                 return None
             return {k: v.detach().to("cpu", torch.float32).numpy().copy() for k, v in module.state_dict().items()}
-
-    def save_pretrained(self, directory: str) -> None:
-        """Write a Hugging Face checkpoint (rank 0 writes; a collective under ZeRO-3)."""
-        state = self.full_state_dict()
-        if state is not None:
-            os.makedirs(directory, exist_ok=True)
-            self.engine.module.save_pretrained(directory, state_dict={k: torch.from_numpy(v) for k, v in state.items()})

@@ -1,0 +1,50 @@
+"""A rollout worker that dies mid-run: Ray restarts it, its prompts are re-queued, the run completes."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import tiny_overrides
+from rlsys.actors.placement import create_actors, setup_learners, shutdown_actors
+from rlsys.config import load_config
+from rlsys.controller import Controller
+from rlsys.metrics import MetricsWriter
+from rlsys.prepare import prepare
+
+pytestmark = pytest.mark.slow
+
+
+def test_killed_rollout_worker_is_restarted_and_its_work_requeued(ray_session, tmp_path):
+    ray = ray_session
+    steps = 8
+    cfg = load_config(None, tiny_overrides(tmp_path, f"train.num_steps={steps}", "train.max_staleness=1"))
+    prepared = prepare(cfg)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    actors = create_actors(cfg, prepared.model_dir, str(run_dir / "samples.parquet"))
+    metrics = MetricsWriter(run_dir)
+    killed = []
+
+    def kill_once(version: int, values: dict) -> None:
+        if version == 3 and not killed and "reward" in values:
+            ray.kill(actors.rollouts[0], no_restart=False)  # a crash: Ray restarts the actor
+            killed.append(version)
+
+    try:
+        setup_learners(actors.learners)
+        summary = Controller(cfg, actors, prepared.train_prompts, prepared.eval_prompts, metrics, kill_once).run()
+        ray.get(actors.buffer.close.remote(summary.steps))
+        assert ray.get(actors.rollouts[0].version.remote()) == steps  # restarted, then caught up on weights
+    finally:
+        metrics.close()
+        shutdown_actors(actors)
+    assert killed == [3]
+    assert summary.steps == steps
+    assert summary.lost_requests >= 1
+    rows = pq.read_table(run_dir / "samples.parquet").to_pylist()
+    trained = [r for r in rows if r["dropped"] == ""]
+    assert len({(r["prompt_id"], r["epoch"], r["learner_version"]) for r in trained}) == steps * 4
+    # whatever the restarted worker produced before its weights arrived was dropped as stale, and said so
+    assert all(r["learner_version"] - r["version"] <= 1 for r in trained)
+    assert {r["dropped"] for r in rows} <= {"", "run ended before it was trained", "stale: older than 1 versions"}
