@@ -21,8 +21,8 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from rlsys.config import load_config  # noqa: E402
-from rlsys.train import train  # noqa: E402
+from rlsys.config import load_config
+from rlsys.train import train
 
 RESULTS = Path(__file__).parent / "results"
 

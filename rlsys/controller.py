@@ -100,6 +100,7 @@ class Controller:
         self.rollout_version = 0  # version whose weights every rollout worker holds (or has queued to load)
         self.latest_weights: ray.ObjectRef | None = None  # None: the initial checkpoint is the latest policy
         self.buffer_depth = 0
+        self.buffer_seq = 0  # depth reports older than this are ignored
         self.learning = False
         self.window = _Window()
         self.eval_accuracy: dict[int, float] = {}
@@ -116,6 +117,10 @@ class Controller:
         while self.version < self.cfg.train.num_steps or self._finishing():
             self._admit()
             self._maybe_learn()
+            if not self.pending:
+                raise PipelineStalled(
+                    f"nothing in flight at version {self.version}: buffer holds {self.buffer_depth} groups, admission "
+                    f"capacity is {self.gate.capacity(self.rollout_version)}; this is a bug in the controller")
             done, _ = ray.wait(list(self.pending), num_returns=1, timeout=1.0)
             if done:
                 last_progress = time.monotonic()
@@ -130,6 +135,8 @@ class Controller:
     def _drain_rollouts(self) -> None:
         """Let requests still generating land in the buffer, so the run's sample log accounts for them."""
         refs = [ref for ref, p in self.pending.items() if p.kind == "rollout"]
+        if not refs:
+            return
         done, _ = ray.wait(refs, num_returns=len(refs), timeout=RESULT_TIMEOUT_S)
         for ref in done:
             self._handle(ref, self.pending.pop(ref))
@@ -161,7 +168,7 @@ class Controller:
             self.inflight_per_worker[worker] += 1
 
     def _on_put(self, p: _Pending, put: PutSummary) -> None:
-        self.buffer_depth = put.depth
+        self._buffer_report(put.depth, put.seq)
         w = self.window
         w.samples += put.num_samples
         w.tokens += put.num_tokens
@@ -186,6 +193,10 @@ class Controller:
         if self.latest_weights is not None:
             self.actors.rollouts[worker].update_weights.remote(self.latest_weights, self.rollout_version)
 
+    def _buffer_report(self, depth: int, seq: int) -> None:
+        if seq > self.buffer_seq:
+            self.buffer_depth, self.buffer_seq = depth, seq
+
     # ------------------------------------------------------------------ learn → sync
     def _maybe_learn(self) -> None:
         busy = self.learning or any(p.kind == "take" for p in self.pending.values())
@@ -196,7 +207,7 @@ class Controller:
         self.pending[summary] = _Pending("take", {"batch": batch})
 
     def _on_take(self, p: _Pending, take: TakeSummary) -> None:
-        self.buffer_depth = take.depth
+        self._buffer_report(take.depth, take.seq)
         if take.dropped_keys:
             self.gate.discard(len(take.dropped_keys))
             self.totals["dropped_stale"] += len(take.dropped_keys)

@@ -10,13 +10,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 import ray
-import torch
 from tqdm import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from rlsys.actors.placement import create_actors, setup_learners, shutdown_actors
 from rlsys.config import RLConfig, to_yaml
 from rlsys.controller import Controller, RunSummary
+from rlsys.engines.generation import tensors_from_numpy
 from rlsys.metrics import MetricsWriter
 from rlsys.prepare import prepare
 
@@ -78,7 +78,9 @@ def train(cfg: RLConfig) -> tuple[RunSummary, Path]:
         summary = Controller(cfg, actors, prepared.train_prompts, prepared.eval_prompts, metrics, on_step).run()
         bar.close()
         model_out = run_dir / "model"
-        save_policy([learner.get_weights.remote() for learner in actors.learners][0], prepared.model_dir, model_out)
+        # every rank is called (a collective under ZeRO-3); rank 0 returns the weights
+        weights = [learner.get_weights.remote() for learner in actors.learners]
+        save_policy(weights[0], prepared.model_dir, model_out)
         left = ray.get(actors.buffer.close.remote(summary.steps))
         report = {**asdict(summary), "startup_s": startup_s, "groups_left_in_buffer": left,
                   "model_dir": str(model_out), "run_dir": str(run_dir)}
@@ -94,7 +96,7 @@ def save_policy(weights: ray.ObjectRef, init_dir: str, out: Path) -> None:
     """Write the trained policy as a Hugging Face checkpoint on the driver's node (learners may be elsewhere)."""
     state = ray.get(weights, timeout=600)
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(init_dir))
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    model.load_state_dict(tensors_from_numpy(state))
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(init_dir).save_pretrained(out)
 

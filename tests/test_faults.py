@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import tiny_overrides
+
 from rlsys.actors.placement import create_actors, setup_learners, shutdown_actors
 from rlsys.config import load_config
 from rlsys.controller import Controller

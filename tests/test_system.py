@@ -6,9 +6,9 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import tiny_overrides
 from transformers import AutoModelForCausalLM
 
-from conftest import tiny_overrides
 from rlsys.config import load_config
 from rlsys.train import train
 
@@ -31,7 +31,7 @@ def groups_by_version(rows) -> dict[int, set]:
 @pytest.mark.parametrize("eta", [0, 2])
 def test_staleness_bound_holds_and_admission_keeps_rollout_in_check(ray_session, tmp_path, eta):
     steps, groups_per_step = 8, 4
-    summary, run_dir, rows = run(tmp_path, f"train.max_staleness={eta}", f"train.num_steps={steps}")
+    summary, _, rows = run(tmp_path, f"train.max_staleness={eta}", f"train.num_steps={steps}")
     trained = [r for r in rows if r["dropped"] == ""]
     assert len({(r["prompt_id"], r["epoch"], r["learner_version"]) for r in trained}) == steps * groups_per_step
     staleness = [r["learner_version"] - r["version"] for r in trained]
@@ -50,7 +50,7 @@ def test_staleness_bound_holds_and_admission_keeps_rollout_in_check(ray_session,
 
 
 def test_failing_reward_marks_samples_and_the_run_goes_on(ray_session, tmp_path):
-    summary, run_dir, rows = run(tmp_path, "reward.fn=reward_fixtures:fails_on_answers_ending_in_7",
+    summary, _, rows = run(tmp_path, "reward.fn=reward_fixtures:fails_on_answers_ending_in_7",
                                  "train.num_steps=6")
     failed = [r for r in rows if r["reward_error"]]
     assert failed, "some answers end in 7 among the sampled prompts"
@@ -62,7 +62,7 @@ def test_failing_reward_marks_samples_and_the_run_goes_on(ray_session, tmp_path)
 
 
 def test_run_writes_every_promised_output(ray_session, tmp_path):
-    summary, run_dir, rows = run(tmp_path, "train.num_steps=3")
+    _, run_dir, rows = run(tmp_path, "train.num_steps=3")
     report = json.loads((run_dir / "summary.json").read_text())
     assert report["steps"] == 3
     model = AutoModelForCausalLM.from_pretrained(run_dir / "model")

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_learners import make_groups, start_learners
 
 from rlsys.config import RolloutConfig
-
-from test_learners import make_groups, start_learners
 
 pytestmark = pytest.mark.slow
 

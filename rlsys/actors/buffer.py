@@ -32,6 +32,7 @@ class PutSummary:
     generate_s: float
     reward_s: float
     depth: int
+    seq: int  # the buffer's operation count after this put: orders depth reports that arrive out of order
 
 
 @dataclass(frozen=True)
@@ -41,15 +42,18 @@ class TakeSummary:
     dropped_versions: list[int]
     batch_versions: list[int]
     depth: int
+    seq: int
 
 
 class BufferActor:
     def __init__(self, max_staleness: int, sample_log_path: str | None) -> None:
         self.buffer = GroupBuffer(max_staleness)
         self.log = SampleLog(sample_log_path) if sample_log_path else None
+        self.seq = 0
 
     def put(self, batch: RolloutBatch) -> PutSummary:
         self.buffer.put(batch.groups)
+        self.seq += 1
         samples = [s for g in batch.groups for s in g.samples]
         return PutSummary(
             request_id=batch.request_id, worker=batch.worker, num_groups=len(batch.groups),
@@ -57,11 +61,12 @@ class BufferActor:
             versions=[g.version for g in batch.groups], rewards=[float(s.reward) for s in samples],
             reward_errors=[s.reward_error for s in samples if s.reward_failed],
             response_lengths=[len(s.response_ids) for s in samples],
-            generate_s=batch.generate_s, reward_s=batch.reward_s, depth=len(self.buffer),
+            generate_s=batch.generate_s, reward_s=batch.reward_s, depth=len(self.buffer), seq=self.seq,
         )
 
     def take(self, num_groups: int, learner_version: int) -> tuple[list[Group] | None, TakeSummary]:
         result = self.buffer.take(num_groups, learner_version)
+        self.seq += 1
         if self.log is not None:
             self.log.write(result.dropped, learner_version, f"stale: older than {self.buffer.max_staleness} versions")
             if result.batch:
@@ -69,7 +74,7 @@ class BufferActor:
         summary = TakeSummary(
             taken=len(result.batch or []), dropped_keys=[(g.prompt.prompt_id, g.prompt.epoch) for g in result.dropped],
             dropped_versions=[g.version for g in result.dropped],
-            batch_versions=[g.version for g in result.batch or []], depth=result.depth_after,
+            batch_versions=[g.version for g in result.batch or []], depth=result.depth_after, seq=self.seq,
         )
         return result.batch, summary
 

@@ -96,9 +96,15 @@ class HFEngine:
                 enumerate(zip(prompts, responses))]
 
     def update_weights(self, state: dict[str, np.ndarray], version: int) -> None:
-        with warnings.catch_warnings():
-            # Arrays from the object store are read-only views; load_state_dict only copies from them.
-            warnings.simplefilter("ignore", UserWarning)
-            tensors = {k: torch.from_numpy(v) for k, v in state.items()}
-        self.model.load_state_dict(tensors, strict=True)
+        self.model.load_state_dict(tensors_from_numpy(state), strict=True)
         self.version = version
+
+
+def tensors_from_numpy(state: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Zero-copy tensors over numpy weights, e.g. read-only arrays from the object store.
+
+    Only for ``load_state_dict``, which copies out of them; torch's warning about read-only memory is moot.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return {k: torch.from_numpy(v) for k, v in state.items()}

@@ -9,7 +9,7 @@ process resolve it again without pickling the function.
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 RewardFn = Callable[[str, str], float]
 
