@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from rlsys.config import ConfigError, load_config, to_yaml
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # before transformers is imported
     from rlsys.train import train as run_training  # heavy imports (ray, torch) only when training
 
     run_training(cfg)

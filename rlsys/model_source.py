@@ -17,7 +17,11 @@ PACK_LIMIT_BYTES = 2 << 30  # larger checkpoints must be on storage every node m
 
 
 def pack(model_dir: str) -> list:
-    """[ref to {relative path: bytes}] — the ref wrapped in a list so Ray does not fetch it unless needed."""
+    """[ref to {relative path: bytes}] — the ref wrapped in a list so Ray does not fetch it unless needed.
+
+    Empty on a single-node cluster, where every actor reads the path itself."""
+    if len([n for n in ray.nodes() if n.get("Alive")]) <= 1:
+        return []
     files = [p for p in Path(model_dir).rglob("*") if p.is_file()]
     if sum(p.stat().st_size for p in files) > PACK_LIMIT_BYTES:
         return []

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 # Actors inherit these: CPU DeepSpeed needs its accelerator chosen before import; tokenizers' thread pool
 # would oversubscribe the cores the actors were given.
-ACTOR_ENV = {"DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+ACTOR_ENV = {"DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+             "HF_HUB_DISABLE_PROGRESS_BARS": "1"}  # per-checkpoint-load bars would drown the run's own
 
 
 def run_dir_for(cfg: RLConfig) -> Path:
@@ -72,8 +73,8 @@ def train(cfg: RLConfig) -> tuple[RunSummary, Path]:
 
         def on_step(version: int, values: dict) -> None:
             shown.update({k: round(v, 3) for k, v in values.items()})
-            bar.n = version
-            bar.set_postfix(shown, refresh=True)
+            bar.set_postfix(shown, refresh=False)
+            bar.update(version - bar.n)  # tqdm decides when to redraw (at most every 0.1 s)
 
         summary = Controller(cfg, actors, prepared.train_prompts, prepared.eval_prompts, metrics, on_step).run()
         bar.close()

@@ -14,7 +14,9 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import ray
 import torch
+from transformers import AutoTokenizer
 
 from rlsys.algos import group_advantages
 from rlsys.config import AlgoConfig, LearnerConfig
@@ -33,23 +35,24 @@ class StepResult:
 def rank_batch(groups: list[Group], rank: int, world_size: int, pad_id: int, adv_eps: float) -> tuple[TrainBatch, int]:
     """This rank's :class:`TrainBatch` and the number of trainable response tokens in the whole batch.
 
-    A sample whose reward failed (NaN) gets Â = 0 and no tokens in the loss.
+    A sample whose reward failed (NaN) gets Â = 0 and keeps its row (every rank must run the same micro-batches)
+    but contributes no tokens to the loss.
     """
-    rewards = torch.tensor(np.stack([g.rewards for g in groups]), dtype=torch.float32)
+    rewards = torch.tensor(np.stack([g.rewards for g in groups]), dtype=torch.float32)  # [G, n]
     adv = group_advantages(rewards, adv_eps)
-    valid = [not math.isnan(float(r)) for g in groups for r in g.rewards]
-    lengths = [len(s.response_ids) for g in groups for s in g.samples]
-    global_tokens = sum(n for n, ok in zip(lengths, valid) if ok)
+    rewarded = ~torch.isnan(rewards)
+    lengths = torch.tensor([[len(s.response_ids) for s in g.samples] for g in groups])
+    global_tokens = int(lengths[rewarded].sum())
     per_rank = len(groups) // world_size
-    mine = slice(rank * per_rank, (rank + 1) * per_rank)
-    samples = [(s, float(a), ok) for g, g_adv in zip(groups[mine], adv[mine]) for s, a, ok in
-               zip(g.samples, g_adv, [not math.isnan(float(r)) for r in g.rewards])]
+    picked = []  # (sample, advantage, rewarded) for this rank's contiguous share of the groups
+    for i in range(rank * per_rank, (rank + 1) * per_rank):
+        for j, sample in enumerate(groups[i].samples):
+            picked.append((sample, float(adv[i, j]), bool(rewarded[i, j])))
     batch = TrainBatch.build(
-        prompts=[s.prompt_ids for s, _, _ in samples],
-        # A sample without a reward keeps its row (every rank runs the same micro-batches) but no loss tokens.
-        responses=[s.response_ids if ok else s.response_ids[:0] for s, _, ok in samples],
-        behaviour=[s.behaviour_logprobs if ok else s.behaviour_logprobs[:0] for s, _, ok in samples],
-        advantages=[a for _, a, _ in samples], pad_id=pad_id,
+        prompts=[s.prompt_ids for s, _, _ in picked],
+        responses=[s.response_ids if ok else s.response_ids[:0] for s, _, ok in picked],
+        behaviour=[s.behaviour_logprobs if ok else s.behaviour_logprobs[:0] for s, _, ok in picked],
+        advantages=[a for _, a, _ in picked], pad_id=pad_id,
     )
     return batch, global_tokens
 
@@ -75,8 +78,6 @@ class Learner:
         self.use_cuda = learner.num_gpus > 0 and torch.cuda.is_available()
         self.policy: DeepSpeedPolicy | None = None
         self.version = 0
-        from transformers import AutoTokenizer
-
         self.pad_id = AutoTokenizer.from_pretrained(model_dir).pad_token_id
 
     def rendezvous_address(self) -> tuple[str, int]:
@@ -84,8 +85,6 @@ class Learner:
         with socket.socket() as s:
             s.bind(("", 0))
             port = s.getsockname()[1]
-        import ray
-
         return ray.util.get_node_ip_address(), port
 
     def setup(self, master_addr: str, master_port: int) -> None:
