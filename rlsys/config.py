@@ -103,7 +103,7 @@ class LearnerConfig:
 
     num_learners: int = 1
     zero_stage: int = 1
-    lr: float = 1e-4
+    lr: float = 2e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     micro_batch_size: int = 64  # samples per forward/backward on one learner

@@ -27,12 +27,14 @@ def make_groups(tokenizer, prompts, group_size: int, seed: int) -> list[Group]:
     return groups
 
 
-def start_learners(ray, model_dir: str, num: int, zero_stage: int, samples: int) -> list:
+def start_learners(ray, model_dir: str, num: int, zero_stage: int, samples: int,
+                   algo: AlgoConfig | None = None) -> list:
     from rlsys.actors.learner import Learner
     from rlsys.actors.placement import setup_learners
 
     cfg = LearnerConfig(num_learners=num, zero_stage=zero_stage, lr=1e-2, micro_batch_size=4)
-    learners = [ray.remote(Learner).options(num_cpus=1).remote(r, num, model_dir, cfg, AlgoConfig(), samples // num)
+    learners = [ray.remote(Learner).options(num_cpus=1).remote(r, num, model_dir, cfg, algo or AlgoConfig(),
+                                                                samples // num)
                 for r in range(num)]
     setup_learners(learners)
     return learners
@@ -65,3 +67,19 @@ def test_two_learners_stay_identical_and_match_one_learner(ray_session, tiny_pol
     ray.kill(single[0])
     # 2 ranks × 2 micro-batches vs 1 rank × 4 micro-batches: the same global token-mean gradient
     np.testing.assert_allclose(params[0], alone, rtol=0, atol=1e-5)
+
+
+def test_kl_to_the_frozen_reference_starts_at_zero_and_grows(ray_session, tiny_policy):
+    from transformers import AutoTokenizer
+
+    ray = ray_session
+    model_dir, prompts = tiny_policy
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    learner = start_learners(ray, model_dir, 1, zero_stage=1, samples=16, algo=AlgoConfig(kl_coef=0.1))[0]
+    first = ray.get(learner.train_step.remote(make_groups(tok, prompts[:4], 4, seed=0)))
+    second = ray.get(learner.train_step.remote(make_groups(tok, prompts[4:8], 4, seed=1)))
+    ray.kill(learner)
+    assert first.metrics["kl"] == pytest.approx(0.0, abs=1e-7)  # the policy is still the reference
+    assert second.metrics["kl"] > 1e-6
+    # the loss is the policy-gradient term plus kl_coef × KL
+    assert second.metrics["loss"] == pytest.approx(second.metrics["pg_loss"] + 0.1 * second.metrics["kl"], rel=1e-4)
