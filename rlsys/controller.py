@@ -245,27 +245,27 @@ class Controller:
     def _on_weights(self, p: _Pending) -> None:
         gather_s = time.perf_counter() - p.payload["t0"]
         weights = self.latest_weights = p.payload["refs"][0]
-        acks = [w.update_weights.remote(weights, self.version) for w in self.actors.rollouts]
         self.rollout_version = self.version
-        self.pending[acks[0]] = _Pending("sync", {"acks": acks, "gather_s": gather_s, "version": self.version})
+        sync = {"version": self.version, "gather_s": gather_s, "load_s": [], "waiting": len(self.actors.rollouts)}
+        for worker, actor in enumerate(self.actors.rollouts):  # each acks after its current generation batch
+            self.pending[actor.update_weights.remote(weights, self.version)] = _Pending("sync", {"sync": sync,
+                                                                                                 "worker": worker})
         if self._eval_due():
             self._evaluate()
 
-    def _on_sync(self, p: _Pending) -> None:
-        load_s = []
-        for worker, ack in enumerate(p.payload["acks"]):
-            try:
-                load_s.append(ray.get(ack, timeout=RESULT_TIMEOUT_S))
-            except RayError as e:  # died while loading: Ray restarts it with the initial weights, so resend
-                log.warning("rollout worker %d failed to load version %d, resending: %s", worker,
-                            p.payload["version"], e)
-                self.actors.rollouts[worker].update_weights.remote(self.latest_weights, self.rollout_version)
-        if not load_s:
-            return
-        total = p.payload["gather_s"] + max(load_s)
-        self.sync_s.append(total)
-        self.metrics.log(p.payload["version"], {"sync/seconds": total, "sync/gather_s": p.payload["gather_s"],
-                                                "sync/load_s": max(load_s)})
+    def _on_sync_ack(self, p: _Pending, ref: ray.ObjectRef) -> None:
+        sync, worker = p.payload["sync"], p.payload["worker"]
+        sync["waiting"] -= 1
+        try:
+            sync["load_s"].append(ray.get(ref, timeout=RESULT_TIMEOUT_S))
+        except RayError as e:  # died while loading: Ray restarts it with the initial weights, so resend
+            log.warning("rollout worker %d failed to load version %d, resending: %s", worker, sync["version"], e)
+            self.actors.rollouts[worker].update_weights.remote(self.latest_weights, self.rollout_version)
+        if sync["waiting"] == 0 and sync["load_s"]:
+            total = sync["gather_s"] + max(sync["load_s"])
+            self.sync_s.append(total)
+            self.metrics.log(sync["version"], {"sync/seconds": total, "sync/gather_s": sync["gather_s"],
+                                               "sync/load_s": max(sync["load_s"])})
 
     # ------------------------------------------------------------------ evaluation
     def _eval_due(self) -> bool:
@@ -302,7 +302,7 @@ class Controller:
         elif p.kind == "weights":
             self._on_weights(p)
         elif p.kind == "sync":
-            self._on_sync(p)
+            self._on_sync_ack(p, ref)
         elif p.kind == "eval":
             try:
                 self._on_eval(p, ray.get(ref, timeout=RESULT_TIMEOUT_S))

@@ -68,13 +68,14 @@ def train(cfg: RLConfig) -> tuple[RunSummary, Path]:
     try:
         setup_learners(actors.learners)
         startup_s = time.perf_counter() - t_prep
-        bar = tqdm(total=cfg.train.num_steps, desc="rlsys train", unit="step", disable=not cfg.output.progress_bar)
+        bar = tqdm(total=cfg.train.num_steps, desc="rlsys train", unit="step", disable=not cfg.output.progress_bar,
+                   mininterval=0.5)
         shown: dict[str, float] = {}
 
         def on_step(version: int, values: dict) -> None:
             shown.update({k: round(v, 3) for k, v in values.items()})
             bar.set_postfix(shown, refresh=False)
-            bar.update(version - bar.n)  # tqdm decides when to redraw (at most every 0.1 s)
+            bar.update(version - bar.n)  # tqdm decides when to redraw (at most every 0.5 s)
 
         summary = Controller(cfg, actors, prepared.train_prompts, prepared.eval_prompts, metrics, on_step).run()
         bar.close()

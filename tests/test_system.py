@@ -83,3 +83,16 @@ def test_run_writes_every_promised_output(ray_session, tmp_path):
     assert {m["step"] for m in metrics if "train/loss" in m} == {1, 2, 3}
     # every generated group is accounted for: trained, or left over when the run ended (with that reason)
     assert {r["dropped"] for r in rows} <= {"", "run ended before it was trained"}
+
+
+def test_scaled_out_shape_two_of_every_worker(ray_session, tmp_path):
+    """2 rollout workers, 2 reward workers and 2 data-parallel ZeRO-2 learners: the same loop, by config only."""
+    steps = 5
+    summary, _, rows = run(tmp_path, f"train.num_steps={steps}", "rollout.num_workers=2", "reward.num_workers=2",
+                           "learner.num_learners=2", "learner.zero_stage=2", "rollout.num_cpus=0.5",
+                           "learner.num_cpus=0.5", "train.max_staleness=1")
+    trained = [r for r in rows if r["dropped"] == ""]
+    assert summary.steps == steps
+    assert len({(r["prompt_id"], r["epoch"], r["learner_version"]) for r in trained}) == steps * 4
+    assert max(r["learner_version"] - r["version"] for r in trained) <= 1
+    assert summary.eval_accuracy.keys() == {0, steps}
