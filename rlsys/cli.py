@@ -1,4 +1,9 @@
-"""``rlsys train [--config FILE] [--print-config] [key=value ...]``."""
+"""``rlsys train | eval | inspect``.
+
+    rlsys train [--config FILE] [--print-config] [key=value ...]   run RL training
+    rlsys eval MODEL_DIR [--config FILE] [key=value ...]           held-out accuracy of a checkpoint
+    rlsys inspect RUN_DIR                                          what a run trained, dropped and why
+"""
 
 from __future__ import annotations
 
@@ -17,20 +22,57 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--config", help="YAML experiment file (default: the embedded default)")
     train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.num_steps=20 train.max_staleness=0")
+    evaluate = sub.add_parser("eval", help="greedy held-out accuracy of a Hugging Face checkpoint on the config's task")
+    evaluate.add_argument("model_dir")
+    evaluate.add_argument("--config", help="YAML experiment file whose task and reward to use")
+    evaluate.add_argument("overrides", nargs="*", metavar="key=value")
+    inspect = sub.add_parser("inspect", help="summarise a finished run directory")
+    inspect.add_argument("run_dir")
     args = parser.parse_args(argv)
+    if args.command == "inspect":
+        from rlsys.report import inspect_run
+
+        try:
+            print(inspect_run(args.run_dir))
+        except FileNotFoundError as e:
+            print(f"rlsys: {e}", file=sys.stderr)
+            return 2
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
         print(f"rlsys: configuration error: {e}", file=sys.stderr)
         return 2
-    if args.print_config:
+    if getattr(args, "print_config", False):
         print(to_yaml(cfg), end="")
         return 0
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # before transformers is imported
+    if args.command == "eval":
+        return _evaluate(args.model_dir, cfg)
     from rlsys.train import train as run_training  # heavy imports (ray, torch) only when training
 
     run_training(cfg)
+    return 0
+
+
+def _evaluate(model_dir: str, cfg) -> int:
+    from pathlib import Path
+
+    from rlsys.data.tasks import read_prompts
+    from rlsys.evaluate import evaluate_checkpoint
+    from rlsys.prepare import prepare_prompts
+
+    if not (Path(model_dir) / "config.json").is_file():
+        print(f"rlsys: {model_dir!r} is not a Hugging Face checkpoint directory (no config.json)", file=sys.stderr)
+        return 2
+    _, eval_file = prepare_prompts(cfg, Path(cfg.output.cache_dir).expanduser())
+    prompts = read_prompts(eval_file)
+    acc, rows = evaluate_checkpoint(model_dir, prompts, cfg.reward.fn, cfg.rollout.max_new_tokens,
+                                    cfg.reward.timeout_s)
+    for prompt, completion, reward in rows[:5]:
+        print(f"  {prompt!r} → {completion!r} (reward {reward:.2f})")
+    print(f"held-out accuracy of {model_dir} on {len(prompts)} prompts of {eval_file}: {acc:.1%}")
     return 0
 
 

@@ -32,6 +32,7 @@ from rlsys.actors.learner import StepResult
 from rlsys.actors.placement import ActorHandles
 from rlsys.config import RLConfig
 from rlsys.data.tasks import PromptStream
+from rlsys.evaluate import accuracy
 from rlsys.metrics import MetricsWriter
 from rlsys.staleness import AdmissionGate
 from rlsys.types import Prompt
@@ -280,12 +281,11 @@ class Controller:
 
     def _on_eval(self, p: _Pending, batch) -> None:
         rewards = np.array([s.reward for g in batch.groups for s in g.samples], dtype=np.float64)
-        accuracy = float(np.mean(np.nan_to_num(rewards, nan=0.0) >= 1.0))
-        self.eval_accuracy[p.payload["version"]] = accuracy
-        self.metrics.log(p.payload["version"], {"eval/accuracy": accuracy,
-                                                "eval/reward_mean": float(np.nanmean(rewards))})
+        acc = accuracy(rewards)
+        self.eval_accuracy[p.payload["version"]] = acc
+        self.metrics.log(p.payload["version"], {"eval/accuracy": acc, "eval/reward_mean": float(np.nanmean(rewards))})
         if self.on_step:
-            self.on_step(self.version, {"eval_acc": accuracy})
+            self.on_step(self.version, {"eval_acc": acc})
 
     # ------------------------------------------------------------------ dispatch
     def _handle(self, ref: ray.ObjectRef, p: _Pending) -> None:

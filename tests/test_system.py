@@ -9,6 +9,7 @@ import pytest
 from conftest import tiny_overrides
 from transformers import AutoModelForCausalLM
 
+from rlsys.cli import main
 from rlsys.config import load_config
 from rlsys.train import train
 
@@ -61,8 +62,8 @@ def test_failing_reward_marks_samples_and_the_run_goes_on(ray_session, tmp_path)
     assert summary.steps == 6
 
 
-def test_run_writes_every_promised_output(ray_session, tmp_path):
-    _, run_dir, rows = run(tmp_path, "train.num_steps=3")
+def test_run_writes_every_promised_output(ray_session, tmp_path, capsys):
+    summary, run_dir, rows = run(tmp_path, "train.num_steps=3")
     report = json.loads((run_dir / "summary.json").read_text())
     assert report["steps"] == 3
     model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
@@ -96,3 +97,13 @@ def test_scaled_out_shape_two_of_every_worker(ray_session, tmp_path):
     assert len({(r["prompt_id"], r["epoch"], r["learner_version"]) for r in trained}) == steps * 4
     assert max(r["learner_version"] - r["version"] for r in trained) <= 1
     assert summary.eval_accuracy.keys() == {0, steps}
+
+    # `rlsys inspect` accounts for every sample; `rlsys eval` re-measures the saved model offline
+    capsys.readouterr()
+    assert main(["inspect", str(run_dir)]) == 0
+    shown = capsys.readouterr().out
+    assert f"samples: {len(rows)} logged, {len([r for r in rows if not r['dropped']])} trained" in shown
+    assert main(["eval", str(run_dir / "model"), *tiny_overrides(tmp_path)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    offline = float(line.rsplit(" ", 1)[1].rstrip("%")) / 100
+    assert abs(offline - summary.eval_accuracy[3]) <= 1 / 40 + 1e-9, (offline, summary.eval_accuracy)

@@ -1,0 +1,31 @@
+"""Held-out evaluation of a checkpoint, without Ray: greedy completions scored by the run's reward function."""
+
+from __future__ import annotations
+
+import numpy as np
+from transformers import AutoTokenizer
+
+from rlsys.engines.generation import HFEngine
+from rlsys.rewards import RewardScorer
+from rlsys.types import Prompt
+
+
+def accuracy(rewards: np.ndarray) -> float:
+    """Fraction of samples whose reward reached 1 (fully correct); a failed reward (NaN) counts as wrong."""
+    return float(np.mean(np.nan_to_num(np.asarray(rewards, dtype=np.float64), nan=0.0) >= 1.0))
+
+
+def evaluate_checkpoint(model_dir: str, prompts: list[Prompt], reward_fn: str, max_new_tokens: int,
+                        timeout_s: float = 5.0, batch_size: int = 256) -> tuple[float, list[tuple[str, str, float]]]:
+    """(accuracy, [(prompt, completion, reward)]) of greedy decoding from ``model_dir`` on ``prompts``."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    engine = HFEngine(model_dir, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    completions = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        outs = engine.generate([tokenizer(p.text)["input_ids"] for p in chunk], max_new_tokens, 1.0, greedy=True)
+        completions += [tokenizer.decode(o.token_ids, skip_special_tokens=True) for o in outs]
+    with RewardScorer(reward_fn, timeout_s) as scorer:
+        outcomes = scorer.score([(c, p.answer) for c, p in zip(completions, prompts)])
+    rewards = np.array([np.nan if o.failed else o.reward for o in outcomes])
+    return accuracy(rewards), [(p.text, c, float(r)) for p, c, r in zip(prompts, completions, rewards)]

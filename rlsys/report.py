@@ -1,0 +1,44 @@
+"""``rlsys inspect RUN_DIR``: what a finished run did, read back from its files."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+
+def inspect_run(run_dir: str | Path, num_examples: int = 3) -> str:
+    """A plain-text account of a run: accuracy over versions, and every sample trained, dropped or failed."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise FileNotFoundError(f"{run_dir} has no metrics.jsonl; give the directory of an rlsys run "
+                                "(<output.root>/<run_name>)")
+    lines = [f"run {run_dir}"]
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    curve = [(m["step"], m["eval/accuracy"]) for m in metrics if m.get("eval/accuracy") is not None]
+    if curve:
+        lines.append("held-out accuracy by version: " + ", ".join(f"{v}: {a:.1%}" for v, a in curve))
+    samples_path = run_dir / "samples.parquet"
+    if not samples_path.is_file():
+        lines.append("no samples.parquet (output.save_samples=false, or the run did not finish)")
+        return "\n".join(lines)
+    rows = pq.read_table(samples_path).to_pylist()
+    trained = [r for r in rows if not r["dropped"]]
+    lines.append(f"samples: {len(rows)} logged, {len(trained)} trained")
+    for reason, count in Counter(r["dropped"] for r in rows if r["dropped"]).most_common():
+        lines.append(f"  not trained ({reason}): {count}")
+    staleness = Counter(r["learner_version"] - r["version"] for r in trained)
+    lines.append("staleness of trained samples (versions: count): "
+                 + ", ".join(f"{k}: {v}" for k, v in sorted(staleness.items())))
+    failures = Counter(r["reward_error"] for r in rows if r["reward_error"])
+    lines.append(f"reward failures: {sum(failures.values())}")
+    for error, count in failures.most_common(5):
+        lines.append(f"  {count} × {error}")
+    last = max((r["learner_version"] for r in trained), default=None)
+    if last is not None:
+        lines.append(f"examples trained at version {last}:")
+        for r in [r for r in trained if r["learner_version"] == last][:num_examples]:
+            lines.append(f"  {r['prompt']!r} → {r['response']!r} (answer {r['answer']!r}, reward {r['reward']:.2f})")
+    return "\n".join(lines)
