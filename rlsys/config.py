@@ -258,6 +258,12 @@ def validate(cfg: RLConfig) -> None:
             f"train.groups_per_step={cfg.train.groups_per_step} must be divisible by "
             f"learner.num_learners={cfg.learner.num_learners} so every data-parallel rank gets whole groups"
         )
+    if cfg.train.sync_every >= 1 and 0 <= cfg.train.max_staleness < cfg.train.sync_every - 1:
+        problems.append(
+            f"train.max_staleness={cfg.train.max_staleness} is below train.sync_every - 1 = "
+            f"{cfg.train.sync_every - 1}: weights reach the rollout workers only every {cfg.train.sync_every} steps, "
+            "so samples are up to sync_every - 1 versions old; raise max_staleness or lower sync_every"
+        )
     if cfg.model.num_heads >= 1 and cfg.model.hidden_size % cfg.model.num_heads:
         problems.append(f"model.hidden_size={cfg.model.hidden_size} must be divisible by model.num_heads="
                         f"{cfg.model.num_heads}")

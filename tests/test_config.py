@@ -143,6 +143,10 @@ def test_missing_config_file() -> None:
         (["task.name=parquet"], ["task.train_file must be set"]),
         (["model.path=/nope"], ["model.path='/nope'", "not a directory", "local Hugging Face checkpoint"]),
         (["rollout.backend=vllm"], ["rollout.backend='vllm'", "only 'hf' is implemented"]),
+        (
+            ["train.max_staleness=0", "train.sync_every=3"],
+            ["train.max_staleness=0", "sync_every - 1 = 2", "raise max_staleness or lower sync_every"],
+        ),
     ],
 )
 def test_impossible_values_name_key_and_fix(overrides: list[str], must_contain: list[str]) -> None:

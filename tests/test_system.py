@@ -29,10 +29,11 @@ def groups_by_version(rows) -> dict[int, set]:
     return out
 
 
-@pytest.mark.parametrize("eta", [0, 2])
-def test_staleness_bound_holds_and_admission_keeps_rollout_in_check(ray_session, tmp_path, eta):
+@pytest.mark.parametrize(("eta", "sync_every"), [(0, 1), (2, 1), (1, 2)])
+def test_staleness_bound_holds_and_admission_keeps_rollout_in_check(ray_session, tmp_path, eta, sync_every):
     steps, groups_per_step = 8, 4
-    summary, _, rows = run(tmp_path, f"train.max_staleness={eta}", f"train.num_steps={steps}")
+    summary, _, rows = run(tmp_path, f"train.max_staleness={eta}", f"train.num_steps={steps}",
+                           f"train.sync_every={sync_every}")
     trained = [r for r in rows if r["dropped"] == ""]
     assert len({(r["prompt_id"], r["epoch"], r["learner_version"]) for r in trained}) == steps * groups_per_step
     staleness = [r["learner_version"] - r["version"] for r in trained]
