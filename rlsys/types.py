@@ -35,7 +35,7 @@ class Sample:
     response_ids: np.ndarray
     behaviour_logprobs: np.ndarray
     finish_reason: str  # "stop" (EOS) | "length" (max_new_tokens reached)
-    version: int
+    version: int  # rollout workers swap weights only between generation batches: one version per sample
     response_text: str
     reward: float = math.nan
     reward_failed: bool = False
