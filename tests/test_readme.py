@@ -17,3 +17,18 @@ def test_ci_runs_the_readme_test_command():
 def test_readme_main_command_runs_rlsys_train():
     readme = (ROOT / "README.md").read_text()
     assert "&& .venv/bin/rlsys train\n" in readme
+
+
+def test_config_reference_lists_every_field():
+    from dataclasses import fields
+
+    from rlsys.config import RLConfig
+
+    readme = (ROOT / "README.md").read_text()
+    reference = readme[readme.index("## Config reference"):readme.index("## Results seen here")]
+    missing = []
+    for section in fields(RLConfig):
+        for f in fields(section.default_factory()):
+            if f"`{section.name}.{f.name}`" not in reference and f"`{f.name}`" not in reference:
+                missing.append(f"{section.name}.{f.name}")
+    assert not missing, f"README config reference lacks {missing}"
