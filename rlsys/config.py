@@ -201,6 +201,19 @@ def _describe(e: OmegaConfBaseException) -> str:
     return msg
 
 
+# (keys, test, rule in words): numeric fields whose only constraint is a lower bound.
+_BOUNDS = [
+    (("rollout.num_workers", "rollout.group_size", "rollout.groups_per_request", "rollout.max_new_tokens",
+      "reward.num_workers", "learner.num_learners", "learner.micro_batch_size", "train.num_steps",
+      "train.groups_per_step", "train.sync_every", "task.num_digits", "model.hidden_size", "model.num_layers",
+      "model.num_heads"), lambda v: v >= 1, "a positive integer (≥ 1)"),
+    (("train.max_staleness", "train.eval_every", "warmup.steps", "algo.kl_coef", "learner.weight_decay",
+      "rollout.num_gpus", "learner.num_gpus"), lambda v: v >= 0, "≥ 0"),
+    (("learner.lr", "rollout.temperature", "reward.timeout_s", "ray.placement_timeout_s", "algo.clip_eps",
+      "rollout.num_cpus", "reward.num_cpus", "learner.num_cpus"), lambda v: v > 0, "> 0"),
+]
+
+
 def validate(cfg: RLConfig) -> None:
     """Reject values that type-check but cannot work; each message names the key, the value and the fix."""
     problems: list[str] = []
@@ -209,44 +222,11 @@ def validate(cfg: RLConfig) -> None:
         if not ok:
             problems.append(msg)
 
-    for key, value in [
-        ("rollout.num_workers", cfg.rollout.num_workers),
-        ("rollout.group_size", cfg.rollout.group_size),
-        ("rollout.groups_per_request", cfg.rollout.groups_per_request),
-        ("rollout.max_new_tokens", cfg.rollout.max_new_tokens),
-        ("reward.num_workers", cfg.reward.num_workers),
-        ("learner.num_learners", cfg.learner.num_learners),
-        ("learner.micro_batch_size", cfg.learner.micro_batch_size),
-        ("train.num_steps", cfg.train.num_steps),
-        ("train.groups_per_step", cfg.train.groups_per_step),
-        ("train.sync_every", cfg.train.sync_every),
-        ("task.num_digits", cfg.task.num_digits),
-        ("model.hidden_size", cfg.model.hidden_size),
-        ("model.num_layers", cfg.model.num_layers),
-        ("model.num_heads", cfg.model.num_heads),
-    ]:
-        need(value >= 1, f"{key}={value} must be a positive integer (≥ 1)")
-    for key, value in [
-        ("train.max_staleness", cfg.train.max_staleness),
-        ("train.eval_every", cfg.train.eval_every),
-        ("warmup.steps", cfg.warmup.steps),
-        ("algo.kl_coef", cfg.algo.kl_coef),
-        ("learner.weight_decay", cfg.learner.weight_decay),
-        ("rollout.num_gpus", cfg.rollout.num_gpus),
-        ("learner.num_gpus", cfg.learner.num_gpus),
-    ]:
-        need(value >= 0, f"{key}={value} must be ≥ 0")
-    for key, value in [
-        ("learner.lr", cfg.learner.lr),
-        ("rollout.temperature", cfg.rollout.temperature),
-        ("reward.timeout_s", cfg.reward.timeout_s),
-        ("ray.placement_timeout_s", cfg.ray.placement_timeout_s),
-        ("algo.clip_eps", cfg.algo.clip_eps),
-        ("rollout.num_cpus", cfg.rollout.num_cpus),
-        ("reward.num_cpus", cfg.reward.num_cpus),
-        ("learner.num_cpus", cfg.learner.num_cpus),
-    ]:
-        need(value > 0, f"{key}={value} must be > 0")
+    for keys, ok, rule in _BOUNDS:
+        for key in keys:
+            section, name = key.split(".")
+            value = getattr(getattr(cfg, section), name)
+            need(ok(value), f"{key}={value} must be {rule}")
     need(cfg.learner.zero_stage in (0, 1, 2, 3), f"learner.zero_stage={cfg.learner.zero_stage} must be 0, 1, 2 or 3")
     need(cfg.algo.kl_estimator in ("k1", "k2", "k3"), f"algo.kl_estimator={cfg.algo.kl_estimator!r}: use k1, k2 or k3")
     need(cfg.rollout.backend == "hf", f"rollout.backend={cfg.rollout.backend!r}: only 'hf' is implemented "
