@@ -41,10 +41,6 @@ class Sample:
     reward_failed: bool = False
     reward_error: str | None = None
 
-    @property
-    def key(self) -> tuple[str, int, int]:
-        return (self.prompt_id, self.sample_index, self.epoch)
-
     def scored(self, reward: float, failed: bool, error: str | None) -> Sample:
         return replace(self, reward=reward, reward_failed=failed, reward_error=error)
 
@@ -65,7 +61,3 @@ class Group:
     @property
     def rewards(self) -> np.ndarray:
         return np.array([s.reward for s in self.samples], dtype=np.float32)
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(len(s.response_ids) for s in self.samples)

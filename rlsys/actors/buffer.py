@@ -78,9 +78,6 @@ class BufferActor:
         )
         return result.batch, summary
 
-    def depth(self) -> int:
-        return len(self.buffer)
-
     def close(self, learner_version: int) -> int:
         """Record the groups still waiting as not trained, flush the sample log; returns how many there were."""
         left = self.buffer.drain()
