@@ -1,6 +1,6 @@
 """``rlsys train | eval | inspect``.
 
-    rlsys train [--config FILE] [--print-config] [key=value ...]   run RL training
+    rlsys train [--algo NAME] [--config FILE ...] [--print-config] [key=value ...]   run RL training
     rlsys eval MODEL_DIR [--config FILE] [key=value ...]           held-out accuracy of a checkpoint
     rlsys inspect RUN_DIR                                          what a run trained, dropped and why
 """
@@ -12,16 +12,20 @@ import logging
 import os
 import sys
 
-from rlsys.config import ConfigError, load_config, to_yaml
+from rlsys.config import DEFAULT_CONFIG, ConfigError, algo_recipe, load_config, to_yaml
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlsys", description="Asynchronous RL post-training of language models.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="run RL training (no arguments: the embedded default)")
-    train.add_argument("--config", help="YAML experiment file (default: the embedded default)")
+    train.add_argument("--config", action="append", help="YAML experiment file; repeat to merge several in order "
+                       "(default: the embedded default)")
+    train.add_argument("--algo", help="an algorithm recipe merged after the config files: grpo, dr_grpo, dapo, gspo, "
+                       "ppo_gae, rloo, reinforce_pp, cispo (the files in configs/algos/)")
     train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    train.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.num_steps=20 train.max_staleness=0")
+    train.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="e.g. train.num_steps=20 train.max_staleness=0")
     evaluate = sub.add_parser("eval", help="greedy held-out accuracy of a Hugging Face checkpoint on the config's task")
     evaluate.add_argument("model_dir")
     evaluate.add_argument("--config", help="YAML experiment file whose task and reward to use")
@@ -40,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        cfg = load_config(args.config, args.overrides)
+        files = args.config if isinstance(args.config, list) or args.config is None else [args.config]
+        if getattr(args, "algo", None):
+            files = [*(files or [DEFAULT_CONFIG]), algo_recipe(args.algo)]
+        cfg = load_config(files, args.overrides)
     except ConfigError as e:
         print(f"rlsys: configuration error: {e}", file=sys.stderr)
         return 2

@@ -18,7 +18,12 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rlsys.algos.advantages import ESTIMATORS
+from rlsys.algos.aggregation import AGGREGATIONS
+from rlsys.algos.losses import IS_LEVELS, IS_MODES, POLICY_LOSSES
+
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
+ALGO_RECIPES = Path(__file__).parent / "configs" / "algos"  # <name>.yaml: the algo keys of one algorithm
 
 
 class ConfigError(ValueError):
@@ -89,12 +94,43 @@ class RewardConfig:
 
 @dataclass
 class AlgoConfig:
-    """GRPO objective (see :mod:`rlsys.algos.grpo`)."""
+    """The RL objective (maths in :mod:`rlsys.algos`). Each main algorithm is a recipe of these keys: see
+    ``configs/algos/*.yaml`` and the README's algorithm table."""
 
-    clip_eps: float = 0.2
+    # advantages
+    advantage: str = "grpo"  # grpo | dr_grpo | rloo | reinforce_pp | reinforce_pp_baseline | gae
+    adv_eps: float = 1e-6  # added to the std in GRPO's and REINFORCE++'s normalisation
+    adv_bound: float = 0.0  # bound |Â| ≤ adv_bound (0: off) ...
+    adv_bound_mode: str = "clamp"  # ... entry by entry (clamp) or by rescaling the whole batch (scale)
+    filter_zero_variance: bool = False  # groups whose rewards are all equal leave the loss and its normaliser
+    # policy loss
+    policy_loss: str = "ppo"  # ppo | dual_clip | gspo | cispo | reinforce
+    clip_eps_low: float = 0.2  # ratio clipped to [1 − clip_eps_low, 1 + clip_eps_high]
+    clip_eps_high: float = 0.2  # > clip_eps_low is DAPO's clip-higher
+    dual_clip_c: float = 3.0  # dual_clip: for Â < 0 the loss is at most −c·Â
+    loss_agg: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum | constant (Dr. GRPO)
+    entropy_coef: float = 0.0  # loss −= entropy_coef · entropy (an exploration bonus); entropy is logged always
+    epochs: int = 1  # passes over each training batch
+    minibatches: int = 1  # optimizer updates per pass: a training step is epochs × minibatches updates
+    # KL to the frozen initial policy
     kl_coef: float = 0.0  # 0 skips the reference model entirely
     kl_estimator: str = "k3"  # k1 | k2 | k3
-    adv_eps: float = 1e-6  # added to the group std
+    kl_in: str = "loss"  # loss (per token, with gradient) | reward (subtracted from the reward before advantages)
+    reference: str = "learner"  # learner (a frozen copy in every learner) | actor (one reference actor)
+    # PPO with a learned value function (advantage=gae)
+    gamma: float = 1.0
+    lam: float = 1.0
+    value_clip: float = 0.2  # clip V − V_old to ±value_clip in the value loss (0: off)
+    critic_lr: float = 1e-3
+    # off-policy correction
+    decoupled: bool = False  # clip against the proximal policy (recomputed by the learner), IS-weight to behaviour
+    is_mode: str = "tis"  # decoupled only: plain | tis (truncate) | mis (mask)
+    is_level: str = "token"  # token | sequence
+    is_cap: float = 2.0  # tis: w ≤ cap; mis: 1/cap ≤ w ≤ cap
+    # DAPO's sampling side
+    dynamic_sampling: bool = False  # drop groups whose rewards are all equal before the buffer; generate more
+    overlong_filter: bool = False  # truncated responses (hit max_new_tokens) do not train
+    overlong_buffer: int = 0  # soft overlong penalty over the last k tokens before max_new_tokens (0: off)
 
 
 @dataclass
@@ -161,16 +197,19 @@ class RLConfig:
         return self.train.groups_per_step * self.rollout.group_size
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RLConfig:
-    """Defaults ← the YAML file (the embedded default when ``path`` is None) ← ``key=value`` overrides, validated."""
-    base = OmegaConf.structured(RLConfig)
-    path = Path(path) if path is not None else DEFAULT_CONFIG
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist; pass an existing YAML file or omit it")
-    try:
-        cfg = OmegaConf.merge(base, OmegaConf.load(path))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"in {path}: {_describe(e)}") from None
+def load_config(path: str | os.PathLike | list[str | os.PathLike] | None = None,
+                overrides: list[str] | None = None) -> RLConfig:
+    """Defaults ← the YAML file(s), merged in order (the embedded default when ``path`` is None) ← ``key=value``
+    overrides, validated."""
+    cfg = OmegaConf.structured(RLConfig)
+    paths = [DEFAULT_CONFIG] if path is None else [path] if isinstance(path, str | os.PathLike) else list(path)
+    for p in map(Path, paths):
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist; pass an existing YAML file or omit it")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(p))
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"in {p}: {_describe(e)}") from None
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.num_steps=20)")
@@ -181,6 +220,15 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     config: RLConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     validate(config)
     return config
+
+
+def algo_recipe(name: str) -> Path:
+    """The packaged recipe file of algorithm ``name`` (e.g. ``dapo``); raises :class:`ConfigError` if unknown."""
+    path = ALGO_RECIPES / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in ALGO_RECIPES.glob("*.yaml")))
+        raise ConfigError(f"unknown algorithm {name!r}; the recipes are: {known}")
+    return path
 
 
 def to_yaml(config: RLConfig) -> str:
@@ -206,12 +254,23 @@ _BOUNDS = [
     (("rollout.num_workers", "rollout.group_size", "rollout.groups_per_request", "rollout.max_new_tokens",
       "reward.num_workers", "learner.num_learners", "learner.micro_batch_size", "train.num_steps",
       "train.groups_per_step", "train.sync_every", "task.num_digits", "model.hidden_size", "model.num_layers",
-      "model.num_heads"), lambda v: v >= 1, "a positive integer (≥ 1)"),
+      "model.num_heads", "algo.epochs", "algo.minibatches"), lambda v: v >= 1, "a positive integer (≥ 1)"),
     (("train.max_staleness", "train.eval_every", "warmup.steps", "algo.kl_coef", "learner.weight_decay",
-      "rollout.num_gpus", "learner.num_gpus"), lambda v: v >= 0, "≥ 0"),
-    (("learner.lr", "rollout.temperature", "reward.timeout_s", "ray.placement_timeout_s", "algo.clip_eps",
-      "rollout.num_cpus", "reward.num_cpus", "learner.num_cpus"), lambda v: v > 0, "> 0"),
+      "rollout.num_gpus", "learner.num_gpus", "algo.entropy_coef", "algo.adv_bound", "algo.value_clip",
+      "algo.overlong_buffer", "algo.clip_eps_low"), lambda v: v >= 0, "≥ 0"),
+    (("learner.lr", "rollout.temperature", "reward.timeout_s", "ray.placement_timeout_s", "algo.clip_eps_high",
+      "algo.critic_lr", "algo.adv_eps", "rollout.num_cpus", "reward.num_cpus", "learner.num_cpus"),
+     lambda v: v > 0, "> 0"),
 ]
+
+
+# Keys whose value is one of a fixed set of names.
+_CHOICES = {
+    "algo.advantage": ESTIMATORS, "algo.policy_loss": POLICY_LOSSES, "algo.loss_agg": AGGREGATIONS,
+    "algo.adv_bound_mode": ("clamp", "scale"), "algo.kl_estimator": ("k1", "k2", "k3"),
+    "algo.kl_in": ("loss", "reward"), "algo.reference": ("learner", "actor"), "algo.is_mode": IS_MODES,
+    "algo.is_level": IS_LEVELS, "learner.zero_stage": (0, 1, 2, 3), "task.name": ("synthetic_addition", "parquet"),
+}
 
 
 def validate(cfg: RLConfig) -> None:
@@ -227,12 +286,22 @@ def validate(cfg: RLConfig) -> None:
             section, name = key.split(".")
             value = getattr(getattr(cfg, section), name)
             need(ok(value), f"{key}={value} must be {rule}")
-    need(cfg.learner.zero_stage in (0, 1, 2, 3), f"learner.zero_stage={cfg.learner.zero_stage} must be 0, 1, 2 or 3")
-    need(cfg.algo.kl_estimator in ("k1", "k2", "k3"), f"algo.kl_estimator={cfg.algo.kl_estimator!r}: use k1, k2 or k3")
+    for key, choices in _CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        need(value in choices, f"{key}={value!r}: use one of {', '.join(map(str, choices))}")
+    a = cfg.algo
+    need(0 <= a.gamma <= 1 and 0 <= a.lam <= 1, f"algo.gamma={a.gamma} and algo.lam={a.lam} must be in [0, 1]")
+    need(a.dual_clip_c > 1, f"algo.dual_clip_c={a.dual_clip_c} must be > 1")
+    need(a.is_cap > 1, f"algo.is_cap={a.is_cap} must be > 1")
+    need(a.overlong_buffer <= cfg.rollout.max_new_tokens, f"algo.overlong_buffer={a.overlong_buffer} must be ≤ "
+         f"rollout.max_new_tokens={cfg.rollout.max_new_tokens}")
+    per_rank = cfg.samples_per_step // max(cfg.learner.num_learners, 1)
+    if a.minibatches >= 1 and per_rank % a.minibatches:
+        problems.append(f"algo.minibatches={a.minibatches} must divide the samples per learner per step "
+                        f"({per_rank} = train.groups_per_step × rollout.group_size / learner.num_learners)")
     need(cfg.rollout.backend == "hf", f"rollout.backend={cfg.rollout.backend!r}: only 'hf' is implemented "
          "(the vLLM engine is planned and needs a GPU)")
-    need(cfg.task.name in ("synthetic_addition", "parquet"),
-         f"task.name={cfg.task.name!r}: use 'synthetic_addition' or 'parquet'")
     if cfg.learner.num_learners >= 1 and cfg.train.groups_per_step % cfg.learner.num_learners:
         problems.append(
             f"train.groups_per_step={cfg.train.groups_per_step} must be divisible by "

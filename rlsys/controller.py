@@ -28,7 +28,7 @@ import ray
 from ray.exceptions import RayError
 
 from rlsys.actors.buffer import PutSummary, TakeSummary
-from rlsys.actors.learner import StepResult
+from rlsys.actors.learner import StepResult, combine_rank_metrics
 from rlsys.actors.placement import ActorHandles
 from rlsys.config import RLConfig
 from rlsys.data.tasks import PromptStream
@@ -43,6 +43,7 @@ STALL_TIMEOUT_S = 600.0
 MAX_REQUESTS_PER_WORKER = 2  # one generating, one queued behind it: the worker never waits for the driver
 RESULT_TIMEOUT_S = 300.0
 MAX_EVAL_ATTEMPTS = 3
+MAX_FILTERED_STEPS = 20  # dynamic sampling: give up after this many steps' worth of groups filtered in a row
 
 
 class PipelineStalled(RuntimeError):
@@ -64,6 +65,7 @@ class _Window:
     tokens: int = 0
     rewards: list[float] = field(default_factory=list)
     reward_failures: int = 0
+    filtered_groups: int = 0  # dropped by dynamic sampling
     response_lengths: list[int] = field(default_factory=list)
     generate_s: float = 0.0
     learner_s: float = 0.0
@@ -81,6 +83,7 @@ class RunSummary:
     dropped_stale_groups: int
     lost_requests: int
     reward_failures: int
+    filtered_groups: int
     max_staleness_seen: int
     sync_s_mean: float
 
@@ -108,7 +111,8 @@ class Controller:
         self.sync_s: list[float] = []
         self.staleness_seen: list[int] = []
         self.totals = {"samples": 0, "tokens": 0, "dropped_stale": 0, "lost_requests": 0, "reward_failures": 0,
-                       "learner_s": 0.0, "generate_s": 0.0}
+                       "filtered_groups": 0, "learner_s": 0.0, "generate_s": 0.0}
+        self.filtered_in_a_row = 0
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> RunSummary:
@@ -179,6 +183,18 @@ class Controller:
         w.generate_s += put.generate_s
         for error in put.reward_errors[:3]:
             log.warning("reward function failed on a sample of request %d: %s", put.request_id, error)
+        if put.filtered_keys:  # dynamic sampling dropped them: free their slots so more are generated
+            self.gate.discard(len(put.filtered_keys))
+            w.filtered_groups += len(put.filtered_keys)
+            self.filtered_in_a_row += len(put.filtered_keys)
+        if put.num_groups > len(put.filtered_keys):
+            self.filtered_in_a_row = 0
+        limit = MAX_FILTERED_STEPS * self.cfg.train.groups_per_step
+        if self.filtered_in_a_row > limit:
+            raise PipelineStalled(
+                f"dynamic sampling dropped {self.filtered_in_a_row} groups in a row (every group's rewards were all "
+                f"equal) at version {self.version}: the task is too easy or too hard for the policy. Turn off "
+                "algo.dynamic_sampling or raise rollout.group_size")
 
     def _on_rollout_lost(self, p: _Pending, error: Exception) -> None:
         """A rollout or reward worker died mid-request: its prompts go back to the front of the queue.
@@ -217,7 +233,9 @@ class Controller:
         if not take.taken:
             return
         staleness = [self.version - v for v in take.batch_versions]
-        refs = [learner.train_step.remote(p.payload["batch"]) for learner in self.actors.learners]
+        batch = p.payload["batch"]
+        ref = self.actors.reference.logprobs.remote(batch) if self.actors.reference is not None else None
+        refs = [learner.train_step.remote(batch, ref) for learner in self.actors.learners]
         self.pending[refs[0]] = _Pending("learn", {"refs": refs, "staleness": staleness})
         self.learning = True
 
@@ -228,8 +246,7 @@ class Controller:
         step_s = max(r.seconds for r in results)
         self.window.learner_s += step_s
         self.staleness_seen.extend(p.payload["staleness"])
-        train = {k: sum(r.metrics[k] for r in results) for k in results[0].metrics if k != "grad_norm"}
-        train["grad_norm"] = results[0].metrics["grad_norm"]
+        train = combine_rank_metrics([r.metrics for r in results])
         self._log_step(train, p.payload["staleness"], step_s)
         last = self.version >= self.cfg.train.num_steps
         if last or self.version % self.cfg.train.sync_every == 0:
@@ -338,10 +355,12 @@ class Controller:
             "staleness/max": float(np.max(staleness)),
             "pipeline/dropped_stale_total": float(self.totals["dropped_stale"]),
             "pipeline/lost_requests_total": float(self.totals["lost_requests"]),
+            "pipeline/filtered_groups": float(w.filtered_groups),
         }
         self.metrics.log(self.version, scalars, {"staleness": staleness})
         for key, value in (("samples", w.samples), ("tokens", w.tokens), ("reward_failures", w.reward_failures),
-                           ("learner_s", w.learner_s), ("generate_s", w.generate_s)):
+                           ("filtered_groups", w.filtered_groups), ("learner_s", w.learner_s),
+                           ("generate_s", w.generate_s)):
             self.totals[key] += value
         if self.on_step:
             self.on_step(self.version, {"reward": scalars["reward/mean"], "stale": scalars["staleness/mean"]})
@@ -356,6 +375,7 @@ class Controller:
             learner_idle_frac=1.0 - t["learner_s"] / wall,
             rollout_idle_frac=1.0 - t["generate_s"] / (wall * len(self.actors.rollouts)),
             dropped_stale_groups=t["dropped_stale"], lost_requests=t["lost_requests"],
-            reward_failures=t["reward_failures"], max_staleness_seen=max(self.staleness_seen, default=0),
+            reward_failures=t["reward_failures"], filtered_groups=t["filtered_groups"],
+            max_staleness_seen=max(self.staleness_seen, default=0),
             sync_s_mean=float(np.mean(self.sync_s)) if self.sync_s else math.nan,
         )

@@ -14,7 +14,7 @@ SCHEMA = pa.schema([
     ("sample_index", pa.int32()),
     ("epoch", pa.int32()),
     ("version", pa.int32()),  # policy version that generated the sample
-    ("learner_version", pa.int32()),  # policy version it trained (or was dropped at)
+    ("learner_version", pa.int32()),  # policy version it trained (or was dropped at; -1: dropped on arrival)
     ("dropped", pa.string()),  # "" when trained, else why it was not
     ("prompt", pa.string()),
     ("answer", pa.string()),

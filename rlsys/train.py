@@ -49,7 +49,8 @@ def init_ray(cfg: RLConfig) -> None:
         return
     # Logical CPUs: the actors' num_cpus are scheduling shares, so a laptop with 2 cores still hosts them all.
     needed = (cfg.learner.num_learners * cfg.learner.num_cpus + cfg.rollout.num_workers * cfg.rollout.num_cpus
-              + cfg.reward.num_workers * cfg.reward.num_cpus)
+              + cfg.reward.num_workers * cfg.reward.num_cpus
+              + (cfg.learner.num_cpus if cfg.algo.kl_coef > 0 and cfg.algo.reference == "actor" else 0))
     num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, int(needed + 0.999))
     ray.init(num_cpus=num_cpus, runtime_env=env, include_dashboard=False, log_to_driver=True)
 

@@ -128,8 +128,8 @@ def test_missing_config_file() -> None:
         (["learner.num_learners=0"], ["learner.num_learners=0", "positive"]),
         (["train.max_staleness=-1"], ["train.max_staleness=-1", "≥ 0"]),
         (["learner.lr=0"], ["learner.lr=0", "> 0"]),
-        (["learner.zero_stage=4"], ["learner.zero_stage=4", "0, 1, 2 or 3"]),
-        (["algo.kl_estimator=k9"], ["algo.kl_estimator", "k1, k2 or k3"]),
+        (["learner.zero_stage=4"], ["learner.zero_stage=4", "0, 1, 2, 3"]),
+        (["algo.kl_estimator=k9"], ["algo.kl_estimator", "k1, k2, k3"]),
         (["task.name=gsm8k"], ["task.name='gsm8k'", "synthetic_addition", "parquet"]),
         (
             ["train.groups_per_step=3", "learner.num_learners=2"],

@@ -8,9 +8,13 @@ samples it used and which it dropped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
 
 from rlsys.actors.rollout import RolloutBatch
+from rlsys.algos import zero_variance_groups
 from rlsys.buffer import GroupBuffer
 from rlsys.samples_io import SampleLog
 from rlsys.types import Group
@@ -33,6 +37,7 @@ class PutSummary:
     reward_s: float
     depth: int
     seq: int  # the buffer's operation count after this put: orders depth reports that arrive out of order
+    filtered_keys: list[tuple[str, int]] = field(default_factory=list)  # dynamic sampling dropped these groups
 
 
 @dataclass(frozen=True)
@@ -46,13 +51,25 @@ class TakeSummary:
 
 
 class BufferActor:
-    def __init__(self, max_staleness: int, sample_log_path: str | None) -> None:
+    """``dynamic_sampling`` (DAPO): a group whose rewards are all equal teaches nothing under a group baseline, so
+    it is dropped on arrival — recorded in the sample log with the reason — and its admission slot is freed, so
+    the controller keeps generating until a full batch of informative groups is buffered."""
+
+    def __init__(self, max_staleness: int, sample_log_path: str | None, dynamic_sampling: bool = False) -> None:
         self.buffer = GroupBuffer(max_staleness)
         self.log = SampleLog(sample_log_path) if sample_log_path else None
+        self.dynamic_sampling = dynamic_sampling
         self.seq = 0
 
     def put(self, batch: RolloutBatch) -> PutSummary:
-        self.buffer.put(batch.groups)
+        keep, filtered = list(batch.groups), []
+        if self.dynamic_sampling and batch.groups:
+            flat = zero_variance_groups(torch.as_tensor(np.stack([g.rewards for g in batch.groups]))).tolist()
+            keep = [g for g, f in zip(batch.groups, flat) if not f]
+            filtered = [g for g, f in zip(batch.groups, flat) if f]
+            if self.log is not None:
+                self.log.write(filtered, -1, "dynamic sampling: all rewards in the group are equal")
+        self.buffer.put(keep)
         self.seq += 1
         samples = [s for g in batch.groups for s in g.samples]
         return PutSummary(
@@ -62,6 +79,7 @@ class BufferActor:
             reward_errors=[s.reward_error for s in samples if s.reward_failed],
             response_lengths=[len(s.response_ids) for s in samples],
             generate_s=batch.generate_s, reward_s=batch.reward_s, depth=len(self.buffer), seq=self.seq,
+            filtered_keys=[(g.prompt.prompt_id, g.prompt.epoch) for g in filtered],
         )
 
     def take(self, num_groups: int, learner_version: int) -> tuple[list[Group] | None, TakeSummary]:

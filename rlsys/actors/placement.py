@@ -16,6 +16,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, Place
 
 from rlsys.actors.buffer import BufferActor
 from rlsys.actors.learner import Learner
+from rlsys.actors.reference import ReferenceWorker
 from rlsys.actors.reward import RewardWorker
 from rlsys.actors.rollout import RolloutWorker
 from rlsys.config import RLConfig
@@ -34,11 +35,13 @@ class ActorHandles:
     rollouts: list
     rewards: list
     buffer: object
+    reference: object | None  # the reference actor (algo.reference=actor and kl_coef > 0), else None
     learner_group: object
     packed_model: list  # keeps the checkpoint in the object store while restartable actors may need it
 
     def all(self) -> list:
-        return [*self.learners, *self.rollouts, *self.rewards, self.buffer]
+        return [*self.learners, *self.rollouts, *self.rewards, self.buffer,
+                *([self.reference] if self.reference is not None else [])]
 
 
 def create_actors(cfg: RLConfig, model_dir: str, sample_log_path: str | None, runtime_env: dict | None = None
@@ -63,7 +66,8 @@ def create_actors(cfg: RLConfig, model_dir: str, sample_log_path: str | None, ru
         learner_cls.options(
             num_cpus=lc.num_cpus, num_gpus=lc.num_gpus, max_restarts=0, runtime_env=runtime_env,
             scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=rank),
-        ).remote(rank, n_learn, model_dir, cfg.learner, cfg.algo, samples_per_rank, packed)
+        ).remote(rank, n_learn, model_dir, cfg.learner, cfg.algo, samples_per_rank, cfg.rollout.temperature,
+                 cfg.rollout.max_new_tokens, packed)
         for rank in range(n_learn)
     ]
     rc = cfg.rollout
@@ -82,8 +86,13 @@ def create_actors(cfg: RLConfig, model_dir: str, sample_log_path: str | None, ru
     buffer = ray.remote(BufferActor).options(
         num_cpus=0, runtime_env=runtime_env,
         scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
-    ).remote(cfg.train.max_staleness, sample_log_path)
-    return ActorHandles(learners, rollouts, rewards, buffer, group, packed)
+    ).remote(cfg.train.max_staleness, sample_log_path, cfg.algo.dynamic_sampling)
+    reference = None
+    if cfg.algo.kl_coef > 0 and cfg.algo.reference == "actor":  # same resources as one learner, restartable
+        reference = ray.remote(ReferenceWorker).options(
+            num_cpus=lc.num_cpus, num_gpus=lc.num_gpus, max_restarts=WORKER_MAX_RESTARTS, runtime_env=runtime_env,
+        ).remote(model_dir, rc.temperature, lc.num_cpus, lc.num_gpus, packed)
+    return ActorHandles(learners, rollouts, rewards, buffer, reference, group, packed)
 
 
 def setup_learners(learners: list, timeout_s: float = 600.0) -> None:

@@ -64,7 +64,8 @@ def read_prompts(path: str | Path) -> list[Prompt]:
     ids = data.get("id") or [f"{path.stem}-{i}" for i in range(table.num_rows)]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{path}: column 'id' has duplicates; prompt ids must be unique")
-    return [Prompt(prompt_id=str(i), text=str(p), answer=str(a)) for i, p, a in zip(ids, data["prompt"], data["answer"])]
+    return [Prompt(prompt_id=str(i), text=str(p), answer=str(a))
+            for i, p, a in zip(ids, data["prompt"], data["answer"])]
 
 
 class PromptStream:

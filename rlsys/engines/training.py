@@ -1,57 +1,81 @@
-"""The training engine: a Hugging Face causal LM under DeepSpeed ZeRO, one data-parallel rank per process.
+"""The training engine: a Hugging Face causal LM under DeepSpeed ZeRO, one data-parallel rank per process, plus
+the optional frozen reference and the optional critic (value model) that PPO-GAE trains beside the policy.
 
-One optimizer step = the rank's share of the global batch, cut into micro-batches. Every micro-batch loss is a
-share of one token-mean over the *global* batch (all micro-batches, all ranks), so the update does not depend
-on how the batch is split: DeepSpeed's own 1/GAS scaling is switched off and its data-parallel gradient
+One training step = ``epochs`` passes over the rank's share of the batch, each cut into ``minibatches`` optimizer
+updates, each update cut into micro-batches. The loss of every micro-batch is already weighted by per-sample
+weights computed from counts over the *global* mini-batch (:mod:`rlsys.algos.aggregation`), so the update does
+not depend on how a batch is split: DeepSpeed's own 1/GAS scaling is switched off and its data-parallel gradient
 average (÷ world size) is undone by a × world size factor.
+
+The critic is a separate model (``AutoModelForTokenClassification`` with one output, initialised from the policy
+checkpoint) with its own DeepSpeed engine in the same process — as in DeepSpeed-Chat. It is used at exactly the
+moments the policy is, on the same data-parallel shards, so co-locating it ships no values between actors; and
+unlike a value head on the policy's trunk, its loss cannot pull the policy's representation around.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification
 
-from rlsys.algos import clipped_policy_loss, entropy_from_logits, kl_estimate, token_logprobs, token_sum_over
+from rlsys.algos import entropy_from_logits, importance_weights, kl_estimate, policy_loss, token_logprobs, value_loss
 from rlsys.config import AlgoConfig, LearnerConfig
 from rlsys.engines.padding import pad_sequences
 
 
 @dataclass(frozen=True)
 class TrainBatch:
-    """The rank's sequences as right-padded tensors. Response tokens are where ``mask`` is 1.
+    """The rank's sequences as right-padded tensors. Response tokens that train are where ``mask`` is 1.
 
-    ``input_ids`` [B, L]; ``attention_mask`` [B, L]; tensors below are [B, L−1], aligned with the *targets*
-    ``input_ids[:, 1:]`` (position t predicts token t+1): ``mask`` (1 on response tokens),
-    ``behaviour_logprobs``; ``advantages`` [B].
+    ``input_ids`` [B, L]; ``attention_mask`` [B, L]; token tensors [B, L−1] are aligned with the *targets*
+    ``input_ids[:, 1:]`` (position t predicts token t+1). Per sample [B]: ``loss_weight`` (the aggregation weight,
+    0 for a sample that does not train), ``token_weight`` (1 / trainable tokens of its global mini-batch: token
+    means for metrics and the value loss), ``minibatch`` (which optimizer update it belongs to). Filled in by
+    the learner before training: ``advantages`` and, when needed, ``prox_logprobs`` (π at the start of the step),
+    ``ref_logprobs``, ``old_values`` and ``returns``.
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     mask: torch.Tensor
     behaviour_logprobs: torch.Tensor
-    advantages: torch.Tensor
+    loss_weight: torch.Tensor
+    token_weight: torch.Tensor
+    minibatch: torch.Tensor
+    advantages: torch.Tensor | None = None
+    prox_logprobs: torch.Tensor | None = None
+    ref_logprobs: torch.Tensor | None = None
+    old_values: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
 
     @staticmethod
-    def build(
-        prompts: list[np.ndarray], responses: list[np.ndarray], behaviour: list[np.ndarray],
-        advantages: list[float], pad_id: int,
-    ) -> TrainBatch:
+    def build(prompts: list[np.ndarray], responses: list[np.ndarray], behaviour: list[np.ndarray],
+              trainable: np.ndarray, loss_weight: np.ndarray, token_weight: np.ndarray, minibatch: np.ndarray,
+              pad_id: int) -> TrainBatch:
         seqs = [np.concatenate([p, r]).tolist() for p, r in zip(prompts, responses)]
         ids, attn = pad_sequences(seqs, pad_id, "right")
         mask = torch.zeros(ids.shape[0], ids.shape[1] - 1)
-        old = torch.zeros_like(mask)
-        for i, (p, r, lp) in enumerate(zip(prompts, responses, behaviour)):
-            cols = slice(len(p) - 1, len(p) - 1 + len(r))
-            mask[i, cols] = 1.0
-            old[i, cols] = torch.tensor(lp, dtype=torch.float32)
-        return TrainBatch(ids, attn, mask, old, torch.as_tensor(advantages, dtype=torch.float32))
+        for i, (p, r) in enumerate(zip(prompts, responses)):
+            mask[i, len(p) - 1: len(p) - 1 + len(r)] = float(trainable[i])
+        batch = TrainBatch(ids, attn, mask, torch.zeros_like(mask), torch.as_tensor(loss_weight, dtype=torch.float32),
+                           torch.as_tensor(token_weight, dtype=torch.float32), torch.as_tensor(minibatch))
+        return dataclasses.replace(batch, behaviour_logprobs=batch.scatter(prompts, behaviour))
 
-    def slice(self, rows: slice) -> TrainBatch:
-        return TrainBatch(self.input_ids[rows], self.attention_mask[rows], self.mask[rows],
-                          self.behaviour_logprobs[rows], self.advantages[rows])
+    def scatter(self, prompts: list[np.ndarray], per_sample: list[np.ndarray]) -> torch.Tensor:
+        """Per-sample response arrays ([R_i] each) placed at their target positions: [B, L−1], 0 elsewhere."""
+        out = torch.zeros(self.mask.shape)
+        for i, (p, values) in enumerate(zip(prompts, per_sample)):
+            out[i, len(p) - 1: len(p) - 1 + len(values)] = torch.as_tensor(np.asarray(values), dtype=torch.float32)
+        return out
+
+    def rows(self, index: torch.Tensor | slice) -> TrainBatch:
+        return TrainBatch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
+                             for f in dataclasses.fields(self)})
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -71,86 +95,170 @@ def deepspeed_config(cfg: LearnerConfig, micro_batches: int, world_size: int) ->
     }
 
 
+def micro_batches_per_update(samples_per_rank: int, minibatches: int, micro_batch_size: int) -> int:
+    return math.ceil(samples_per_rank // minibatches / micro_batch_size)
+
+
 class DeepSpeedPolicy:
-    """A policy being trained, plus the optional frozen reference for the KL term.
+    """A policy being trained, the optional frozen reference (KL) and the optional critic (GAE).
 
     Construct after ``torch.distributed`` is initialised (see :func:`rlsys.actors.learner.init_distributed`).
     """
 
-    def __init__(
-        self, model_dir: str, learner: LearnerConfig, algo: AlgoConfig, micro_batches: int, world_size: int,
-        device: str = "cpu",
-    ) -> None:
-        import deepspeed  # heavy import, only in learner processes
-
-        self.algo = algo
+    def __init__(self, model_dir: str, learner: LearnerConfig, algo: AlgoConfig, samples_per_rank: int,
+                 world_size: int, temperature: float = 1.0, device: str = "cpu") -> None:
+        self.algo, self.temperature, self.world_size = algo, temperature, world_size
         self.device = torch.device(device)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=learner.lr, weight_decay=learner.weight_decay)
-        self.engine, _, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=deepspeed_config(learner, micro_batches, world_size)
-        )
-        self.world_size = world_size
-        self.micro_batches = micro_batches
         self.micro_batch_size = learner.micro_batch_size
+        self.micro_batches = micro_batches_per_update(samples_per_rank, algo.minibatches, learner.micro_batch_size)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        self.engine = self._deepspeed(model, learner, learner.lr)
         self.reference = None
-        if algo.kl_coef > 0:  # skipped entirely at kl_coef = 0: no memory, no forward passes
+        if algo.kl_coef > 0 and algo.reference == "learner":  # kl_coef = 0: no reference at all
             self.reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(self.device)
             self.reference.eval().requires_grad_(False)
+        self.critic = None
+        if algo.advantage == "gae":
+            config = AutoConfig.from_pretrained(model_dir, num_labels=1, classifier_dropout=0.0)
+            critic = AutoModelForTokenClassification.from_pretrained(model_dir, config=config, dtype=torch.float32)
+            self.critic = self._deepspeed(critic, learner, algo.critic_lr)
 
-    def train_step(self, batch: TrainBatch, global_num_tokens: int) -> dict[str, float]:
-        """One optimizer step over ``batch`` (this rank's share); ``global_num_tokens`` counts all ranks' tokens."""
+    def _deepspeed(self, model: torch.nn.Module, learner: LearnerConfig, lr: float):
+        import deepspeed  # heavy import, only in learner processes
+
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=learner.weight_decay)
+        engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=deepspeed_config(learner, self.micro_batches, self.world_size))
+        return engine
+
+    # ------------------------------------------------------------------ before the updates
+    def _chunks(self, n: int) -> list[slice]:
+        return [slice(i, i + self.micro_batch_size) for i in range(0, n, self.micro_batch_size)]
+
+    @torch.no_grad()
+    def prepare(self, batch: TrainBatch, need_ref: bool, need_prox: bool) -> TrainBatch:
+        """Forward passes without gradient, before any update: reference logprobs, proximal logprobs (π_θ at the
+        start of the step) and the critic's values, as the config needs them."""
+        if not (need_ref or need_prox or self.critic is not None):
+            return batch
+        ref, prox, values = [], [], []
+        for rows in self._chunks(len(batch)):
+            ids = batch.input_ids[rows].to(self.device)
+            attn = batch.attention_mask[rows].to(self.device)
+            targets = ids[:, 1:]
+            if need_ref:
+                ref.append(token_logprobs(self.reference(input_ids=ids, attention_mask=attn).logits[:, :-1], targets,
+                                          self.temperature).cpu())
+            if need_prox:
+                self.engine.eval()
+                prox.append(token_logprobs(self.engine(input_ids=ids, attention_mask=attn).logits[:, :-1], targets,
+                                           self.temperature).cpu())
+            if self.critic is not None:
+                self.critic.eval()
+                values.append(self._values(self.critic, ids, attn).cpu())
+        return dataclasses.replace(
+            batch, ref_logprobs=torch.cat(ref) if need_ref else batch.ref_logprobs,
+            prox_logprobs=torch.cat(prox) if need_prox else None,
+            old_values=torch.cat(values) if self.critic is not None else None)
+
+    @staticmethod
+    def _values(critic, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """V(state before target token t+1), [B, L−1]: the critic's output at position t."""
+        return critic(input_ids=ids, attention_mask=attn).logits[:, :-1, 0].float()
+
+    # ------------------------------------------------------------------ the updates
+    def train_step(self, batch: TrainBatch) -> dict[str, float]:
+        """``epochs`` × ``minibatches`` optimizer updates over ``batch`` (this rank's share, fully prepared).
+
+        Returns this rank's shares of global token-means (averaged over updates) — the controller sums ranks —
+        and ``*_max`` / ``*_min`` values that it combines by max / min."""
+        assert batch.advantages is not None, "compute advantages before training"
         self.engine.train()
-        sums = {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0}
-        chunks = [slice(i, i + self.micro_batch_size) for i in range(0, len(batch), self.micro_batch_size)]
-        assert len(chunks) == self.micro_batches, "every rank must run the same number of micro-batches"
-        for rows in chunks:
-            mb = batch.slice(rows)
-            parts = self._micro_batch_loss(mb, global_num_tokens)
-            self.engine.backward(parts["loss"] * self.world_size, scale_wrt_gas=False)
-            self.engine.step()  # a no-op until the last micro-batch (DeepSpeed counts them)
-            for k in sums:
-                sums[k] += float(parts[k].detach())
+        if self.critic is not None:
+            self.critic.train()
+        sums: dict[str, float] = {}
+        extremes: dict[str, float] = {}
+        updates = self.algo.epochs * self.algo.minibatches
+        for _ in range(self.algo.epochs):
+            for m in range(self.algo.minibatches):
+                mini = batch.rows(torch.nonzero(batch.minibatch == m).squeeze(-1))
+                chunks = self._chunks(len(mini))
+                assert len(chunks) == self.micro_batches, "every rank must run the same number of micro-batches"
+                for rows in chunks:
+                    parts, peaks = self._micro_batch(mini.rows(rows))
+                    for k, v in parts.items():
+                        sums[k] = sums.get(k, 0.0) + float(v) / updates
+                    for k, v in peaks.items():
+                        extremes[k] = max(extremes.get(k, -math.inf), v) if k.endswith("_max") else \
+                            min(extremes.get(k, math.inf), v)
         grad_norm = self.engine.get_global_grad_norm()
-        # Each sum is this rank's share of a global token-mean; the controller adds the ranks' shares.
-        return {**sums, "grad_norm": float(grad_norm) if grad_norm is not None else float("nan")}
+        return {**sums, **extremes, "grad_norm": float(grad_norm) if grad_norm is not None else math.nan}
 
-    def _micro_batch_loss(self, mb: TrainBatch, n_tokens: int) -> dict[str, torch.Tensor]:
-        ids = mb.input_ids.to(self.device)
-        logits = self.engine(input_ids=ids, attention_mask=mb.attention_mask.to(self.device)).logits[:, :-1]
-        targets = ids[:, 1:]
-        mask = mb.mask.to(self.device)
-        logp = token_logprobs(logits, targets)
-        pg, clipped = clipped_policy_loss(logp, mb.behaviour_logprobs.to(self.device), mb.advantages.to(self.device),
-                                          self.algo.clip_eps)
+    def _micro_batch(self, mb: TrainBatch) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """Backward through one micro-batch of the policy (and critic); returns metric shares and extremes."""
+        a, dev = self.algo, self.device
+        ids, attn = mb.input_ids.to(dev), mb.attention_mask.to(dev)
+        mask, adv = mb.mask.to(dev), mb.advantages.to(dev)
+        behaviour = mb.behaviour_logprobs.to(dev)
+        logits = self.engine(input_ids=ids, attention_mask=attn).logits[:, :-1]
+        logp = token_logprobs(logits, ids[:, 1:], self.temperature)
+        # One update per step: π at the start of the step *is* the π_θ of this forward pass.
+        prox = mb.prox_logprobs.to(dev) if mb.prox_logprobs is not None else logp.detach()
+        anchor = prox if a.decoupled else behaviour
+        pg, flags = policy_loss(a.policy_loss, logp, anchor, adv, mask, a.clip_eps_low, a.clip_eps_high, a.dual_clip_c)
+        if a.decoupled:
+            weight, is_flags = importance_weights(prox, behaviour, mask, a.is_mode, a.is_level, a.is_cap)
+            pg = pg * weight
+            flags |= {"is_truncated": is_flags["truncated"], "is_masked": is_flags["masked"], "is_weight": weight}
         per_token = pg
         kl = torch.zeros_like(pg)
-        if self.reference is not None:
-            with torch.no_grad():
-                ref_logits = self.reference(input_ids=ids, attention_mask=mb.attention_mask.to(self.device)).logits
-                ref_logp = token_logprobs(ref_logits[:, :-1], targets)
-            kl = kl_estimate(logp, ref_logp, self.algo.kl_estimator)
-            per_token = pg + self.algo.kl_coef * kl
-        with torch.no_grad():
-            entropy = entropy_from_logits(logits.detach())
-        return {
-            "loss": token_sum_over(per_token, mask, n_tokens),
-            "pg_loss": token_sum_over(pg.detach(), mask, n_tokens),
-            "kl": token_sum_over(kl.detach(), mask, n_tokens),
-            "clip_frac": token_sum_over(clipped, mask, n_tokens),
-            "entropy": token_sum_over(entropy, mask, n_tokens),
-        }
+        if mb.ref_logprobs is not None:  # logged either way; in the loss only for kl_in=loss
+            kl = kl_estimate(logp, mb.ref_logprobs.to(dev), a.kl_estimator)
+            if a.kl_in == "loss":
+                per_token = per_token + a.kl_coef * kl
+        entropy = entropy_from_logits(logits if a.entropy_coef > 0 else logits.detach(), self.temperature)
+        if a.entropy_coef > 0:
+            per_token = per_token - a.entropy_coef * entropy
+        weight_per_sample = mb.loss_weight.to(dev).unsqueeze(-1)
+        loss = (per_token * mask * weight_per_sample).sum()
+        self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+        self.engine.step()  # a no-op until the last micro-batch of the update (DeepSpeed counts them)
 
+        token_w = mb.token_weight.to(dev).unsqueeze(-1) * mask
+
+        def share(x: torch.Tensor) -> torch.Tensor:
+            return (x.detach() * token_w).sum()
+
+        out = {"loss": loss.detach(), "pg_loss": share(pg), "kl": share(kl), "entropy": share(entropy),
+               "behaviour_kl": share(kl_estimate(behaviour, prox, "k3")), "adv_mean": share(adv)}
+        out |= {f"{k}_frac" if k != "is_weight" else "is_weight_mean": share(v) for k, v in flags.items()}
+        live = mask > 0
+        peaks = {}
+        if live.any():
+            peaks = {"adv_abs_max": float(adv[live].abs().max())}
+            if a.decoupled:
+                peaks |= {"is_weight_max": float(flags["is_weight"][live].max()),
+                          "is_weight_min": float(flags["is_weight"][live].min())}
+        if self.critic is not None:
+            values = self._values(self.critic, ids, attn)
+            vloss, vclipped = value_loss(values, mb.old_values.to(dev), mb.returns.to(dev), a.value_clip)
+            critic_loss = (vloss * token_w).sum()
+            self.critic.backward(critic_loss * self.world_size, scale_wrt_gas=False)
+            self.critic.step()
+            out |= {"value_loss": critic_loss.detach(), "value_clip_frac": share(vclipped), "value_mean": share(values)}
+        return out, peaks
+
+    # ------------------------------------------------------------------ checks and weights
     @torch.no_grad()
     def logprobs(self, batch: TrainBatch) -> torch.Tensor:
         """log π(target) at every position, [B, L−1] (for checks against the rollout engine)."""
         self.engine.eval()
         logits = self.engine(input_ids=batch.input_ids.to(self.device),
                              attention_mask=batch.attention_mask.to(self.device)).logits
-        return token_logprobs(logits[:, :-1], batch.input_ids[:, 1:].to(self.device)).cpu()
+        return token_logprobs(logits[:, :-1], batch.input_ids[:, 1:].to(self.device), self.temperature).cpu()
 
     def full_state_dict(self, all_ranks: bool = False) -> dict[str, np.ndarray] | None:
-        """The full float32 weights as numpy arrays on rank 0 (on every rank if ``all_ranks``; None elsewhere).
+        """The full float32 policy weights as numpy arrays on rank 0 (on every rank if ``all_ranks``; None elsewhere).
 
         A collective under ZeRO-3 (parameters are sharded and gathered here): every rank must call it."""
         import deepspeed
