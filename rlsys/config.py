@@ -141,7 +141,8 @@ class LearnerConfig:
     zero_stage: int = 1
     lr: float = 2e-4
     weight_decay: float = 0.0
-    grad_clip: float = 1.0
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0  # global gradient-norm clip (0: off)
     micro_batch_size: int = 64  # samples per forward/backward on one learner
     num_cpus: float = 1.0
     num_gpus: float = 0.0
@@ -256,10 +257,10 @@ _BOUNDS = [
       "train.groups_per_step", "train.sync_every", "task.num_digits", "model.hidden_size", "model.num_layers",
       "model.num_heads", "algo.epochs", "algo.minibatches"), lambda v: v >= 1, "a positive integer (≥ 1)"),
     (("train.max_staleness", "train.eval_every", "warmup.steps", "algo.kl_coef", "learner.weight_decay",
-      "rollout.num_gpus", "learner.num_gpus", "algo.entropy_coef", "algo.adv_bound", "algo.value_clip",
-      "algo.overlong_buffer", "algo.clip_eps_low"), lambda v: v >= 0, "≥ 0"),
+      "rollout.num_gpus", "learner.num_gpus", "learner.grad_clip", "algo.entropy_coef", "algo.adv_bound",
+      "algo.value_clip", "algo.overlong_buffer", "algo.clip_eps_low"), lambda v: v >= 0, "≥ 0"),
     (("learner.lr", "rollout.temperature", "reward.timeout_s", "ray.placement_timeout_s", "algo.clip_eps_high",
-      "algo.critic_lr", "algo.adv_eps", "rollout.num_cpus", "reward.num_cpus", "learner.num_cpus"),
+      "algo.critic_lr", "algo.adv_eps", "learner.adam_eps", "rollout.num_cpus", "reward.num_cpus", "learner.num_cpus"),
      lambda v: v > 0, "> 0"),
 ]
 
@@ -296,10 +297,10 @@ def validate(cfg: RLConfig) -> None:
     need(a.is_cap > 1, f"algo.is_cap={a.is_cap} must be > 1")
     need(a.overlong_buffer <= cfg.rollout.max_new_tokens, f"algo.overlong_buffer={a.overlong_buffer} must be ≤ "
          f"rollout.max_new_tokens={cfg.rollout.max_new_tokens}")
-    per_rank = cfg.samples_per_step // max(cfg.learner.num_learners, 1)
-    if a.minibatches >= 1 and per_rank % a.minibatches:
-        problems.append(f"algo.minibatches={a.minibatches} must divide the samples per learner per step "
-                        f"({per_rank} = train.groups_per_step × rollout.group_size / learner.num_learners)")
+    cells = cfg.learner.num_learners * a.minibatches
+    if a.minibatches > 1 and cells >= 1 and cfg.train.groups_per_step % cells:
+        problems.append(f"train.groups_per_step={cfg.train.groups_per_step} must be divisible by learner.num_learners"
+                        f" × algo.minibatches = {cells}: every rank trains whole groups in every mini-batch")
     need(cfg.rollout.backend == "hf", f"rollout.backend={cfg.rollout.backend!r}: only 'hf' is implemented "
          "(the vLLM engine is planned and needs a GPU)")
     if cfg.learner.num_learners >= 1 and cfg.train.groups_per_step % cfg.learner.num_learners:

@@ -143,6 +143,17 @@ def test_missing_config_file() -> None:
         (["task.name=parquet"], ["task.train_file must be set"]),
         (["model.path=/nope"], ["model.path='/nope'", "not a directory", "local Hugging Face checkpoint"]),
         (["rollout.backend=vllm"], ["rollout.backend='vllm'", "only 'hf' is implemented"]),
+        (["algo.advantage=ppo"], ["algo.advantage='ppo'", "grpo", "dr_grpo", "rloo", "gae"]),
+        (["algo.policy_loss=trpo"], ["algo.policy_loss='trpo'", "ppo", "dual_clip", "gspo", "cispo", "reinforce"]),
+        (["algo.loss_agg=sum"], ["algo.loss_agg='sum'", "token_mean", "seq_mean_token_mean", "constant"]),
+        (["algo.is_mode=clip"], ["algo.is_mode='clip'", "plain", "tis", "mis"]),
+        (["algo.kl_in=both"], ["algo.kl_in='both'", "loss", "reward"]),
+        (["algo.reference=gpu"], ["algo.reference='gpu'", "learner", "actor"]),
+        (["algo.minibatches=3"], ["train.groups_per_step=16", "learner.num_learners × algo.minibatches = 3"]),
+        (["algo.overlong_buffer=7"], ["algo.overlong_buffer=7", "rollout.max_new_tokens=6"]),
+        (["algo.is_cap=1.0"], ["algo.is_cap=1.0", "> 1"]),
+        (["algo.clip_eps_high=0"], ["algo.clip_eps_high=0", "> 0"]),
+        (["algo.gamma=1.5"], ["algo.gamma=1.5", "[0, 1]"]),
         (
             ["train.max_staleness=0", "train.sync_every=3"],
             ["train.max_staleness=0", "sync_every - 1 = 2", "raise max_staleness or lower sync_every"],
@@ -220,3 +231,31 @@ def test_console_script_print_config() -> None:
     printed = yaml.safe_load(result.stdout)
     assert printed["train"]["num_steps"] == load_config().train.num_steps
     assert printed["rollout"]["backend"] == "hf"
+
+
+@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "dapo", "gspo", "ppo_gae", "rloo", "reinforce_pp", "cispo"])
+def test_every_algorithm_recipe_loads_over_the_default(name: str) -> None:
+    from rlsys.config import algo_recipe
+
+    recipe = yaml.safe_load(algo_recipe(name).read_text())
+    assert set(recipe) == {"algo"}, "a recipe sets algorithm keys only"
+    cfg = load_config([DEFAULT_CONFIG, algo_recipe(name)])
+    for key, value in recipe["algo"].items():
+        assert getattr(cfg.algo, key) == value
+    assert cfg.train.num_steps == load_config().train.num_steps  # everything else is the default
+
+
+def test_unknown_algorithm_recipe_names_the_known_ones() -> None:
+    from rlsys.config import algo_recipe
+
+    with pytest.raises(ConfigError, match="unknown algorithm 'ppo2'.*dapo.*gspo"):
+        algo_recipe("ppo2")
+
+
+def test_cli_algo_flag_merges_the_recipe(capsys) -> None:
+    from rlsys.cli import main
+
+    assert main(["train", "--algo", "dapo", "--print-config", "train.num_steps=5"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["algo"]["clip_eps_high"] == 0.28 and printed["algo"]["dynamic_sampling"] is True
+    assert printed["train"]["num_steps"] == 5

@@ -75,7 +75,18 @@ class RankBatch:
     batch: TrainBatch
     rewards: torch.Tensor  # [G_rank, n] shaped rewards of this rank's groups, NaN where the reward failed
     prompts: list[np.ndarray]  # this rank's prompt ids, in row order (to place per-sample arrays)
+    sample_index: np.ndarray  # each row's position in the whole batch (samples in group order)
     counts: dict[str, float]  # whole-batch counts, for metrics
+
+
+def assign_groups(num_groups: int, world_size: int, minibatches: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rank, mini-batch) of every group of a step. Mini-batch m is the m-th contiguous slice of the groups — the
+    same groups whatever the number of ranks — and rank r trains the r-th contiguous part of every mini-batch.
+    Needs ``num_groups`` divisible by ``world_size × minibatches`` (checked in config validation)."""
+    per_minibatch = num_groups // minibatches
+    per_cell = per_minibatch // world_size
+    g = np.arange(num_groups)
+    return (g % per_minibatch) // per_cell, g // per_minibatch
 
 
 def rank_batch(groups: list[Group], rank: int, world_size: int, pad_id: int, algo: AlgoConfig,
@@ -83,8 +94,8 @@ def rank_batch(groups: list[Group], rank: int, world_size: int, pad_id: int, alg
     """This rank's :class:`TrainBatch`, with loss weights computed over the *whole* batch.
 
     Every rank receives every group, so the counts behind the aggregation weights (trainable samples and tokens
-    per optimizer mini-batch) are the same everywhere without a collective. Rank r trains the contiguous groups
-    [r·G/W, (r+1)·G/W); within a rank, mini-batch m is the m-th contiguous slice of its samples. A sample does not
+    per optimizer mini-batch) are the same everywhere without a collective. Which groups a rank trains, and in
+    which mini-batch, is :func:`assign_groups`. A sample does not
     train (weight 0, but keeps its row: every rank must run the same micro-batches) if its reward failed, if it
     was truncated and ``overlong_filter`` is on, or if its group has zero reward variance and
     ``filter_zero_variance`` is on.
@@ -101,26 +112,26 @@ def rank_batch(groups: list[Group], rank: int, world_size: int, pad_id: int, alg
     if algo.filter_zero_variance:
         trainable &= ~np.repeat(zero_var, n)
     shaped = raw + overlong_penalty(lengths, max_new_tokens, algo.overlong_buffer).reshape(raw.shape)
-    per_rank = len(samples) // world_size
-    minibatch = (np.arange(len(samples)) % per_rank) // (per_rank // algo.minibatches)
+    group_rank, group_minibatch = assign_groups(len(groups), world_size, algo.minibatches)
+    minibatch = np.repeat(group_minibatch, n)
     loss_weight = sample_loss_weights(lengths, trainable, algo.loss_agg, max_new_tokens, minibatch)
     token_weight = sample_loss_weights(lengths, trainable, "token_mean", max_new_tokens, minibatch)
-    rows = slice(rank * per_rank, (rank + 1) * per_rank)
-    mine = samples[rows]
+    group_rows = np.flatnonzero(group_rank == rank)
+    rows = np.flatnonzero(np.repeat(group_rank, n) == rank)
+    mine = [samples[i] for i in rows]
     prompts = [s.prompt_ids for s in mine]
     batch = TrainBatch.build(
         prompts=prompts, responses=[s.response_ids for s in mine], behaviour=[s.behaviour_logprobs for s in mine],
         trainable=trainable[rows], loss_weight=loss_weight[rows], token_weight=token_weight[rows],
         minibatch=minibatch[rows], pad_id=pad_id,
     )
-    group_rows = slice(rank * len(groups) // world_size, (rank + 1) * len(groups) // world_size)
     counts = {
         "batch/trainable_frac": float(trainable.mean()),
         "batch/zero_variance_group_frac": float(zero_var.mean()),
         "batch/truncated_frac": float(truncated.mean()),
         "batch/overlong_penalty_mean": float(np.mean(shaped - raw)) if algo.overlong_buffer else 0.0,
     }
-    return RankBatch(batch, torch.as_tensor(shaped[group_rows], dtype=torch.float32), prompts, counts)
+    return RankBatch(batch, torch.as_tensor(shaped[group_rows], dtype=torch.float32), prompts, rows, counts)
 
 
 def compute_advantages(algo: AlgoConfig, rewards: torch.Tensor, batch: TrainBatch, reduce_sum, reduce_max
@@ -206,7 +217,7 @@ class Learner:
         planned = rank_batch(groups, self.rank, self.world_size, self.pad_id, self.algo, self.max_new_tokens)
         batch = planned.batch
         if ref_logprobs is not None:
-            mine = ref_logprobs[self.rank * len(batch): (self.rank + 1) * len(batch)]
+            mine = [ref_logprobs[i] for i in planned.sample_index]
             batch = dataclasses.replace(batch, ref_logprobs=batch.scatter(planned.prompts, mine))
         updates = self.algo.epochs * self.algo.minibatches
         batch = self.policy.prepare(batch, need_ref=self.policy.reference is not None, need_prox=updates > 1)

@@ -120,13 +120,17 @@ class DeepSpeedPolicy:
         self.critic = None
         if algo.advantage == "gae":
             config = AutoConfig.from_pretrained(model_dir, num_labels=1, classifier_dropout=0.0)
-            critic = AutoModelForTokenClassification.from_pretrained(model_dir, config=config, dtype=torch.float32)
+            with torch.random.fork_rng():  # the new value head's initialisation is the same in every run
+                torch.manual_seed(0)
+                critic = AutoModelForTokenClassification.from_pretrained(model_dir, config=config,
+                                                                         dtype=torch.float32)
             self.critic = self._deepspeed(critic, learner, algo.critic_lr)
 
     def _deepspeed(self, model: torch.nn.Module, learner: LearnerConfig, lr: float):
         import deepspeed  # heavy import, only in learner processes
 
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=learner.weight_decay)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=learner.weight_decay,
+                                      eps=learner.adam_eps)
         engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=deepspeed_config(learner, self.micro_batches, self.world_size))
         return engine

@@ -1,0 +1,137 @@
+"""From scored groups to a learner's batch: which samples train, with what weight, on which rank and update; and
+DAPO's dynamic sampling at the buffer. Plain Python objects, no Ray (the actors are thin around these)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from rlsys.actors.buffer import BufferActor
+from rlsys.actors.learner import compute_advantages, rank_batch
+from rlsys.actors.rollout import RolloutBatch
+from rlsys.algos import group_advantages, sample_loss_weights
+from rlsys.config import AlgoConfig
+from rlsys.types import Group, Prompt, Sample
+
+MAX_NEW = 6
+
+
+def group(pid: str, rewards: list[float], lengths: list[int], truncated: tuple[int, ...] = ()) -> Group:
+    prompt = Prompt(pid, f"q{pid}", "a")
+    samples = tuple(
+        Sample(pid, j, 0, np.array([1, 2, 3], np.int32), np.arange(4, 4 + n, dtype=np.int32),
+               np.full(n, -1.0, np.float32), "length" if j in truncated else "stop", 0, "x", reward=r,
+               reward_failed=math.isnan(r))
+        for j, (r, n) in enumerate(zip(rewards, lengths)))
+    return Group(prompt, samples)
+
+
+@pytest.fixture
+def groups() -> list[Group]:
+    return [
+        group("a", [1.0, 0.0], [2, 4]),
+        group("b", [1.0, 1.0], [1, 3]),  # zero variance
+        group("c", [math.nan, 0.0], [2, 2]),  # a failed reward
+        group("d", [0.0, 1.0], [6, 3], truncated=(0,)),  # a truncated response
+    ]
+
+
+def test_untrainable_samples_keep_their_rows_but_have_no_tokens(groups):
+    planned = rank_batch(groups, 0, 1, 0, AlgoConfig(overlong_filter=True, filter_zero_variance=True), MAX_NEW)
+    b = planned.batch
+    assert len(b) == 8  # every sample keeps a row: all ranks run the same micro-batches
+    tokens = b.mask.sum(-1).tolist()
+    # b: zero variance; c0: failed, which leaves c1 alone in its group (no preference); d0: truncated
+    assert tokens == [2, 4, 0, 0, 0, 0, 0, 3]
+    assert (b.loss_weight == 0).tolist() == [t == 0 for t in tokens]
+    assert planned.counts["batch/trainable_frac"] == pytest.approx(3 / 8)
+    assert planned.counts["batch/zero_variance_group_frac"] == pytest.approx(2 / 4)  # b, and c (one rewarded)
+    # without the filters only the failed reward is out
+    plain = rank_batch(groups, 0, 1, 0, AlgoConfig(), MAX_NEW).batch
+    assert plain.mask.sum(-1).tolist() == [2, 4, 1, 3, 0, 2, 6, 3]
+
+
+@pytest.mark.parametrize("mode", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "constant"])
+def test_loss_weights_are_global_across_ranks_and_per_minibatch(groups, mode):
+    algo = AlgoConfig(loss_agg=mode, minibatches=2)
+    planned = [rank_batch(groups, r, 2, 0, algo, MAX_NEW) for r in range(2)]
+    ranks = [p.batch for p in planned]
+    # mini-batch 0 = groups a, b and mini-batch 1 = c, d, whatever the number of ranks; rank 0 trains a and c,
+    # rank 1 trains b and d
+    assert [p.sample_index.tolist() for p in planned] == [[0, 1, 4, 5], [2, 3, 6, 7]]
+    assert [b.minibatch.tolist() for b in ranks] == [[0, 0, 1, 1], [0, 0, 1, 1]]
+    lengths = np.array([2, 4, 1, 3, 2, 2, 6, 3])
+    trainable = np.array([1, 1, 1, 1, 0, 1, 1, 1], bool)
+    expected = sample_loss_weights(lengths, trainable, mode, MAX_NEW, np.array([0, 0, 0, 0, 1, 1, 1, 1]))
+    got = np.concatenate([b.loss_weight.numpy() for b in ranks])
+    np.testing.assert_allclose(got, expected[[0, 1, 4, 5, 2, 3, 6, 7]], rtol=1e-6)
+    one_rank = rank_batch(groups, 0, 1, 0, algo, MAX_NEW).batch
+    np.testing.assert_allclose(one_rank.loss_weight.numpy(), expected, rtol=1e-6)  # the same weights on 1 rank
+    # mini-batch 0 = a0, a1, b0, b1: 4 samples and 2 + 4 + 1 + 3 = 10 tokens
+    if mode == "token_mean":
+        assert got[0] == pytest.approx(1 / 10)
+    if mode == "seq_mean_token_sum":
+        assert got[0] == pytest.approx(1 / 4)
+
+
+def test_minibatches_hold_the_same_groups_for_any_number_of_ranks():
+    from rlsys.actors.learner import assign_groups
+
+    for world in (1, 2, 4):
+        rank, minibatch = assign_groups(16, world, 2)
+        assert minibatch.tolist() == [0] * 8 + [1] * 8
+        assert np.bincount(rank).tolist() == [16 // world] * world  # balanced
+        for r in range(world):  # every rank has an equal part of every mini-batch
+            assert np.bincount(minibatch[rank == r]).tolist() == [8 // world] * 2
+
+
+def test_overlong_penalty_shapes_the_rewards(groups):
+    planned = rank_batch(groups, 0, 1, 0, AlgoConfig(overlong_buffer=2), MAX_NEW)
+    # L_max = 6, buffer 2: length 6 → −1, length 4 → 0, length 5 would be −0.5
+    assert planned.rewards[3].tolist() == [pytest.approx(-1.0), pytest.approx(1.0)]
+    assert planned.rewards[0].tolist() == [1.0, 0.0]
+
+
+def test_outcome_advantages_are_broadcast_to_response_tokens(groups):
+    algo = AlgoConfig()
+    planned = rank_batch(groups, 0, 1, 0, algo, MAX_NEW)
+    batch = compute_advantages(algo, planned.rewards, planned.batch, lambda t: t, lambda t: t)
+    expected = group_advantages(planned.rewards, algo.adv_eps).reshape(-1)
+    for i in range(len(batch)):
+        on = batch.mask[i] > 0
+        assert torch.allclose(batch.advantages[i][on], expected[i].expand(int(on.sum())))
+        assert torch.all(batch.advantages[i][~on] == 0)
+
+
+def test_kl_in_the_reward_lowers_the_reward_of_the_sample_that_drifted(groups):
+    algo = AlgoConfig(advantage="dr_grpo", kl_coef=1.0, kl_in="reward", kl_estimator="k1")
+    planned = rank_batch(groups[:1], 0, 1, 0, algo, MAX_NEW)
+    # the reference gives sample 1 (reward 0, 4 tokens) log π_ref = −1.5 per token: k1 = −1 − (−1.5) = 0.5 per token
+    ref = planned.batch.behaviour_logprobs.clone()
+    ref[1][planned.batch.mask[1] > 0] = -1.5
+    import dataclasses
+
+    batch = compute_advantages(algo, planned.rewards, dataclasses.replace(planned.batch, ref_logprobs=ref),
+                               lambda t: t, lambda t: t)
+    # rewards become [1, 0 − 4·0.5] = [1, −2]; Dr. GRPO: r − mean = [1.5, −1.5]
+    assert batch.advantages[0][batch.mask[0] > 0].tolist() == pytest.approx([1.5, 1.5])
+    assert batch.advantages[1][batch.mask[1] > 0].tolist() == pytest.approx([-1.5] * 4)
+
+
+def test_dynamic_sampling_drops_flat_groups_on_arrival_and_records_why(tmp_path, groups):
+    buffer = BufferActor(max_staleness=1, sample_log_path=str(tmp_path / "samples.parquet"), dynamic_sampling=True)
+    put = buffer.put(RolloutBatch(0, groups, 0, 0.1))
+    assert put.filtered_keys == [("b", 0), ("c", 0)]  # all equal; only one rewarded sample
+    assert put.depth == 2 and put.num_groups == 4  # generated 4, kept 2
+    buffer.close(0)
+    rows = pq.read_table(tmp_path / "samples.parquet").to_pylist()
+    dropped = {(r["prompt_id"], r["dropped"]) for r in rows}
+    assert ("b", "dynamic sampling: all rewards in the group are equal") in dropped
+    assert {r["prompt_id"] for r in rows if r["dropped"].startswith("run ended")} == {"a", "d"}
+
+    keep_all = BufferActor(max_staleness=1, sample_log_path=None)
+    assert keep_all.put(RolloutBatch(0, groups, 0, 0.1)).depth == 4
