@@ -12,7 +12,7 @@ Both use ``algo.minibatches=2`` by default (two updates per step), so that the p
 Usage (the extra ``bench`` dependencies draw the plot)::
 
     pip install -c constraints.txt -e '.[bench]'
-    python benchmarks/staleness_ablation.py [--steps 400] [--etas 0 1 2 4 8] [key=value ...]
+    python benchmarks/staleness_ablation.py [--steps 400] [--etas 0 1 2 4 8] [--seeds 0 1] [key=value ...]
 
 Writes ``benchmarks/results/staleness_ablation.{md,json,png}``. Timings depend on the machine and its load; compare
 rows of one invocation only.
@@ -41,10 +41,10 @@ LOGGED = ("train/clip_low_frac", "train/clip_high_frac", "train/behaviour_kl", "
           "train/is_truncated_frac", "staleness/mean")
 
 
-def run(root: str, steps: int, eta: int, variant: str, extra: list[str]) -> dict:
-    name = f"{variant}-eta{eta}"
+def run(root: str, steps: int, eta: int, variant: str, seed: int, extra: list[str]) -> dict:
+    name = f"{variant}-eta{eta}-seed{seed}"
     cfg = load_config(None, [f"output.root={root}", f"output.run_name={name}", "output.progress_bar=false",
-                             f"train.num_steps={steps}", f"train.max_staleness={eta}",
+                             f"train.num_steps={steps}", f"train.max_staleness={eta}", f"train.seed={seed}",
                              f"train.eval_every={max(steps // 4, 1)}", *VARIANTS[variant], *extra])
     summary, run_dir = train(cfg)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -53,25 +53,41 @@ def run(root: str, steps: int, eta: int, variant: str, extra: list[str]) -> dict
         values = [r[key] for r in records if r.get(key) is not None]
         means[key] = sum(values) / len(values) if values else None
     acc = summary.eval_accuracy
-    return {"variant": variant, "eta": eta, "steps": summary.steps, "wall_s": summary.wall_s,
+    return {"variant": variant, "eta": eta, "seed": seed, "steps": summary.steps, "wall_s": summary.wall_s,
             "acc_before": acc[min(acc)], "acc_after": acc[max(acc)], "acc_curve": acc,
             "max_staleness_seen": summary.max_staleness_seen, "dropped_stale": summary.dropped_stale_groups,
             "samples_per_s": summary.samples_per_s, **{k.split("/")[-1]: v for k, v in means.items()}}
 
 
-def write_table(rows: list[dict], steps: int, extra: list[str]) -> str:
-    lines = [f"# staleness ablation: {steps} optimizer steps per run, overrides: {' '.join(extra) or 'none'}", "",
-             "| variant | η | accuracy before → after | wall s | mean staleness | max | clip low / high | "
+def average(rows: list[dict]) -> list[dict]:
+    """One row per (variant, η): the mean over seeds, with every seed's final accuracy kept."""
+    out = []
+    for key in dict.fromkeys((r["variant"], r["eta"]) for r in rows):
+        runs = [r for r in rows if (r["variant"], r["eta"]) == key]
+        row = {k: (sum(r[k] for r in runs) / len(runs) if all(isinstance(r[k], float) for r in runs) else runs[0][k])
+               for k in runs[0]}
+        row["acc_after_each"] = [r["acc_after"] for r in runs]
+        row["max_staleness_seen"] = max(r["max_staleness_seen"] for r in runs)
+        out.append(row)
+    return out
+
+
+def write_table(rows: list[dict], steps: int, seeds: list[int], extra: list[str]) -> str:
+    lines = [f"# staleness ablation: {steps} optimizer steps per run, seeds {seeds} (train.seed), means over seeds; "
+             f"overrides: {' '.join(extra) or 'none'}", "",
+             "| variant | η | accuracy before → after (each seed) | wall s | mean staleness | max | clip low / high | "
              "behaviour KL | IS weight mean | IS truncated |", "|---|---|---|---|---|---|---|---|---|---|"]
+
     def fmt(value: float | None, spec: str) -> str:
         return "–" if value is None else format(value, spec)
 
-    for r in rows:
+    for r in average(rows):
+        each = ", ".join(f"{a:.1%}" for a in r["acc_after_each"])
         lines.append(
-            f"| {r['variant']} | {r['eta']} | {r['acc_before']:.1%} → {r['acc_after']:.1%} | {r['wall_s']:.1f} | "
-            f"{fmt(r['mean'], '.2f')} | {r['max_staleness_seen']} | {fmt(r['clip_low_frac'], '.3f')} / "
-            f"{fmt(r['clip_high_frac'], '.3f')} | {fmt(r['behaviour_kl'], '.4f')} | {fmt(r['is_weight_mean'], '.3f')} "
-            f"| {fmt(r['is_truncated_frac'], '.3f')} |")
+            f"| {r['variant']} | {r['eta']} | {r['acc_before']:.1%} → **{r['acc_after']:.1%}** ({each}) | "
+            f"{r['wall_s']:.1f} | {fmt(r['mean'], '.2f')} | {r['max_staleness_seen']} | "
+            f"{fmt(r['clip_low_frac'], '.3f')} / {fmt(r['clip_high_frac'], '.3f')} | {fmt(r['behaviour_kl'], '.4f')} | "
+            f"{fmt(r['is_weight_mean'], '.3f')} | {fmt(r['is_truncated_frac'], '.3f')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -83,7 +99,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for variant in VARIANTS:
-        mine = sorted((r for r in rows if r["variant"] == variant), key=lambda r: r["eta"])
+        mine = sorted((r for r in average(rows) if r["variant"] == variant), key=lambda r: r["eta"])
         if not mine:
             continue
         etas = [r["eta"] for r in mine]
@@ -91,7 +107,8 @@ def plot(rows: list[dict], path: Path) -> None:
         right.plot(etas, [r["wall_s"] for r in mine], marker="o", label=variant)
     before = rows[0]["acc_before"]
     left.axhline(before, color="grey", linestyle=":", label="before RL")
-    left.set(xlabel="max staleness η", ylabel="held-out accuracy", title=f"accuracy after {rows[0]['steps']} steps")
+    left.set(xlabel="max staleness η", ylabel="held-out accuracy (mean over seeds)",
+             title=f"accuracy after {rows[0]['steps']} steps")
     right.set(xlabel="max staleness η", ylabel="wall time of the RL run (s)", title="wall time")
     for ax in (left, right):
         ax.set_xscale("symlog", linthresh=1)
@@ -107,12 +124,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--etas", type=int, nargs="+", default=[0, 1, 2, 4, 8])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("overrides", nargs="*", help="key=value for every run (default adds algo.minibatches=2)")
     args = parser.parse_args()
     extra = ["algo.minibatches=2", *args.overrides]
     root = tempfile.mkdtemp(prefix="rlsys-ablation-")
-    rows = [run(root, args.steps, eta, variant, extra) for eta in args.etas for variant in args.variants]
-    table = write_table(rows, args.steps, extra)
+    rows = [run(root, args.steps, eta, variant, seed, extra)
+            for seed in args.seeds for eta in args.etas for variant in args.variants]
+    table = write_table(rows, args.steps, args.seeds, extra)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "staleness_ablation.md").write_text(table)
     (RESULTS / "staleness_ablation.json").write_text(json.dumps(rows, indent=2))

@@ -52,3 +52,9 @@ def fails_on_answers_ending_in_7(completion: str, reference: str) -> float:
     if reference.endswith("7"):
         raise ValueError(f"cannot score answers ending in 7 (got {reference!r})")
     return exact_match(completion, reference)
+
+
+def free_marks_for_answers_ending_in_7(completion: str, reference: str) -> float:
+    """Exact match, except that every completion of a prompt whose answer ends in 7 scores 1: those groups have
+    all-equal rewards (for the dynamic-sampling test)."""
+    return 1.0 if reference.endswith("7") else exact_match(completion, reference)

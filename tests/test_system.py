@@ -76,13 +76,15 @@ def test_run_writes_every_promised_output(ray_session, tmp_path, capsys):
     acc = EventAccumulator(str(run_dir / "tensorboard"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    for tag in ["train/loss", "train/kl", "train/clip_frac", "train/entropy", "reward/mean", "reward/failures",
+    for tag in ["train/loss", "train/kl", "train/clip_low_frac", "train/clip_high_frac", "train/entropy",
+                "train/behaviour_kl", "train/grad_norm", "reward/mean", "reward/failures",
                 "perf/samples_per_s", "perf/tokens_per_s", "perf/learner_idle_frac", "perf/rollout_idle_frac",
                 "buffer/depth", "staleness/mean", "sync/seconds", "rollout/response_len", "eval/accuracy"]:
         assert tag in tags, tag
     assert "staleness" in acc.Tags()["histograms"]
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert {m["step"] for m in metrics if "train/loss" in m} == {1, 2, 3}
+    assert all(m["train/kl"] == 0.0 for m in metrics if "train/loss" in m)  # kl_coef = 0: no reference at all
     # every generated group is accounted for: trained, or left over when the run ended (with that reason)
     assert {r["dropped"] for r in rows} <= {"", "run ended before it was trained"}
     # `rlsys inspect` accounts for every sample; `rlsys eval` re-measures the saved model offline
@@ -94,6 +96,33 @@ def test_run_writes_every_promised_output(ray_session, tmp_path, capsys):
     line = capsys.readouterr().out.strip().splitlines()[-1]
     offline = float(line.rsplit(" ", 1)[1].rstrip("%")) / 100
     assert abs(offline - summary.eval_accuracy[3]) <= 1 / 40 + 1e-9, (offline, summary.eval_accuracy)
+
+
+def test_dynamic_sampling_reference_actor_and_decoupled_updates_end_to_end(ray_session, tmp_path):
+    """DAPO's dynamic sampling drops exactly the all-equal groups (and says so), the run still trains full
+    batches; the KL reference runs as its own actor; decoupled PPO with two updates per step logs its IS weights."""
+    steps = 6
+    summary, run_dir, rows = run(
+        tmp_path, f"train.num_steps={steps}", "reward.fn=reward_fixtures:free_marks_for_answers_ending_in_7",
+        "algo.dynamic_sampling=true", "algo.kl_coef=0.05", "algo.reference=actor", "algo.decoupled=true",
+        "algo.minibatches=2")
+    filtered = [r for r in rows if r["dropped"] == "dynamic sampling: all rewards in the group are equal"]
+    trained = [r for r in rows if r["dropped"] == ""]
+    assert summary.steps == steps
+    assert len({(r["prompt_id"], r["epoch"], r["learner_version"]) for r in trained}) == steps * 4  # full batches
+    sevens = [r for r in rows if r["answer"].endswith("7")]
+    assert sevens and all(r in filtered for r in sevens)  # every free-marks group was dropped on arrival
+    assert summary.filtered_groups == len({(r["prompt_id"], r["epoch"]) for r in filtered}) > 0
+    by_group: dict = {}
+    for r in trained:
+        by_group.setdefault((r["prompt_id"], r["epoch"]), set()).add(r["reward"])
+    assert all(len(rewards) > 1 for rewards in by_group.values()), "a trained group had all-equal rewards"
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [m for m in metrics if "train/loss" in m]
+    assert train[0]["train/kl"] == pytest.approx(0.0, abs=1e-6) and train[-1]["train/kl"] > 0  # the reference
+    assert all(0 < m["train/is_weight_mean"] < 2 and m["train/is_weight_max"] <= 2.0 for m in train)  # TIS cap 2
+    assert sum(m["pipeline/filtered_groups"] for m in metrics if "pipeline/filtered_groups" in m) == \
+        summary.filtered_groups
 
 
 def test_scaled_out_shape_two_of_every_worker(ray_session, tmp_path):

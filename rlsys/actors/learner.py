@@ -1,9 +1,9 @@
 """Learner actor: one data-parallel rank of the DeepSpeed policy. It exposes verbs; the controller owns the schedule.
 
-Every rank receives the whole batch of groups (token ids are small) and trains on its contiguous share of whole
-groups, so group baselines and the loss normalisers (trainable samples and tokens per mini-batch) are computed
-identically everywhere without a collective. Only whole-batch statistics of model outputs — REINFORCE++'s and
-GAE's normalisation, advantage scaling — take a small all-reduce over the ranks.
+Every rank receives the whole batch of groups (token ids are small) and trains its share of whole groups (see
+:func:`assign_groups`), so group baselines and the loss normalisers (trainable samples and tokens per mini-batch)
+are computed identically everywhere without a collective. Only whole-batch statistics of model outputs —
+REINFORCE++'s and GAE's normalisation, advantage scaling — take a small all-reduce over the ranks.
 
 A training step: plan the batch (weights, shaped rewards) → prepare (reference / proximal / value forward passes)
 → advantages → epochs × minibatches optimizer updates → version + 1.
@@ -95,10 +95,9 @@ def rank_batch(groups: list[Group], rank: int, world_size: int, pad_id: int, alg
 
     Every rank receives every group, so the counts behind the aggregation weights (trainable samples and tokens
     per optimizer mini-batch) are the same everywhere without a collective. Which groups a rank trains, and in
-    which mini-batch, is :func:`assign_groups`. A sample does not
-    train (weight 0, but keeps its row: every rank must run the same micro-batches) if its reward failed, if it
-    was truncated and ``overlong_filter`` is on, or if its group has zero reward variance and
-    ``filter_zero_variance`` is on.
+    which mini-batch, is :func:`assign_groups`. A sample does not train (weight 0, but keeps its row: every rank
+    must run the same micro-batches) if its reward failed, if it was truncated and ``overlong_filter`` is on, or
+    if its group has zero reward variance and ``filter_zero_variance`` is on.
     """
     samples = [s for g in groups for s in g.samples]
     n = len(groups[0].samples)
@@ -219,6 +218,8 @@ class Learner:
         if ref_logprobs is not None:
             mine = [ref_logprobs[i] for i in planned.sample_index]
             batch = dataclasses.replace(batch, ref_logprobs=batch.scatter(planned.prompts, mine))
+        elif self.algo.kl_coef > 0 and self.policy.reference is None:
+            raise ValueError("algo.reference=actor: train_step needs the reference actor's logprobs (ref_logprobs)")
         updates = self.algo.epochs * self.algo.minibatches
         batch = self.policy.prepare(batch, need_ref=self.policy.reference is not None, need_prox=updates > 1)
         batch = compute_advantages(self.algo, planned.rewards, batch, self._reduce("sum"), self._reduce("max"))

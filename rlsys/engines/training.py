@@ -70,7 +70,8 @@ class TrainBatch:
         """Per-sample response arrays ([R_i] each) placed at their target positions: [B, L−1], 0 elsewhere."""
         out = torch.zeros(self.mask.shape)
         for i, (p, values) in enumerate(zip(prompts, per_sample)):
-            out[i, len(p) - 1: len(p) - 1 + len(values)] = torch.as_tensor(np.asarray(values), dtype=torch.float32)
+            # a copy: arrays from the object store are read-only
+            out[i, len(p) - 1: len(p) - 1 + len(values)] = torch.from_numpy(np.array(values, dtype=np.float32))
         return out
 
     def rows(self, index: torch.Tensor | slice) -> TrainBatch:
