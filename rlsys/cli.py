@@ -75,8 +75,7 @@ def _evaluate(model_dir: str, cfg) -> int:
         return 2
     _, eval_file = prepare_prompts(cfg, Path(cfg.output.cache_dir).expanduser())
     prompts = read_prompts(eval_file)
-    acc, rows = evaluate_checkpoint(model_dir, prompts, cfg.reward.fn, cfg.rollout.max_new_tokens,
-                                    cfg.reward.timeout_s)
+    acc, rows = evaluate_checkpoint(model_dir, prompts, cfg.reward, cfg.rollout.max_new_tokens)
     for prompt, completion, reward in rows[:5]:
         print(f"  {prompt!r} → {completion!r} (reward {reward:.2f})")
     print(f"held-out accuracy of {model_dir} on {len(prompts)} prompts of {eval_file}: {acc:.1%}")

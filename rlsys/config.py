@@ -10,6 +10,7 @@ Each actor receives only its own sub-config; derived quantities are properties, 
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rlsys.algos.advantages import ESTIMATORS
 from rlsys.algos.aggregation import AGGREGATIONS
 from rlsys.algos.losses import IS_LEVELS, IS_MODES, POLICY_LOSSES
+from rlsys.rewards import reward_names
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 ALGO_RECIPES = Path(__file__).parent / "configs" / "algos"  # <name>.yaml: the algo keys of one algorithm
@@ -83,13 +85,35 @@ class RolloutConfig:
 
 
 @dataclass
-class RewardConfig:
-    """Reward workers: a registered reward name (or ``module:function``), run with a per-sample timeout."""
+class RewardComponent:
+    """One named term of a composite reward: ``weight × fn(completion, reference, **params)``."""
 
-    fn: str = "addition_exact"
+    name: str = ""
+    fn: str = ""  # a registered reward name or module:function
+    weight: float = 1.0  # 0 computes and logs the term without adding it to the reward (a monitor)
+    params: dict[str, Any] = field(default_factory=dict)  # keyword arguments for fn
+
+
+@dataclass
+class RewardConfig:
+    """Reward workers: one reward function (``fn``), or a weighted sum of named ``components``, each logged on its
+    own; every function runs in a child process with a per-sample timeout."""
+
+    fn: str = "addition_exact"  # used when components is empty
+    components: list[RewardComponent] = field(default_factory=list)
+    correct_component: str | None = None  # its value ≥ 1 counts as correct in held-out accuracy (default: first)
     num_workers: int = 1
     timeout_s: float = 5.0
     num_cpus: float = 0.25
+
+    @property
+    def terms(self) -> list[RewardComponent]:
+        """The components, or ``fn`` as the single component named after it."""
+        return list(self.components) or [RewardComponent(name=self.fn.rpartition(":")[2], fn=self.fn)]
+
+    @property
+    def accuracy_term(self) -> str:
+        return self.correct_component or self.terms[0].name
 
 
 @dataclass
@@ -274,6 +298,25 @@ _CHOICES = {
 }
 
 
+def _reward_problems(reward: RewardConfig) -> list[str]:
+    problems = []
+    names = [c.name for c in reward.terms]
+    for i, c in enumerate(reward.terms):
+        where = f"reward.components[{i}]." if reward.components else "reward."
+        if not c.name.isidentifier():
+            problems.append(f"{where}name={c.name!r} must be a non-empty identifier (letters, digits, _)")
+        if ":" not in c.fn and c.fn not in reward_names():
+            problems.append(f"{where}fn={c.fn!r} is not a registered reward ({', '.join(reward_names())}) "
+                            "nor a 'module:function' path")
+        if not math.isfinite(c.weight):
+            problems.append(f"{where}weight={c.weight} must be a finite number")
+    if len(set(names)) != len(names):
+        problems.append(f"reward.components have duplicate names {sorted(n for n in set(names) if names.count(n) > 1)}")
+    if reward.correct_component is not None and reward.correct_component not in names:
+        problems.append(f"reward.correct_component={reward.correct_component!r} is not one of the components {names}")
+    return problems
+
+
 def validate(cfg: RLConfig) -> None:
     """Reject values that type-check but cannot work; each message names the key, the value and the fix."""
     problems: list[str] = []
@@ -324,6 +367,7 @@ def validate(cfg: RLConfig) -> None:
             value = getattr(cfg.task, key)
             if value and not Path(value).expanduser().is_file():
                 problems.append(f"task.{key}={value!r} does not exist; give the path of a Parquet file")
+    problems += _reward_problems(cfg.reward)
     if cfg.model.path and not Path(cfg.model.path).expanduser().is_dir():
         problems.append(f"model.path={cfg.model.path!r} is not a directory; give a local Hugging Face checkpoint "
                         "(rlsys never downloads from a hub)")

@@ -33,7 +33,7 @@ from rlsys.actors.placement import ActorHandles
 from rlsys.config import RLConfig
 from rlsys.data.tasks import PromptStream
 from rlsys.evaluate import accuracy
-from rlsys.metrics import MetricsWriter
+from rlsys.metrics import MetricsWriter, reward_scalars
 from rlsys.staleness import AdmissionGate
 from rlsys.types import Prompt
 
@@ -66,6 +66,7 @@ class _Window:
     rewards: list[float] = field(default_factory=list)
     reward_failures: int = 0
     filtered_groups: int = 0  # dropped by dynamic sampling
+    components: dict[str, list[float]] = field(default_factory=dict)  # reward term → values (NaN: failed)
     response_lengths: list[int] = field(default_factory=list)
     generate_s: float = 0.0
     learner_s: float = 0.0
@@ -180,6 +181,8 @@ class Controller:
         w.rewards.extend(put.rewards)
         w.reward_failures += len(put.reward_errors)
         w.response_lengths.extend(put.response_lengths)
+        for name, values in put.components.items():
+            w.components.setdefault(name, []).extend(values)
         w.generate_s += put.generate_s
         for error in put.reward_errors[:3]:
             log.warning("reward function failed on a sample of request %d: %s", put.request_id, error)
@@ -297,8 +300,10 @@ class Controller:
         self.pending[scored] = _Pending("eval", {"version": self.rollout_version, "attempt": attempt})
 
     def _on_eval(self, p: _Pending, batch) -> None:
-        rewards = np.array([s.reward for g in batch.groups for s in g.samples], dtype=np.float64)
-        acc = accuracy(rewards)
+        term = self.cfg.reward.accuracy_term
+        samples = [s for g in batch.groups for s in g.samples]
+        rewards = np.array([s.reward for s in samples], dtype=np.float64)
+        acc = accuracy(np.array([s.reward_components.get(term, np.nan) for s in samples], dtype=np.float64))
         self.eval_accuracy[p.payload["version"]] = acc
         self.metrics.log(p.payload["version"], {"eval/accuracy": acc, "eval/reward_mean": float(np.nanmean(rewards))})
         if self.on_step:
@@ -339,11 +344,9 @@ class Controller:
         w, now = self.window, time.perf_counter()
         elapsed = max(now - w.start, 1e-9)
         n_workers = len(self.actors.rollouts)
-        rewards = np.array(w.rewards, dtype=np.float64)
         scalars = {
             **{f"train/{k}": v for k, v in train.items()},
-            "reward/mean": float(np.nanmean(rewards)) if np.isfinite(rewards).any() else math.nan,
-            "reward/failures": float(w.reward_failures),
+            **reward_scalars(w.rewards, w.response_lengths, w.components),
             "rollout/response_len": float(np.mean(w.response_lengths)) if w.response_lengths else math.nan,
             "perf/samples_per_s": w.samples / elapsed,
             "perf/tokens_per_s": w.tokens / elapsed,

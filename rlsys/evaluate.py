@@ -5,19 +5,23 @@ from __future__ import annotations
 import numpy as np
 from transformers import AutoTokenizer
 
+from rlsys.config import RewardConfig
 from rlsys.engines.generation import HFEngine
 from rlsys.rewards import RewardScorer
 from rlsys.types import Prompt
 
 
 def accuracy(rewards: np.ndarray) -> float:
-    """Fraction of samples whose reward reached 1 (fully correct); a failed reward (NaN) counts as wrong."""
+    """Fraction of samples whose reward reached 1 (fully correct); a failed reward (NaN) counts as wrong.
+
+    With a composite reward, pass the values of the correctness term (``RewardConfig.accuracy_term``)."""
     return float(np.mean(np.nan_to_num(np.asarray(rewards, dtype=np.float64), nan=0.0) >= 1.0))
 
 
-def evaluate_checkpoint(model_dir: str, prompts: list[Prompt], reward_fn: str, max_new_tokens: int,
-                        timeout_s: float = 5.0, batch_size: int = 256) -> tuple[float, list[tuple[str, str, float]]]:
-    """(accuracy, [(prompt, completion, reward)]) of greedy decoding from ``model_dir`` on ``prompts``."""
+def evaluate_checkpoint(model_dir: str, prompts: list[Prompt], reward: RewardConfig, max_new_tokens: int,
+                        batch_size: int = 256) -> tuple[float, list[tuple[str, str, float]]]:
+    """(accuracy, [(prompt, completion, reward)]) of greedy decoding from ``model_dir`` on ``prompts``; accuracy
+    counts the correctness term of the reward."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     engine = HFEngine(model_dir, tokenizer.pad_token_id, tokenizer.eos_token_id)
     completions = []
@@ -25,7 +29,8 @@ def evaluate_checkpoint(model_dir: str, prompts: list[Prompt], reward_fn: str, m
         chunk = prompts[start:start + batch_size]
         outs = engine.generate([tokenizer(p.text)["input_ids"] for p in chunk], max_new_tokens, 1.0, greedy=True)
         completions += [tokenizer.decode(o.token_ids, skip_special_tokens=True) for o in outs]
-    with RewardScorer(reward_fn, timeout_s) as scorer:
+    with RewardScorer(reward.terms, reward.timeout_s) as scorer:
         outcomes = scorer.score([(c, p.answer) for c, p in zip(completions, prompts)])
     rewards = np.array([np.nan if o.failed else o.reward for o in outcomes])
-    return accuracy(rewards), [(p.text, c, float(r)) for p, c, r in zip(prompts, completions, rewards)]
+    correct = np.array([o.components.get(reward.accuracy_term, np.nan) for o in outcomes])
+    return accuracy(correct), [(p.text, c, float(r)) for p, c, r in zip(prompts, completions, rewards)]

@@ -22,6 +22,7 @@ SCHEMA = pa.schema([
     ("finish_reason", pa.string()),
     ("reward", pa.float32()),
     ("reward_error", pa.string()),
+    ("reward_components", pa.map_(pa.string(), pa.float32())),  # each reward term's value (NaN: it failed)
     ("response_ids", pa.list_(pa.int32())),
     ("behaviour_logprobs", pa.list_(pa.float32())),
 ])
@@ -42,6 +43,7 @@ class SampleLog:
                 "version": s.version, "learner_version": learner_version, "dropped": dropped,
                 "prompt": g.prompt.text, "answer": g.prompt.answer, "response": s.response_text,
                 "finish_reason": s.finish_reason, "reward": s.reward, "reward_error": s.reward_error,
+                "reward_components": list(s.reward_components.items()),
                 "response_ids": s.response_ids.tolist(), "behaviour_logprobs": s.behaviour_logprobs.tolist(),
             }
             for g in groups for s in g.samples

@@ -40,9 +40,12 @@ class Sample:
     reward: float = math.nan
     reward_failed: bool = False
     reward_error: str | None = None
+    reward_components: dict[str, float] = field(default_factory=dict)  # each term's value (NaN: that term failed)
 
-    def scored(self, reward: float, failed: bool, error: str | None) -> Sample:
-        return replace(self, reward=reward, reward_failed=failed, reward_error=error)
+    def scored(self, reward: float, failed: bool, error: str | None, components: dict[str, float] | None = None
+               ) -> Sample:
+        return replace(self, reward=reward, reward_failed=failed, reward_error=error,
+                       reward_components=dict(components or {}))
 
 
 @dataclass(frozen=True)

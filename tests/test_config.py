@@ -154,6 +154,12 @@ def test_missing_config_file() -> None:
         (["algo.is_cap=1.0"], ["algo.is_cap=1.0", "> 1"]),
         (["algo.clip_eps_high=0"], ["algo.clip_eps_high=0", "> 0"]),
         (["algo.gamma=1.5"], ["algo.gamma=1.5", "[0, 1]"]),
+        (["reward.fn=nope"], ["reward.fn='nope'", "not a registered reward", "addition_exact", "module:function"]),
+        (["reward.components=[{name: a, fn: exact_match}, {name: a, fn: regex_format}]"],
+         ["duplicate names ['a']"]),
+        (["reward.components=[{name: 'bad name', fn: exact_match}]"], ["reward.components[0].name='bad name'"]),
+        (["reward.components=[{name: ok, fn: no_such}]"], ["reward.components[0].fn='no_such'"]),
+        (["reward.correct_component=fmt"], ["reward.correct_component='fmt'", "['addition_exact']"]),
         (
             ["train.max_staleness=0", "train.sync_every=3"],
             ["train.max_staleness=0", "sync_every - 1 = 2", "raise max_staleness or lower sync_every"],

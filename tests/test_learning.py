@@ -31,3 +31,30 @@ def test_algorithm_improves_reward_and_held_out_accuracy(ray_session, tmp_path, 
     assert np.mean(rewards[-30:]) > np.mean(rewards[:30]) + 0.05, f"{algo}: training reward did not rise"
     trained = [m for m in records if "train/loss" in m]
     assert len(trained) == STEPS and all(np.isfinite(m["train/loss"]) for m in trained)
+
+
+def test_composite_reward_learns_and_logs_every_term(ray_session, tmp_path):
+    """Correctness + format + length penalty: the run learns on the correctness term, and each term is logged
+    and stored per sample."""
+    cfg = load_config(None, [
+        f"output.root={tmp_path}/runs", f"output.cache_dir={tmp_path.parent}/rlsys-cache",
+        "output.progress_bar=false", "warmup.steps=500", f"train.num_steps={STEPS}", "train.eval_every=0",
+        "reward.components=[{name: correct, fn: addition_exact}, "
+        "{name: digits, fn: regex_format, weight: 0.2, params: {pattern: '[0-9]+'}}, "
+        "{name: short, fn: length_penalty, weight: 0.1, params: {target: 3, tolerance: 1}}]",
+        "reward.correct_component=correct",
+    ])
+    summary, run_dir = train(cfg)
+    acc = summary.eval_accuracy
+    assert acc[STEPS] >= acc[0] + 0.06, f"held-out accuracy {acc[0]:.3f} → {acc[STEPS]:.3f}"
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    correct = [m["reward/correct"] for m in records if m.get("reward/correct") is not None]
+    assert np.mean(correct[-30:]) > np.mean(correct[:30]) + 0.05
+    assert all(f"reward/{t}" in records[-1] for t in ("correct", "digits", "short"))
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(run_dir / "samples.parquet").to_pylist()
+    for r in rows[:50]:
+        terms = dict(r["reward_components"])
+        assert set(terms) == {"correct", "digits", "short"}
+        assert r["reward"] == pytest.approx(terms["correct"] + 0.2 * terms["digits"] + 0.1 * terms["short"], abs=1e-6)

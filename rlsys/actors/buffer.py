@@ -8,6 +8,7 @@ samples it used and which it dropped.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +39,7 @@ class PutSummary:
     depth: int
     seq: int  # the buffer's operation count after this put: orders depth reports that arrive out of order
     filtered_keys: list[tuple[str, int]] = field(default_factory=list)  # dynamic sampling dropped these groups
+    components: dict[str, list[float]] = field(default_factory=dict)  # each reward term's values (NaN: failed)
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,8 @@ class BufferActor:
             response_lengths=[len(s.response_ids) for s in samples],
             generate_s=batch.generate_s, reward_s=batch.reward_s, depth=len(self.buffer), seq=self.seq,
             filtered_keys=[(g.prompt.prompt_id, g.prompt.epoch) for g in filtered],
+            components={name: [s.reward_components.get(name, math.nan) for s in samples]
+                        for name in dict.fromkeys(k for s in samples for k in s.reward_components)},
         )
 
     def take(self, num_groups: int, learner_version: int) -> tuple[list[Group] | None, TakeSummary]:

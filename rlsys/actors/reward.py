@@ -14,7 +14,7 @@ from rlsys.types import Group
 
 class RewardWorker:
     def __init__(self, cfg: RewardConfig) -> None:
-        self.scorer = RewardScorer(cfg.fn, cfg.timeout_s)
+        self.scorer = RewardScorer(cfg.terms, cfg.timeout_s)
 
     def score(self, batch: RolloutBatch) -> RolloutBatch:
         start = time.perf_counter()
@@ -25,7 +25,7 @@ class RewardWorker:
             samples = []
             for s in g.samples:
                 o = next(outcomes)
-                samples.append(s.scored(math.nan if o.failed else o.reward, o.failed, o.error))
+                samples.append(s.scored(math.nan if o.failed else o.reward, o.failed, o.error, o.components))
             groups.append(Group(prompt=g.prompt, samples=tuple(samples), worker=g.worker))
         return replace(batch, groups=groups, reward_s=time.perf_counter() - start)
 

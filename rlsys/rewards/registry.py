@@ -1,7 +1,9 @@
 """Registry of reward functions, looked up by name or by an import path.
 
-A reward function maps ``(completion_text, reference_answer)`` to a float. Built-in rewards register themselves
-with :func:`register_reward`; user rewards need no registration and are given as ``"package.module:function"``.
+A reward function maps ``(completion_text, reference_answer, **params)`` to a float; ``params`` are keyword
+arguments from the config (a reward component's ``params``), so every function must work with none given.
+Built-in rewards register themselves with :func:`register_reward`; user rewards need no registration and are given
+as ``"package.module:function"``.
 Lookup by string (rather than passing function objects around) lets a config name the reward and lets a child
 process resolve it again without pickling the function.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-RewardFn = Callable[[str, str], float]
+RewardFn = Callable[..., float]  # (completion: str, reference: str, **params) -> float
 
 _REGISTRY: dict[str, RewardFn] = {}
 

@@ -19,7 +19,7 @@ import signal
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from types import TracebackType
 
@@ -34,12 +34,43 @@ _START_TIMEOUT_S = 120.0
 
 @dataclass(frozen=True)
 class RewardOutcome:
-    """The score for one item. ``failed`` means the reward function did not produce a usable number (it raised,
-    timed out, crashed, or returned a non-number); ``reward`` is then 0.0 and ``error`` says what happened."""
+    """The score for one item. ``failed`` means a reward function with non-zero weight did not produce a usable
+    number (it raised, timed out, crashed, or returned a non-number); ``reward`` is then 0.0 and ``error`` says
+    which and what happened. ``components``: each term's own value (NaN where that term failed)."""
 
     reward: float
     failed: bool
     error: str | None = None
+    components: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Term:
+    """One weighted reward function: ``weight × fn(completion, reference, **params)`` (see RewardComponent)."""
+
+    name: str
+    fn: str
+    weight: float = 1.0
+    params: tuple[tuple[str, object], ...] = ()  # keyword arguments for fn, as sorted (key, value) pairs
+
+    @staticmethod
+    def of(spec: str | object) -> Term:
+        """From a reward name / import path (a single term named after it) or a RewardComponent-like object."""
+        if isinstance(spec, str):
+            return Term(spec.rpartition(":")[2], spec)
+        params = tuple(sorted(dict(getattr(spec, "params", {}) or {}).items()))
+        return Term(spec.name, spec.fn, float(spec.weight), params)
+
+
+def combine(terms: tuple[Term, ...], rows: list[tuple[float, bool, str | None]]) -> RewardOutcome:
+    """The weighted sum of one item's term values; failed if any term with non-zero weight failed."""
+    failed = [(t, err) for t, (_, f, err) in zip(terms, rows) if f and t.weight != 0]
+    components = {t.name: (math.nan if f else v) for t, (v, f, _) in zip(terms, rows)}
+    if failed:
+        error = failed[0][1] if len(terms) == 1 else "; ".join(f"{t.name}: {e}" for t, e in failed)
+        return RewardOutcome(0.0, True, error, components)
+    total = sum(t.weight * v for t, (v, f, _) in zip(terms, rows) if t.weight != 0)
+    return RewardOutcome(float(total), False, None, components)
 
 
 class _WorkerLost(Exception):
@@ -47,7 +78,8 @@ class _WorkerLost(Exception):
 
 
 class RewardScorer:
-    """Scores ``(completion, reference)`` pairs with the reward function ``fn_name`` in one child process.
+    """Scores ``(completion, reference)`` pairs with the reward ``spec`` in one child process: a reward name or
+    import path, or a list of weighted components (:class:`rlsys.config.RewardComponent`), summed.
 
     A batch is scored in a single call to the child, with a budget of ``timeout_s`` per item. If that call times
     out or the child dies, the child is killed and the batch is rescored one item at a time, so one bad item fails
@@ -55,12 +87,16 @@ class RewardScorer:
     Unknown names raise ValueError here at construction, not at the first score. Thread-safe: calls are serialized.
     """
 
-    def __init__(self, fn_name: str, timeout_s: float) -> None:
+    def __init__(self, spec: str | list, timeout_s: float) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
-        get_reward_fn(fn_name)  # resolve in the parent too, so a bad name fails here and not in the child
-        self._fn_name = fn_name
-        self._timeout_s = timeout_s
+        self._terms = tuple(Term.of(s) for s in ([spec] if isinstance(spec, str) else spec))
+        if not self._terms:
+            raise ValueError("a reward needs at least one component")
+        for term in self._terms:
+            get_reward_fn(term.fn)  # resolve in the parent too, so a bad name fails here and not in the child
+        self._fn_name = ", ".join(t.fn for t in self._terms)
+        self._timeout_s = timeout_s * len(self._terms)  # per item: every term gets the configured budget
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
         self._closed = False
@@ -106,7 +142,7 @@ class RewardScorer:
         # "spawn", not fork: forking a process that has threads (Ray actors do) can deadlock the child.
         pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
         try:
-            pool.submit(_child_resolve, self._fn_name).result(timeout=_START_TIMEOUT_S)
+            pool.submit(_child_resolve, self._terms).result(timeout=_START_TIMEOUT_S)
         except Exception as e:
             _kill_pool(pool)
             raise RuntimeError(
@@ -124,7 +160,7 @@ class RewardScorer:
         pool = self._pool
         assert pool is not None
         processes = list((pool._processes or {}).values())  # kept to read the exit code if the child dies
-        future = pool.submit(_child_score, self._fn_name, items)
+        future = pool.submit(_child_score, self._terms, items)
         try:
             rows = future.result(timeout=timeout)
         except TimeoutError:
@@ -135,7 +171,7 @@ class RewardScorer:
             raise _WorkerLost(f"reward worker process crashed ({_exit_reason(processes)}): {e}") from None
         except Exception as e:  # unexpected failure of the call itself (e.g. unpicklable item); fail these items
             return [RewardOutcome(reward=0.0, failed=True, error=f"{type(e).__name__}: {e}") for _ in items]
-        return [RewardOutcome(reward=r, failed=f, error=err) for r, f, err in rows]
+        return [combine(self._terms, item_rows) for item_rows in rows]
 
     def _discard_pool(self) -> None:
         if self._pool is not None:
@@ -187,18 +223,19 @@ def _child_fn(fn_name: str) -> RewardFn:
     return get_reward_fn(fn_name)
 
 
-def _child_resolve(fn_name: str) -> None:
-    _child_fn(fn_name)
+def _child_resolve(terms: tuple[Term, ...]) -> None:
+    for term in terms:
+        _child_fn(term.fn)
 
 
-def _child_score(fn_name: str, items: list[tuple[str, str]]) -> list[tuple[float, bool, str | None]]:
-    fn = _child_fn(fn_name)
-    return [_score_one(fn, completion, reference) for completion, reference in items]
+def _child_score(terms: tuple[Term, ...], items: list[tuple[str, str]]) -> list[list[tuple[float, bool, str | None]]]:
+    fns = [(_child_fn(t.fn), dict(t.params)) for t in terms]
+    return [[_score_one(fn, completion, reference, params) for fn, params in fns] for completion, reference in items]
 
 
-def _score_one(fn: RewardFn, completion: str, reference: str) -> tuple[float, bool, str | None]:
+def _score_one(fn: RewardFn, completion: str, reference: str, params: dict) -> tuple[float, bool, str | None]:
     try:
-        value = fn(completion, reference)
+        value = fn(completion, reference, **params)
     except (Exception, SystemExit) as e:  # SystemExit too: sys.exit() in a reward must fail one item, not the batch
         return 0.0, True, f"{type(e).__name__}: {e}"
     bad = f"reward function returned {_short_repr(value)} ({type(value).__name__}); expected a finite real number"
