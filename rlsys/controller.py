@@ -189,6 +189,7 @@ class Controller:
         if put.filtered_keys:  # dynamic sampling dropped them: free their slots so more are generated
             self.gate.discard(len(put.filtered_keys))
             w.filtered_groups += len(put.filtered_keys)
+            self.totals["filtered_groups"] += len(put.filtered_keys)  # here, not per step: drained puts count too
             self.filtered_in_a_row += len(put.filtered_keys)
         if put.num_groups > len(put.filtered_keys):
             self.filtered_in_a_row = 0
@@ -362,8 +363,7 @@ class Controller:
         }
         self.metrics.log(self.version, scalars, {"staleness": staleness})
         for key, value in (("samples", w.samples), ("tokens", w.tokens), ("reward_failures", w.reward_failures),
-                           ("filtered_groups", w.filtered_groups), ("learner_s", w.learner_s),
-                           ("generate_s", w.generate_s)):
+                           ("learner_s", w.learner_s), ("generate_s", w.generate_s)):
             self.totals[key] += value
         if self.on_step:
             self.on_step(self.version, {"reward": scalars["reward/mean"], "stale": scalars["staleness/mean"]})

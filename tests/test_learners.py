@@ -104,7 +104,9 @@ def test_update_does_not_depend_on_the_split(ray_session, tiny_policy, batches, 
     moved = np.abs(ref_params - run_steps(ray, model_dir, [], 1, per_update, algo)[0])
     assert np.median(moved[moved > 0]) > 1e-5, "the steps hardly moved the parameters: the check would be vacuous"
     for name, (params, steps, other_rank) in runs.items():
-        np.testing.assert_allclose(params, ref_params, rtol=0, atol=1e-6, err_msg=f"parameters differ for {name}")
+        # atol: float rounding of summation order, amplified by lr = 100 (a split error moves most coordinates by
+        # about the median movement, ≥ 1e-5 as checked above)
+        np.testing.assert_allclose(params, ref_params, rtol=0, atol=5e-6, err_msg=f"parameters differ for {name}")
         np.testing.assert_array_equal(params, other_rank)  # data-parallel replicas stay identical
         for step, ref in zip(steps, ref_steps):
             for key in ("grad_norm", "loss", "pg_loss", "entropy"):

@@ -50,7 +50,9 @@ def test_composite_reward_learns_and_logs_every_term(ray_session, tmp_path):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     correct = [m["reward/correct"] for m in records if m.get("reward/correct") is not None]
     assert np.mean(correct[-30:]) > np.mean(correct[:30]) + 0.05
-    assert all(f"reward/{t}" in records[-1] for t in ("correct", "digits", "short"))
+    last_step = [m for m in records if "train/loss" in m][-1]
+    for term in ("correct", "digits", "short"):
+        assert f"reward/{term}" in last_step and f"reward/{term}_failures" in last_step
     import pyarrow.parquet as pq
 
     rows = pq.read_table(run_dir / "samples.parquet").to_pylist()
