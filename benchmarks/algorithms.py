@@ -16,14 +16,13 @@ import json
 import os
 import sys
 import tempfile
-from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+from results_io import save
+
 from rlsys.config import ALGO_RECIPES, DEFAULT_CONFIG, algo_recipe, load_config
 from rlsys.train import train
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def mean(values: list[float]) -> float:
@@ -59,10 +58,7 @@ def main() -> None:
         lines.append(f"| {r['algo']} | {r['acc_before']:.1%} → {r['acc_after']:.1%} | {r['reward_first']:.3f} → "
                      f"{r['reward_last']:.3f} | {r['wall_s']:.0f} | {r['samples_per_s']:.0f} | "
                      f"{r['filtered_groups']} |")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "algorithms.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "algorithms.json").write_text(json.dumps(rows, indent=2))
-    print("\n".join(lines))
+    save("algorithms", "\n".join(lines), rows)
 
 
 if __name__ == "__main__":

@@ -13,18 +13,16 @@ ratios, not the absolute numbers.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
-from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+from results_io import save
+
 from rlsys.config import load_config
 from rlsys.train import train
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
@@ -53,10 +51,7 @@ def main() -> None:
         lines.append(f"| {r['eta']} | {r['wall_s']:.1f} | {r['samples_per_s']:.0f} | "
                      f"{base['wall_s'] / r['wall_s']:.2f}× | {r['learner_idle']:.0%} | {r['rollout_idle']:.0%} | "
                      f"{r['acc_before']:.1%} → {r['acc_after']:.1%} | {r['max_staleness_seen']} | {r['sync_ms']:.1f} |")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "async_vs_sync.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "async_vs_sync.json").write_text(json.dumps(rows, indent=2))
-    print("\n".join(lines))
+    save("async_vs_sync", "\n".join(lines), rows)
 
 
 if __name__ == "__main__":

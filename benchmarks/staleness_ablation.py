@@ -29,10 +29,11 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+from results_io import save
+
 from rlsys.config import load_config
 from rlsys.train import train
 
-RESULTS = Path(__file__).parent / "results"
 VARIANTS = {
     "naive": ["algo.decoupled=false"],
     "decoupled_tis": ["algo.decoupled=true", "algo.is_mode=tis", "algo.is_level=token"],
@@ -132,11 +133,7 @@ def main() -> None:
     rows = [run(root, args.steps, eta, variant, seed, extra)
             for seed in args.seeds for eta in args.etas for variant in args.variants]
     table = write_table(rows, args.steps, args.seeds, extra)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "staleness_ablation.md").write_text(table)
-    (RESULTS / "staleness_ablation.json").write_text(json.dumps(rows, indent=2))
-    plot(rows, RESULTS / "staleness_ablation.png")
-    print(table)
+    plot(rows, save("staleness_ablation", table, rows) / "staleness_ablation.png")
 
 
 if __name__ == "__main__":

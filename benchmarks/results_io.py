@@ -1,0 +1,17 @@
+"""Where benchmark results go: ``benchmarks/results/<name>.md`` (a Markdown table) and ``<name>.json`` (the rows)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def save(name: str, table: str, rows: list[dict]) -> Path:
+    """Write the table and the rows, print the table; returns the results folder (for further files)."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.md").write_text(table if table.endswith("\n") else table + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps(rows, indent=2))
+    print(table)
+    return RESULTS
