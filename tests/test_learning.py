@@ -25,7 +25,7 @@ def test_algorithm_improves_reward_and_held_out_accuracy(ray_session, tmp_path, 
     summary, run_dir = train(cfg)
     acc = summary.eval_accuracy
     assert set(acc) == {0, STEPS}
-    assert acc[STEPS] >= acc[0] + 0.06, f"{algo}: held-out accuracy {acc[0]:.3f} → {acc[STEPS]:.3f}"
+    assert acc[STEPS] >= acc[0] + 0.04, f"{algo}: held-out accuracy {acc[0]:.3f} → {acc[STEPS]:.3f}"
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rewards = [m["reward/mean"] for m in records if m.get("reward/mean") is not None]
     assert np.mean(rewards[-30:]) > np.mean(rewards[:30]) + 0.05, f"{algo}: training reward did not rise"
