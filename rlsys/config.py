@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rlsys.algos.advantages import ESTIMATORS
 from rlsys.algos.aggregation import AGGREGATIONS
 from rlsys.algos.losses import IS_LEVELS, IS_MODES, POLICY_LOSSES
-from rlsys.rewards import reward_names
+from rlsys.rewards import RewardComponent, reward_names
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 ALGO_RECIPES = Path(__file__).parent / "configs" / "algos"  # <name>.yaml: the algo keys of one algorithm
@@ -85,16 +85,6 @@ class RolloutConfig:
 
 
 @dataclass
-class RewardComponent:
-    """One named term of a composite reward: ``weight × fn(completion, reference, **params)``."""
-
-    name: str = ""
-    fn: str = ""  # a registered reward name or module:function
-    weight: float = 1.0  # 0 computes and logs the term without adding it to the reward (a monitor)
-    params: dict[str, Any] = field(default_factory=dict)  # keyword arguments for fn
-
-
-@dataclass
 class RewardConfig:
     """Reward workers: one reward function (``fn``), or a weighted sum of named ``components``, each logged on its
     own; every function runs in a child process with a per-sample timeout."""
@@ -109,7 +99,7 @@ class RewardConfig:
     @property
     def terms(self) -> list[RewardComponent]:
         """The components, or ``fn`` as the single component named after it."""
-        return list(self.components) or [RewardComponent(name=self.fn.rpartition(":")[2], fn=self.fn)]
+        return list(self.components) or [RewardComponent.single(self.fn)]
 
     @property
     def accuracy_term(self) -> str:

@@ -2,6 +2,7 @@
 
 from rlsys.rewards import rules, structured, text  # noqa: F401  (imported to register the built-in rewards)
 from rlsys.rewards.registry import RewardFn, get_reward_fn, register_reward, reward_names
-from rlsys.rewards.scoring import RewardOutcome, RewardScorer
+from rlsys.rewards.scoring import RewardComponent, RewardOutcome, RewardScorer
 
-__all__ = ["RewardFn", "RewardOutcome", "RewardScorer", "get_reward_fn", "register_reward", "reward_names"]
+__all__ = ["RewardComponent", "RewardFn", "RewardOutcome", "RewardScorer", "get_reward_fn", "register_reward",
+           "reward_names"]

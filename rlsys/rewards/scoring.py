@@ -22,6 +22,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import cache
 from types import TracebackType
+from typing import Any
 
 from rlsys.rewards.registry import RewardFn, get_reward_fn
 
@@ -44,25 +45,24 @@ class RewardOutcome:
     components: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Term:
-    """One weighted reward function: ``weight × fn(completion, reference, **params)`` (see RewardComponent)."""
+@dataclass
+class RewardComponent:
+    """One named term of a composite reward: ``weight × fn(completion, reference, **params)``.
 
-    name: str
-    fn: str
-    weight: float = 1.0
-    params: tuple[tuple[str, object], ...] = ()  # keyword arguments for fn, as sorted (key, value) pairs
+    Also the type of ``reward.components`` entries in the config (:class:`rlsys.config.RewardConfig`)."""
+
+    name: str = ""
+    fn: str = ""  # a registered reward name or module:function
+    weight: float = 1.0  # 0 computes and logs the term without adding it to the reward (a monitor)
+    params: dict[str, Any] = field(default_factory=dict)  # keyword arguments for fn
 
     @staticmethod
-    def of(spec: str | object) -> Term:
-        """From a reward name / import path (a single term named after it) or a RewardComponent-like object."""
-        if isinstance(spec, str):
-            return Term(spec.rpartition(":")[2], spec)
-        params = tuple(sorted(dict(getattr(spec, "params", {}) or {}).items()))
-        return Term(spec.name, spec.fn, float(spec.weight), params)
+    def single(fn: str) -> RewardComponent:
+        """The whole reward is ``fn``: one term, named after the function."""
+        return RewardComponent(name=fn.rpartition(":")[2], fn=fn)
 
 
-def combine(terms: tuple[Term, ...], rows: list[tuple[float, bool, str | None]]) -> RewardOutcome:
+def combine(terms: tuple[RewardComponent, ...], rows: list[tuple[float, bool, str | None]]) -> RewardOutcome:
     """The weighted sum of one item's term values; failed if any term with non-zero weight failed."""
     failed = [(t, err) for t, (_, f, err) in zip(terms, rows) if f and t.weight != 0]
     components = {t.name: (math.nan if f else v) for t, (v, f, _) in zip(terms, rows)}
@@ -79,7 +79,7 @@ class _WorkerLost(Exception):
 
 class RewardScorer:
     """Scores ``(completion, reference)`` pairs with the reward ``spec`` in one child process: a reward name or
-    import path, or a list of weighted components (:class:`rlsys.config.RewardComponent`), summed.
+    import path, or a list of weighted :class:`RewardComponent` terms, summed.
 
     A batch is scored in a single call to the child, with a budget of ``timeout_s`` per item. If that call times
     out or the child dies, the child is killed and the batch is rescored one item at a time, so one bad item fails
@@ -90,7 +90,7 @@ class RewardScorer:
     def __init__(self, spec: str | list, timeout_s: float) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
-        self._terms = tuple(Term.of(s) for s in ([spec] if isinstance(spec, str) else spec))
+        self._terms = (RewardComponent.single(spec),) if isinstance(spec, str) else tuple(spec)
         if not self._terms:
             raise ValueError("a reward needs at least one component")
         for term in self._terms:
@@ -223,13 +223,14 @@ def _child_fn(fn_name: str) -> RewardFn:
     return get_reward_fn(fn_name)
 
 
-def _child_resolve(terms: tuple[Term, ...]) -> None:
+def _child_resolve(terms: tuple[RewardComponent, ...]) -> None:
     for term in terms:
         _child_fn(term.fn)
 
 
-def _child_score(terms: tuple[Term, ...], items: list[tuple[str, str]]) -> list[list[tuple[float, bool, str | None]]]:
-    fns = [(_child_fn(t.fn), dict(t.params)) for t in terms]
+def _child_score(terms: tuple[RewardComponent, ...], items: list[tuple[str, str]]
+                 ) -> list[list[tuple[float, bool, str | None]]]:
+    fns = [(_child_fn(t.fn), t.params) for t in terms]
     return [[_score_one(fn, completion, reference, params) for fn, params in fns] for completion, reference in items]
 
 
