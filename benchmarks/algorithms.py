@@ -12,7 +12,6 @@ invocation only.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -22,6 +21,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 from results_io import save
 
 from rlsys.config import ALGO_RECIPES, DEFAULT_CONFIG, algo_recipe, load_config
+from rlsys.metrics import read_metrics
 from rlsys.train import train
 
 
@@ -43,7 +43,7 @@ def main() -> None:
             f"output.root={root}", f"output.run_name={name}", "output.progress_bar=false",
             f"train.num_steps={args.steps}", "train.eval_every=0", *extra])
         summary, run_dir = train(cfg)
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        records = read_metrics(run_dir)
         rewards = [r["reward/mean"] for r in records if r.get("reward/mean") is not None]
         window = max(len(rewards) // 7, 1)
         acc = summary.eval_accuracy

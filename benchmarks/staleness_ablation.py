@@ -21,7 +21,6 @@ rows of one invocation only.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -32,6 +31,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 from results_io import save
 
 from rlsys.config import load_config
+from rlsys.metrics import read_metrics
 from rlsys.train import train
 
 VARIANTS = {
@@ -48,7 +48,7 @@ def run(root: str, steps: int, eta: int, variant: str, seed: int, extra: list[st
                              f"train.num_steps={steps}", f"train.max_staleness={eta}", f"train.seed={seed}",
                              f"train.eval_every={max(steps // 4, 1)}", *VARIANTS[variant], *extra])
     summary, run_dir = train(cfg)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run_dir)
     means = {}
     for key in LOGGED:
         values = [r[key] for r in records if r.get(key) is not None]

@@ -7,14 +7,22 @@ import math
 from pathlib import Path
 
 import numpy as np
-from torch.utils.tensorboard import SummaryWriter
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The records a run's :class:`MetricsWriter` wrote, in order (``step`` plus its scalars; non-finite → None)."""
+    return [json.loads(line) for line in (Path(run_dir) / METRICS_FILE).read_text().splitlines()]
 
 
 class MetricsWriter:
     def __init__(self, run_dir: str | Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # torch: only where a run writes, not for reading
+
         self.run_dir = Path(run_dir)
         self.tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
-        self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+        self._jsonl = open(self.run_dir / METRICS_FILE, "a", buffering=1)
 
     def log(self, step: int, scalars: dict[str, float], histograms: dict[str, list[float]] | None = None) -> None:
         for key, value in scalars.items():

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from rlsys.metrics import METRICS_FILE, read_metrics
+
 
 def inspect_run(run_dir: str | Path, num_examples: int = 3) -> str:
     """A plain-text account of a run: accuracy over versions, and every sample trained, dropped or failed."""
     run_dir = Path(run_dir)
-    if not (run_dir / "metrics.jsonl").is_file():
-        raise FileNotFoundError(f"{run_dir} has no metrics.jsonl; give the directory of an rlsys run "
+    if not (run_dir / METRICS_FILE).is_file():
+        raise FileNotFoundError(f"{run_dir} has no {METRICS_FILE}; give the directory of an rlsys run "
                                 "(<output.root>/<run_name>)")
     lines = [f"run {run_dir}"]
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    metrics = read_metrics(run_dir)
     curve = [(m["step"], m["eval/accuracy"]) for m in metrics if m.get("eval/accuracy") is not None]
     if curve:
         lines.append("held-out accuracy by version: " + ", ".join(f"{v}: {a:.1%}" for v, a in curve))

@@ -3,12 +3,11 @@ configs/algos/ raises held-out greedy accuracy and the training reward."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 from rlsys.config import DEFAULT_CONFIG, algo_recipe, load_config
+from rlsys.metrics import read_metrics
 from rlsys.train import train
 
 pytestmark = pytest.mark.slow
@@ -26,7 +25,7 @@ def test_algorithm_improves_reward_and_held_out_accuracy(ray_session, tmp_path, 
     acc = summary.eval_accuracy
     assert set(acc) == {0, STEPS}
     assert acc[STEPS] >= acc[0] + 0.04, f"{algo}: held-out accuracy {acc[0]:.3f} → {acc[STEPS]:.3f}"
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run_dir)
     rewards = [m["reward/mean"] for m in records if m.get("reward/mean") is not None]
     assert np.mean(rewards[-30:]) > np.mean(rewards[:30]) + 0.05, f"{algo}: training reward did not rise"
     trained = [m for m in records if "train/loss" in m]
@@ -47,7 +46,7 @@ def test_composite_reward_learns_and_logs_every_term(ray_session, tmp_path):
     summary, run_dir = train(cfg)
     acc = summary.eval_accuracy
     assert acc[STEPS] >= acc[0] + 0.04, f"held-out accuracy {acc[0]:.3f} → {acc[STEPS]:.3f}"
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run_dir)
     correct = [m["reward/correct"] for m in records if m.get("reward/correct") is not None]
     assert np.mean(correct[-30:]) > np.mean(correct[:30]) + 0.05
     last_step = [m for m in records if "train/loss" in m][-1]

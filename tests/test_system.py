@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from rlsys.cli import main
 from rlsys.config import load_config
+from rlsys.metrics import read_metrics
 from rlsys.train import train
 
 pytestmark = pytest.mark.slow
@@ -82,7 +83,7 @@ def test_run_writes_every_promised_output(ray_session, tmp_path, capsys):
                 "buffer/depth", "staleness/mean", "sync/seconds", "rollout/response_len", "eval/accuracy"]:
         assert tag in tags, tag
     assert "staleness" in acc.Tags()["histograms"]
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    metrics = read_metrics(run_dir)
     assert {m["step"] for m in metrics if "train/loss" in m} == {1, 2, 3}
     assert all(m["train/kl"] == 0.0 for m in metrics if "train/loss" in m)  # kl_coef = 0: no reference at all
     # every generated group is accounted for: trained, or left over when the run ended (with that reason)
@@ -116,7 +117,7 @@ def test_dynamic_sampling_reference_actor_and_decoupled_updates_end_to_end(ray_s
     for r in trained:
         by_group.setdefault((r["prompt_id"], r["epoch"]), set()).add(r["reward"])
     assert all(len(rewards) > 1 for rewards in by_group.values()), "a trained group had all-equal rewards"
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    metrics = read_metrics(run_dir)
     train = [m for m in metrics if "train/loss" in m]
     assert train[0]["train/kl"] == pytest.approx(0.0, abs=1e-6) and train[-1]["train/kl"] > 0  # the reference
     assert all(0 < m["train/is_weight_mean"] < 2 and m["train/is_weight_max"] <= 2.0 for m in train)  # TIS cap 2
