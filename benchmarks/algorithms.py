@@ -18,7 +18,7 @@ import tempfile
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from results_io import save
+from results_io import markdown_table, save
 
 from rlsys.config import ALGO_RECIPES, DEFAULT_CONFIG, algo_recipe, load_config
 from rlsys.metrics import read_metrics
@@ -51,14 +51,14 @@ def main() -> None:
                      "reward_first": mean(rewards[:window]), "reward_last": mean(rewards[-window:]),
                      "wall_s": summary.wall_s, "samples_per_s": summary.samples_per_s,
                      "filtered_groups": summary.filtered_groups})
-    lines = [f"# algorithms: {args.steps} optimizer steps each, overrides: {' '.join(extra)}", "",
-             "| algo | held-out accuracy before → after | training reward first → last 1/7 | RL wall s | samples/s "
-             "| groups dropped by dynamic sampling |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['algo']} | {r['acc_before']:.1%} → {r['acc_after']:.1%} | {r['reward_first']:.3f} → "
-                     f"{r['reward_last']:.3f} | {r['wall_s']:.0f} | {r['samples_per_s']:.0f} | "
-                     f"{r['filtered_groups']} |")
-    save("algorithms", "\n".join(lines), rows)
+    table = markdown_table(
+        f"algorithms: {args.steps} optimizer steps each, overrides: {' '.join(extra)}",
+        ["algo", "held-out accuracy before → after", "training reward first → last 1/7", "RL wall s", "samples/s",
+         "groups dropped by dynamic sampling"],
+        [[r["algo"], f"{r['acc_before']:.1%} → {r['acc_after']:.1%}",
+          f"{r['reward_first']:.3f} → {r['reward_last']:.3f}", f"{r['wall_s']:.0f}", f"{r['samples_per_s']:.0f}",
+          r["filtered_groups"]] for r in rows])
+    save("algorithms", table, rows)
 
 
 if __name__ == "__main__":

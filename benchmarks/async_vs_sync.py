@@ -19,7 +19,7 @@ import tempfile
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from results_io import save
+from results_io import markdown_table, save
 
 from rlsys.config import load_config
 from rlsys.train import train
@@ -44,14 +44,14 @@ def main() -> None:
                      "acc_before": acc[min(acc)], "acc_after": acc[max(acc)],
                      "max_staleness_seen": summary.max_staleness_seen, "sync_ms": summary.sync_s_mean * 1e3})
     base = next((r for r in rows if r["eta"] == 0), rows[0])
-    lines = [f"# async vs sync, {args.steps} steps each, overrides: {' '.join(args.overrides) or 'none'}", "",
-             "| η | wall s | samples/s | speed-up vs η=0 | learner idle | rollout idle | accuracy before → after "
-             "| max staleness | sync ms |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['eta']} | {r['wall_s']:.1f} | {r['samples_per_s']:.0f} | "
-                     f"{base['wall_s'] / r['wall_s']:.2f}× | {r['learner_idle']:.0%} | {r['rollout_idle']:.0%} | "
-                     f"{r['acc_before']:.1%} → {r['acc_after']:.1%} | {r['max_staleness_seen']} | {r['sync_ms']:.1f} |")
-    save("async_vs_sync", "\n".join(lines), rows)
+    table = markdown_table(
+        f"async vs sync, {args.steps} steps each, overrides: {' '.join(args.overrides) or 'none'}",
+        ["η", "wall s", "samples/s", "speed-up vs η=0", "learner idle", "rollout idle", "accuracy before → after",
+         "max staleness", "sync ms"],
+        [[r["eta"], f"{r['wall_s']:.1f}", f"{r['samples_per_s']:.0f}", f"{base['wall_s'] / r['wall_s']:.2f}×",
+          f"{r['learner_idle']:.0%}", f"{r['rollout_idle']:.0%}", f"{r['acc_before']:.1%} → {r['acc_after']:.1%}",
+          r["max_staleness_seen"], f"{r['sync_ms']:.1f}"] for r in rows])
+    save("async_vs_sync", table, rows)
 
 
 if __name__ == "__main__":

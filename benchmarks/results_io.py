@@ -8,6 +8,13 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
+def markdown_table(title: str, header: list[str], rows: list[list[object]]) -> str:
+    """``# title``, then a Markdown table with one line per row of already formatted cells."""
+    lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, cells)) + " |" for cells in rows]
+    return "\n".join(lines) + "\n"
+
+
 def save(name: str, table: str, rows: list[dict]) -> Path:
     """Write the table and the rows, print the table; returns the results folder (for further files)."""
     RESULTS.mkdir(exist_ok=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from results_io import save
+from results_io import markdown_table, save
 
 from rlsys.config import load_config
 from rlsys.metrics import read_metrics
@@ -74,22 +74,22 @@ def average(rows: list[dict]) -> list[dict]:
 
 
 def write_table(rows: list[dict], steps: int, seeds: list[int], extra: list[str]) -> str:
-    lines = [f"# staleness ablation: {steps} optimizer steps per run, seeds {seeds} (train.seed), means over seeds; "
-             f"overrides: {' '.join(extra) or 'none'}", "",
-             "| variant | η | accuracy before → after (each seed) | wall s | mean staleness | max | clip low / high | "
-             "behaviour KL | IS weight mean | IS truncated |", "|---|---|---|---|---|---|---|---|---|---|"]
-
     def fmt(value: float | None, spec: str) -> str:
         return "–" if value is None else format(value, spec)
 
+    cells = []
     for r in average(rows):
         each = ", ".join(f"{a:.1%}" for a in r["acc_after_each"])
-        lines.append(
-            f"| {r['variant']} | {r['eta']} | {r['acc_before']:.1%} → **{r['acc_after']:.1%}** ({each}) | "
-            f"{r['wall_s']:.1f} | {fmt(r['mean'], '.2f')} | {r['max_staleness_seen']} | "
-            f"{fmt(r['clip_low_frac'], '.3f')} / {fmt(r['clip_high_frac'], '.3f')} | {fmt(r['behaviour_kl'], '.4f')} | "
-            f"{fmt(r['is_weight_mean'], '.3f')} | {fmt(r['is_truncated_frac'], '.3f')} |")
-    return "\n".join(lines) + "\n"
+        cells.append([
+            r["variant"], r["eta"], f"{r['acc_before']:.1%} → **{r['acc_after']:.1%}** ({each})", f"{r['wall_s']:.1f}",
+            fmt(r["mean"], ".2f"), r["max_staleness_seen"],
+            f"{fmt(r['clip_low_frac'], '.3f')} / {fmt(r['clip_high_frac'], '.3f')}", fmt(r["behaviour_kl"], ".4f"),
+            fmt(r["is_weight_mean"], ".3f"), fmt(r["is_truncated_frac"], ".3f")])
+    return markdown_table(
+        f"staleness ablation: {steps} optimizer steps per run, seeds {seeds} (train.seed), means over seeds; "
+        f"overrides: {' '.join(extra) or 'none'}",
+        ["variant", "η", "accuracy before → after (each seed)", "wall s", "mean staleness", "max", "clip low / high",
+         "behaviour KL", "IS weight mean", "IS truncated"], cells)
 
 
 def plot(rows: list[dict], path: Path) -> None:
