@@ -63,8 +63,7 @@ class _Window:
     start: float = field(default_factory=time.perf_counter)
     samples: int = 0
     tokens: int = 0
-    rewards: list[float] = field(default_factory=list)
-    reward_failures: int = 0
+    rewards: list[float] = field(default_factory=list)  # NaN where the reward failed
     filtered_groups: int = 0  # dropped by dynamic sampling
     components: dict[str, list[float]] = field(default_factory=dict)  # reward term → values (NaN: failed)
     response_lengths: list[int] = field(default_factory=list)
@@ -179,7 +178,6 @@ class Controller:
         w.samples += put.num_samples
         w.tokens += put.num_tokens
         w.rewards.extend(put.rewards)
-        w.reward_failures += len(put.reward_errors)
         w.response_lengths.extend(put.response_lengths)
         for name, values in put.components.items():
             w.components.setdefault(name, []).extend(values)
@@ -362,7 +360,8 @@ class Controller:
             "pipeline/filtered_groups": float(w.filtered_groups),
         }
         self.metrics.log(self.version, scalars, {"staleness": staleness})
-        for key, value in (("samples", w.samples), ("tokens", w.tokens), ("reward_failures", w.reward_failures),
+        for key, value in (("samples", w.samples), ("tokens", w.tokens),
+                           ("reward_failures", int(scalars["reward/failures"])),
                            ("learner_s", w.learner_s), ("generate_s", w.generate_s)):
             self.totals[key] += value
         if self.on_step:
