@@ -147,6 +147,9 @@ class DeepSpeedPolicy:
         if not (need_ref or need_prox or self.critic is not None):
             return batch
         ref, prox, values = [], [], []
+        self.engine.eval()
+        if self.critic is not None:
+            self.critic.eval()
         for rows in self._chunks(len(batch)):
             ids = batch.input_ids[rows].to(self.device)
             attn = batch.attention_mask[rows].to(self.device)
@@ -155,11 +158,9 @@ class DeepSpeedPolicy:
                 ref.append(token_logprobs(self.reference(input_ids=ids, attention_mask=attn).logits[:, :-1], targets,
                                           self.temperature).cpu())
             if need_prox:
-                self.engine.eval()
                 prox.append(token_logprobs(self.engine(input_ids=ids, attention_mask=attn).logits[:, :-1], targets,
                                            self.temperature).cpu())
             if self.critic is not None:
-                self.critic.eval()
                 values.append(self._values(self.critic, ids, attn).cpu())
         return dataclasses.replace(
             batch, ref_logprobs=torch.cat(ref) if need_ref else batch.ref_logprobs,
