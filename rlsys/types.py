@@ -7,7 +7,7 @@ learner's policy version counts optimizer steps; every sample records the versio
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -41,11 +41,7 @@ class Sample:
     reward_failed: bool = False
     reward_error: str | None = None
     reward_components: dict[str, float] = field(default_factory=dict)  # each term's value (NaN: that term failed)
-
-    def scored(self, reward: float, failed: bool, error: str | None, components: dict[str, float] | None = None
-               ) -> Sample:
-        return replace(self, reward=reward, reward_failed=failed, reward_error=error,
-                       reward_components=dict(components or {}))
+    reward_notes: dict[str, str] = field(default_factory=dict)  # term → the reason it gave with its value
 
 
 @dataclass(frozen=True)

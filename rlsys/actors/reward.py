@@ -25,7 +25,8 @@ class RewardWorker:
             samples = []
             for s in g.samples:
                 o = next(outcomes)
-                samples.append(s.scored(math.nan if o.failed else o.reward, o.failed, o.error, o.components))
+                samples.append(replace(s, reward=math.nan if o.failed else o.reward, reward_failed=o.failed,
+                                       reward_error=o.error, reward_components=o.components, reward_notes=o.notes))
             groups.append(Group(prompt=g.prompt, samples=tuple(samples), worker=g.worker))
         return replace(batch, groups=groups, reward_s=time.perf_counter() - start)
 

@@ -1,7 +1,8 @@
 """Registry of reward functions, looked up by name or by an import path.
 
-A reward function maps ``(completion_text, reference_answer, **params)`` to a float; ``params`` are keyword
-arguments from the config (a reward component's ``params``), so every function must work with none given.
+A reward function maps ``(completion_text, reference_answer, **params)`` to a float, or to a :class:`Scored` (the
+float plus the reason behind it, e.g. why sandboxed code earned 0); ``params`` are keyword arguments from the config
+(a reward component's ``params``), so every function must work with none given.
 Built-in rewards register themselves with :func:`register_reward`; user rewards need no registration and are given
 as ``"package.module:function"``.
 Lookup by string (rather than passing function objects around) lets a config name the reward and lets a child
@@ -12,8 +13,19 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from typing import NamedTuple
 
-RewardFn = Callable[..., float]  # (completion: str, reference: str, **params) -> float
+
+class Scored(NamedTuple):
+    """A reward value with the reason for it. The value is the reward; the reason is kept with the sample (the
+    sample log's ``reward_notes``) so a user can see *why* a completion scored what it did, without the sample
+    counting as a reward failure."""
+
+    value: float
+    reason: str = ""
+
+
+RewardFn = Callable[..., "float | Scored"]  # (completion: str, reference: str, **params) -> float | Scored
 
 _REGISTRY: dict[str, RewardFn] = {}
 

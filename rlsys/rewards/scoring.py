@@ -24,7 +24,7 @@ from functools import cache
 from types import TracebackType
 from typing import Any
 
-from rlsys.rewards.registry import RewardFn, get_reward_fn
+from rlsys.rewards.registry import RewardFn, Scored, get_reward_fn
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +37,14 @@ _START_TIMEOUT_S = 120.0
 class RewardOutcome:
     """The score for one item. ``failed`` means a reward function with non-zero weight did not produce a usable
     number (it raised, timed out, crashed, or returned a non-number); ``reward`` is then 0.0 and ``error`` says
-    which and what happened. ``components``: each term's own value (NaN where that term failed)."""
+    which and what happened. ``components``: each term's own value (NaN where that term failed); ``notes``: the
+    reason a term gave with its value (:class:`~rlsys.rewards.registry.Scored`), for terms that gave one."""
 
     reward: float
     failed: bool
     error: str | None = None
     components: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -62,15 +64,20 @@ class RewardComponent:
         return RewardComponent(name=fn.rpartition(":")[2], fn=fn)
 
 
-def combine(terms: tuple[RewardComponent, ...], rows: list[tuple[float, bool, str | None]]) -> RewardOutcome:
+# One term's result for one item: (value, failed, error, note).
+TermRow = tuple[float, bool, "str | None", str]
+
+
+def combine(terms: tuple[RewardComponent, ...], rows: list[TermRow]) -> RewardOutcome:
     """The weighted sum of one item's term values; failed if any term with non-zero weight failed."""
-    failed = [(t, err) for t, (_, f, err) in zip(terms, rows) if f and t.weight != 0]
-    components = {t.name: (math.nan if f else v) for t, (v, f, _) in zip(terms, rows)}
+    failed = [(t, err) for t, (_, f, err, _) in zip(terms, rows) if f and t.weight != 0]
+    components = {t.name: (math.nan if f else v) for t, (v, f, _, _) in zip(terms, rows)}
+    notes = {t.name: note for t, (_, _, _, note) in zip(terms, rows) if note}
     if failed:
         error = failed[0][1] if len(terms) == 1 else "; ".join(f"{t.name}: {e}" for t, e in failed)
-        return RewardOutcome(0.0, True, error, components)
-    total = sum(t.weight * v for t, (v, f, _) in zip(terms, rows) if t.weight != 0)
-    return RewardOutcome(float(total), False, None, components)
+        return RewardOutcome(0.0, True, error, components, notes)
+    total = sum(t.weight * v for t, (v, f, _, _) in zip(terms, rows) if t.weight != 0)
+    return RewardOutcome(float(total), False, None, components, notes)
 
 
 class _WorkerLost(Exception):
@@ -228,27 +235,29 @@ def _child_resolve(terms: tuple[RewardComponent, ...]) -> None:
         _child_fn(term.fn)
 
 
-def _child_score(terms: tuple[RewardComponent, ...], items: list[tuple[str, str]]
-                 ) -> list[list[tuple[float, bool, str | None]]]:
+def _child_score(terms: tuple[RewardComponent, ...], items: list[tuple[str, str]]) -> list[list[TermRow]]:
     fns = [(_child_fn(t.fn), t.params) for t in terms]
     return [[_score_one(fn, completion, reference, params) for fn, params in fns] for completion, reference in items]
 
 
-def _score_one(fn: RewardFn, completion: str, reference: str, params: dict) -> tuple[float, bool, str | None]:
+def _score_one(fn: RewardFn, completion: str, reference: str, params: dict) -> TermRow:
     try:
         value = fn(completion, reference, **params)
     except (Exception, SystemExit) as e:  # SystemExit too: sys.exit() in a reward must fail one item, not the batch
-        return 0.0, True, f"{type(e).__name__}: {e}"
+        return 0.0, True, f"{type(e).__name__}: {e}", ""
+    note = ""
+    if isinstance(value, Scored):
+        value, note = value.value, str(value.reason)
     bad = f"reward function returned {_short_repr(value)} ({type(value).__name__}); expected a finite real number"
     if not isinstance(value, numbers.Real):  # bool is a Real, scored as 0.0/1.0
-        return 0.0, True, bad
+        return 0.0, True, bad, note
     try:
         reward = float(value)
     except (OverflowError, ValueError):
-        return 0.0, True, bad
+        return 0.0, True, bad, note
     if not math.isfinite(reward):
-        return 0.0, True, bad
-    return reward, False, None
+        return 0.0, True, bad, note
+    return reward, False, None, note
 
 
 def _short_repr(value: object, limit: int = 200) -> str:
