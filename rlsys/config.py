@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,8 @@ from rlsys.algos.advantages import ESTIMATORS
 from rlsys.algos.aggregation import AGGREGATIONS
 from rlsys.algos.losses import IS_LEVELS, IS_MODES, POLICY_LOSSES
 from rlsys.rewards import RewardComponent, reward_names
+from rlsys.rewards.components import ENSEMBLE_MODES, MODEL_KINDS, SCOPES
+from rlsys.rewards.process import STEP_AGGREGATIONS
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 ALGO_RECIPES = Path(__file__).parent / "configs" / "algos"  # <name>.yaml: the algo keys of one algorithm
@@ -86,15 +90,20 @@ class RolloutConfig:
 
 @dataclass
 class RewardConfig:
-    """Reward workers: one reward function (``fn``), or a weighted sum of named ``components``, each logged on its
-    own; every function runs in a child process with a per-sample timeout."""
+    """The reward pool: ``num_workers`` reward actors, each scoring whole rollout batches with one reward function
+    (``fn``) or a weighted sum of named ``components`` (rule- or model-based, see
+    :mod:`rlsys.rewards.components`), each logged on its own. Rule functions run in a child process with a
+    per-sample timeout; reward models run in the actor, on a GPU when ``num_gpus`` > 0."""
 
     fn: str = "addition_exact"  # used when components is empty
     components: list[RewardComponent] = field(default_factory=list)
     correct_component: str | None = None  # its value ≥ 1 counts as correct in held-out accuracy (default: first)
     num_workers: int = 1
-    timeout_s: float = 5.0
+    timeout_s: float = 5.0  # per sample and rule term, inside a reward call
+    call_timeout_s: float = 600.0  # a whole reward call: past it the actor is restarted and the batch re-scored
+    max_batches_per_call: int = 4  # rollout batches waiting for a reward actor are scored together, up to this
     num_cpus: float = 0.25
+    num_gpus: float = 0.0  # for reward models
 
     @property
     def terms(self) -> list[RewardComponent]:
@@ -267,15 +276,16 @@ def _describe(e: OmegaConfBaseException) -> str:
 # (keys, test, rule in words): numeric fields whose only constraint is a lower bound.
 _BOUNDS = [
     (("rollout.num_workers", "rollout.group_size", "rollout.groups_per_request", "rollout.max_new_tokens",
-      "reward.num_workers", "learner.num_learners", "learner.micro_batch_size", "train.num_steps",
-      "train.groups_per_step", "train.sync_every", "task.num_digits", "model.hidden_size", "model.num_layers",
-      "model.num_heads", "algo.epochs", "algo.minibatches"), lambda v: v >= 1, "a positive integer (≥ 1)"),
+      "reward.num_workers", "reward.max_batches_per_call", "learner.num_learners", "learner.micro_batch_size",
+      "train.num_steps", "train.groups_per_step", "train.sync_every", "task.num_digits", "model.hidden_size",
+      "model.num_layers", "model.num_heads", "algo.epochs", "algo.minibatches"), lambda v: v >= 1,
+     "a positive integer (≥ 1)"),
     (("train.max_staleness", "train.eval_every", "warmup.steps", "algo.kl_coef", "learner.weight_decay",
-      "rollout.num_gpus", "learner.num_gpus", "learner.grad_clip", "algo.entropy_coef", "algo.adv_bound",
-      "algo.value_clip", "algo.overlong_buffer", "algo.clip_eps_low"), lambda v: v >= 0, "≥ 0"),
-    (("learner.lr", "rollout.temperature", "reward.timeout_s", "ray.placement_timeout_s", "algo.clip_eps_high",
-      "algo.critic_lr", "algo.adv_eps", "learner.adam_eps", "rollout.num_cpus", "reward.num_cpus", "learner.num_cpus"),
-     lambda v: v > 0, "> 0"),
+      "rollout.num_gpus", "learner.num_gpus", "reward.num_gpus", "learner.grad_clip", "algo.entropy_coef",
+      "algo.adv_bound", "algo.value_clip", "algo.overlong_buffer", "algo.clip_eps_low"), lambda v: v >= 0, "≥ 0"),
+    (("learner.lr", "rollout.temperature", "reward.timeout_s", "reward.call_timeout_s", "ray.placement_timeout_s",
+      "algo.clip_eps_high", "algo.critic_lr", "algo.adv_eps", "learner.adam_eps", "rollout.num_cpus",
+      "reward.num_cpus", "learner.num_cpus"), lambda v: v > 0, "> 0"),
 ]
 
 
@@ -288,6 +298,52 @@ _CHOICES = {
 }
 
 
+def _component_problems(c: RewardComponent, where: str) -> list[str]:
+    """What is wrong with one component's scope, step settings and model (its fn is checked by the caller)."""
+    problems = []
+    if c.scope not in SCOPES:
+        problems.append(f"{where}scope={c.scope!r}: use one of {', '.join(SCOPES)}")
+    if c.scope == "process":
+        if c.step_aggregate not in STEP_AGGREGATIONS:
+            problems.append(f"{where}step_aggregate={c.step_aggregate!r}: use one of {', '.join(STEP_AGGREGATIONS)}")
+        if not c.step_tau > 0:
+            problems.append(f"{where}step_tau={c.step_tau} must be > 0")
+        try:
+            re.compile(c.step_split)
+        except re.error as e:
+            problems.append(f"{where}step_split={c.step_split!r} is not a valid regular expression: {e}")
+    m = c.model
+    if m is None:
+        return problems
+    if c.fn:
+        problems.append(f"{where} has both fn={c.fn!r} and a model: a component is rule-based or model-based")
+    if m.kind not in MODEL_KINDS:
+        problems.append(f"{where}model.kind={m.kind!r}: use one of {', '.join(MODEL_KINDS)}")
+    allowed = {"classifier": ("sample", "process"), "judge": ("sample",)}.get(m.kind, SCOPES)
+    if c.scope not in allowed:
+        problems.append(f"{where}scope={c.scope!r} is not supported for a {m.kind} model; use {' or '.join(allowed)}")
+    if m.reference_relative and (m.kind != "classifier" or c.scope != "sample"):
+        problems.append(f"{where}model.reference_relative needs kind=classifier and scope=sample")
+    if not m.paths:
+        problems.append(f"{where}model.paths is empty: give one local checkpoint directory, or several (an ensemble)")
+    for j, path in enumerate(m.paths):
+        if not Path(path).expanduser().is_dir():
+            problems.append(f"{where}model.paths[{j}]={path!r} is not a directory; give a local Hugging Face "
+                            "checkpoint (rlsys never downloads from a hub)")
+    if m.ensemble not in ENSEMBLE_MODES:
+        problems.append(f"{where}model.ensemble={m.ensemble!r}: use one of {', '.join(ENSEMBLE_MODES)}")
+    if m.batch_size < 1 or m.max_length < 1 or m.max_new_tokens < 1:
+        problems.append(f"{where}model.batch_size, max_length and max_new_tokens must be ≥ 1")
+    if not m.high > m.low:
+        problems.append(f"{where}model.high={m.high} must be > model.low={m.low}")
+    if m.template is not None:
+        fields = {f for _, f, _, _ in string.Formatter().parse(m.template) if f is not None}
+        if not fields <= {"prompt", "response", "reference"} or "response" not in fields:
+            problems.append(f"{where}model.template uses {sorted(fields)}: it must contain {{response}} and may use "
+                            "only {prompt}, {response}, {reference}")
+    return problems
+
+
 def _reward_problems(reward: RewardConfig) -> list[str]:
     problems = []
     names = [c.name for c in reward.terms]
@@ -295,11 +351,12 @@ def _reward_problems(reward: RewardConfig) -> list[str]:
         where = f"reward.components[{i}]." if reward.components else "reward."
         if not c.name.isidentifier():
             problems.append(f"{where}name={c.name!r} must be a non-empty identifier (letters, digits, _)")
-        if ":" not in c.fn and c.fn not in reward_names():
+        if c.model is None and ":" not in c.fn and c.fn not in reward_names():
             problems.append(f"{where}fn={c.fn!r} is not a registered reward ({', '.join(reward_names())}) "
                             "nor a 'module:function' path")
         if not math.isfinite(c.weight):
             problems.append(f"{where}weight={c.weight} must be a finite number")
+        problems += _component_problems(c, where)
     if len(set(names)) != len(names):
         problems.append(f"reward.components have duplicate names {sorted(n for n in set(names) if names.count(n) > 1)}")
     if reward.correct_component is not None and reward.correct_component not in names:

@@ -2,16 +2,25 @@
 
 ::
 
-    prompts ──admit──▶ rollout.generate ──▶ reward.score ──▶ buffer.put          (chained by object refs:
-       ▲  (capacity from η)                                      │               data never visits the driver)
+    prompts ──admit──▶ rollout.generate ──▶ reward queue ──▶ reward.score ──▶ buffer.put   (object refs:
+       ▲  (capacity from η)                (free worker)                        │    data never visits the driver)
        │ requeue on loss                                  buffer.take(B, v)  ◀── when the learner is idle
        │                                                          │  drops groups older than η, records all
        └──────── rollout.update_weights(v) ◀── learner.get_weights ◀── learner.train_step × N ranks
                       (every sync_every steps)                     version v → v + 1
 
 One loop iteration: admit → learn (if idle and enough is buffered) → wait for any completion → handle it
-(put: count; take: start a step; step: sync, log, maybe eval). Every wait has a timeout; a pipeline that makes
-no progress for ``STALL_TIMEOUT_S`` raises :class:`PipelineStalled` rather than hanging.
+(generated: queue for a reward worker; put: count; take: start a step; step: sync, log, maybe eval) → restart
+reward workers whose call ran past ``reward.call_timeout_s``. Every wait has a timeout; a pipeline that makes no
+progress for ``STALL_TIMEOUT_S`` raises :class:`PipelineStalled` rather than hanging.
+
+The reward pool. Generated batches wait in a queue on the driver (as object refs) for a free reward worker; a
+free worker takes up to ``reward.max_batches_per_call`` of them in one call, so a reward model sees large
+batches. A rollout worker's request counts against its in-flight limit until its batch is *in the buffer*, so a
+slow reward slows admission instead of piling up generated data: the queue never holds more than
+``MAX_REQUESTS_PER_WORKER`` batches per rollout worker. A reward call that fails (its actor died) or runs too
+long (the actor is killed and Ray restarts it) is re-scored from the same generated batch, which stays in the
+object store; only after ``MAX_REWARD_ATTEMPTS`` lost calls are its prompts re-queued to be generated again.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import itertools
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -44,6 +54,7 @@ MAX_REQUESTS_PER_WORKER = 2  # one generating, one queued behind it: the worker 
 RESULT_TIMEOUT_S = 300.0
 MAX_EVAL_ATTEMPTS = 3
 MAX_FILTERED_STEPS = 20  # dynamic sampling: give up after this many steps' worth of groups filtered in a row
+MAX_REWARD_ATTEMPTS = 3  # reward calls lost per generated batch before its prompts are generated again
 
 
 class PipelineStalled(RuntimeError):
@@ -52,7 +63,7 @@ class PipelineStalled(RuntimeError):
 
 @dataclass
 class _Pending:
-    kind: str  # rollout | take | learn | weights | sync | eval
+    kind: str  # generate | score | take | learn | weights | sync | eval
     payload: dict = field(default_factory=dict)
 
 
@@ -66,6 +77,9 @@ class _Window:
     rewards: list[float] = field(default_factory=list)  # NaN where the reward failed
     filtered_groups: int = 0  # dropped by dynamic sampling
     components: dict[str, list[float]] = field(default_factory=dict)  # reward term → values (NaN: failed)
+    component_s: dict[str, float] = field(default_factory=dict)  # reward term → compute seconds
+    reward_s: float = 0.0
+    reward_queue_max: int = 0  # most generated batches waiting for a reward worker
     response_lengths: list[int] = field(default_factory=list)
     generate_s: float = 0.0
     learner_s: float = 0.0
@@ -83,6 +97,7 @@ class RunSummary:
     dropped_stale_groups: int
     lost_requests: int
     reward_failures: int
+    reward_retries: int  # reward calls lost (actor died or timed out) and re-scored
     filtered_groups: int
     max_staleness_seen: int
     sync_s_mean: float
@@ -100,6 +115,8 @@ class Controller:
         self.pending: dict[ray.ObjectRef, _Pending] = {}
         self.requests = itertools.count()
         self.inflight_per_worker = [0] * len(actors.rollouts)
+        self.reward_queue: deque[dict] = deque()  # generated batches (payloads with a "batch" ref) awaiting a scorer
+        self.reward_inflight = [0] * len(actors.rewards)  # batches in each reward worker's current call
         self.version = 0  # learner's policy version = optimizer steps done
         self.rollout_version = 0  # version whose weights every rollout worker holds (or has queued to load)
         self.latest_weights: ray.ObjectRef | None = None  # None: the initial checkpoint is the latest policy
@@ -111,7 +128,7 @@ class Controller:
         self.sync_s: list[float] = []
         self.staleness_seen: list[int] = []
         self.totals = {"samples": 0, "tokens": 0, "dropped_stale": 0, "lost_requests": 0, "reward_failures": 0,
-                       "filtered_groups": 0, "learner_s": 0.0, "generate_s": 0.0}
+                       "reward_retries": 0, "filtered_groups": 0, "learner_s": 0.0, "generate_s": 0.0}
         self.filtered_in_a_row = 0
 
     # ------------------------------------------------------------------ the loop
@@ -134,20 +151,25 @@ class Controller:
                                       f"waiting on {sorted(p.kind for p in self.pending.values())}")
             for ref in done:
                 self._handle(ref, self.pending.pop(ref))
+            self._restart_slow_rewards()
         self._drain_rollouts()
         return self._summary()
 
     def _drain_rollouts(self) -> None:
-        """Let requests still generating land in the buffer, so the run's sample log accounts for them."""
-        refs = [ref for ref, p in self.pending.items() if p.kind == "rollout"]
-        if not refs:
-            return
-        done, _ = ray.wait(refs, num_returns=len(refs), timeout=RESULT_TIMEOUT_S)
-        for ref in done:
-            self._handle(ref, self.pending.pop(ref))
-        for ref in set(refs) - set(done):
-            log.warning("a rollout request did not finish within %.0f s of the end of the run: prompts %s",
-                        RESULT_TIMEOUT_S, [q.prompt_id for q in self.pending[ref].payload["prompts"]])
+        """Let requests still generating or being scored land in the buffer, so the sample log accounts for them."""
+        deadline = time.monotonic() + RESULT_TIMEOUT_S
+        while time.monotonic() < deadline:
+            refs = [ref for ref, p in self.pending.items() if p.kind in ("generate", "score")]
+            if not refs:
+                return
+            done, _ = ray.wait(refs, num_returns=1, timeout=1.0)
+            for ref in done:
+                self._handle(ref, self.pending.pop(ref))
+            self._restart_slow_rewards()
+        for p in self.pending.values():
+            if p.kind in ("generate", "score"):
+                log.warning("a rollout request did not finish within %.0f s of the end of the run: prompts %s",
+                            RESULT_TIMEOUT_S, [q.prompt_id for q in p.payload["prompts"]])
 
     def _finishing(self) -> bool:
         """After the last step: wait for its weight sync and evaluation, not for surplus rollouts."""
@@ -166,13 +188,80 @@ class Controller:
             prompts = [self.stream.next() for _ in range(n)]
             self.gate.admit(n, self.rollout_version)
             rid = next(self.requests)
-            generated = self.actors.rollouts[worker].generate.remote(rid, prompts)
-            scored = self.actors.rewards[rid % len(self.actors.rewards)].score.remote(generated)
-            self.pending[self.actors.buffer.put.remote(scored)] = _Pending("rollout", {"prompts": prompts,
-                                                                                       "worker": worker})
+            batch, generated = self.actors.rollouts[worker].generate.options(num_returns=2).remote(rid, prompts)
+            self.pending[generated] = _Pending("generate", {"prompts": prompts, "worker": worker, "batch": batch,
+                                                            "request": rid, "attempts": 0})
             self.inflight_per_worker[worker] += 1
 
-    def _on_put(self, p: _Pending, put: PutSummary) -> None:
+    def _on_generated(self, p: _Pending, ref: ray.ObjectRef) -> None:
+        try:
+            ray.get(ref, timeout=RESULT_TIMEOUT_S)
+        except RayError as e:
+            self.inflight_per_worker[p.payload["worker"]] -= 1
+            self._on_rollout_lost(p.payload, e)
+            return
+        self.reward_queue.append(p.payload)
+        self.window.reward_queue_max = max(self.window.reward_queue_max, len(self.reward_queue))
+        self._dispatch_rewards()
+
+    def _dispatch_rewards(self) -> None:
+        """Give queued batches to idle reward workers, up to ``reward.max_batches_per_call`` per call."""
+        while self.reward_queue:
+            idle = [i for i, n in enumerate(self.reward_inflight) if n == 0]
+            if not idle:
+                return
+            worker = idle[0]
+            take = min(len(self.reward_queue), self.cfg.reward.max_batches_per_call)
+            payloads = [self.reward_queue.popleft() for _ in range(take)]
+            actor = self.actors.rewards[worker]
+            scored = actor.score.options(num_returns=take).remote(*[q["batch"] for q in payloads])
+            call = {"reward_worker": worker, "start": time.monotonic(), "timed_out": False}
+            for q, s in zip(payloads, [scored] if take == 1 else scored):
+                self.pending[self.actors.buffer.put.remote(s)] = _Pending("score", {**q, "call": call})
+            self.reward_inflight[worker] = take
+
+    def _restart_slow_rewards(self) -> None:
+        """Kill (Ray restarts it) any reward worker whose current call has run past ``reward.call_timeout_s``;
+        the call's batches then fail and are re-scored (:meth:`_on_reward_lost`)."""
+        limit = self.cfg.reward.call_timeout_s
+        for p in self.pending.values():
+            call = p.payload.get("call") if p.kind == "score" else None
+            if call and not call["timed_out"] and time.monotonic() - call["start"] > limit:
+                call["timed_out"] = True
+                log.warning("reward worker %d has been scoring for more than reward.call_timeout_s=%.0f s; "
+                            "restarting it", call["reward_worker"], limit)
+                ray.kill(self.actors.rewards[call["reward_worker"]], no_restart=False)
+
+    def _on_scored(self, p: _Pending, ref: ray.ObjectRef) -> None:
+        self.reward_inflight[p.payload["call"]["reward_worker"]] -= 1
+        try:
+            put = ray.get(ref, timeout=RESULT_TIMEOUT_S)
+        except RayError as e:
+            self._on_reward_lost(p.payload, e)
+        else:
+            self.inflight_per_worker[p.payload["worker"]] -= 1
+            self._on_put(put)
+        self._dispatch_rewards()
+
+    def _on_reward_lost(self, payload: dict, error: Exception) -> None:
+        """A reward call died or timed out: score the same generated batch again, at the front of the queue."""
+        attempts = payload["attempts"] + 1
+        call = payload["call"]
+        why = f"timed out after reward.call_timeout_s={self.cfg.reward.call_timeout_s:.0f} s" if call["timed_out"] \
+            else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        prompts = [q.prompt_id for q in payload["prompts"]]
+        self.totals["reward_retries"] += 1
+        if attempts < MAX_REWARD_ATTEMPTS:
+            log.warning("reward worker %d lost request %d (%s); re-scoring its prompts %s (attempt %d of %d)",
+                        call["reward_worker"], payload["request"], why, prompts, attempts + 1, MAX_REWARD_ATTEMPTS)
+            self.reward_queue.appendleft({**payload, "attempts": attempts})
+            return
+        log.error("request %d could not be scored in %d attempts (last: %s); generating its prompts again: %s",
+                  payload["request"], attempts, why, prompts)
+        self.inflight_per_worker[payload["worker"]] -= 1
+        self._on_rollout_lost(payload, error)
+
+    def _on_put(self, put: PutSummary) -> None:
         self._buffer_report(put.depth, put.seq)
         w = self.window
         w.samples += put.num_samples
@@ -182,6 +271,9 @@ class Controller:
         for name, values in put.components.items():
             w.components.setdefault(name, []).extend(values)
         w.generate_s += put.generate_s
+        w.reward_s += put.reward_s
+        for name, seconds in put.component_s.items():
+            w.component_s[name] = w.component_s.get(name, 0.0) + seconds
         for error in put.reward_errors[:3]:
             log.warning("reward function failed on a sample of request %d: %s", put.request_id, error)
         if put.filtered_keys:  # dynamic sampling dropped them: free their slots so more are generated
@@ -198,12 +290,13 @@ class Controller:
                 f"equal) at version {self.version}: the task is too easy or too hard for the policy. Turn off "
                 "algo.dynamic_sampling or raise rollout.group_size")
 
-    def _on_rollout_lost(self, p: _Pending, error: Exception) -> None:
-        """A rollout or reward worker died mid-request: its prompts go back to the front of the queue.
+    def _on_rollout_lost(self, payload: dict, error: Exception) -> None:
+        """A rollout worker died mid-request (or its batch could not be scored): its prompts go back to the front
+        of the queue.
 
         Ray restarts a dead rollout worker from its constructor, i.e. with the initial weights, so it is sent
         the latest weights again; being first in its queue, they are loaded before it generates anything."""
-        prompts, worker = p.payload["prompts"], p.payload["worker"]
+        prompts, worker = payload["prompts"], payload["worker"]
         self.stream.requeue(prompts)
         self.gate.discard(len(prompts))
         self.totals["lost_requests"] += 1
@@ -294,7 +387,8 @@ class Controller:
 
     def _evaluate(self, attempt: int = 0) -> None:
         """Greedy accuracy on the held-out prompts, queued on rollout worker 0 behind its weight update."""
-        generated = self.actors.rollouts[0].generate.remote(-1, self.eval_prompts, greedy=True)
+        generated, _ = self.actors.rollouts[0].generate.options(num_returns=2).remote(-1, self.eval_prompts,
+                                                                                      greedy=True)
         scored = self.actors.rewards[0].score.remote(generated)
         self.pending[scored] = _Pending("eval", {"version": self.rollout_version, "attempt": attempt})
 
@@ -310,12 +404,10 @@ class Controller:
 
     # ------------------------------------------------------------------ dispatch
     def _handle(self, ref: ray.ObjectRef, p: _Pending) -> None:
-        if p.kind == "rollout":
-            self.inflight_per_worker[p.payload["worker"]] -= 1
-            try:
-                self._on_put(p, ray.get(ref, timeout=RESULT_TIMEOUT_S))
-            except RayError as e:
-                self._on_rollout_lost(p, e)
+        if p.kind == "generate":
+            self._on_generated(p, ref)
+        elif p.kind == "score":
+            self._on_scored(p, ref)
         elif p.kind == "take":
             self._on_take(p, ray.get(ref, timeout=RESULT_TIMEOUT_S))
         elif p.kind == "learn":
@@ -358,6 +450,10 @@ class Controller:
             "pipeline/dropped_stale_total": float(self.totals["dropped_stale"]),
             "pipeline/lost_requests_total": float(self.totals["lost_requests"]),
             "pipeline/filtered_groups": float(w.filtered_groups),
+            "pipeline/reward_queue_max": float(w.reward_queue_max),
+            "pipeline/reward_retries_total": float(self.totals["reward_retries"]),
+            "perf/reward_busy_frac": min(1.0, w.reward_s / (elapsed * len(self.actors.rewards))),
+            **{f"reward_latency/{k}_ms_per_sample": 1e3 * v / max(1, w.samples) for k, v in w.component_s.items()},
         }
         self.metrics.log(self.version, scalars, {"staleness": staleness})
         for key, value in (("samples", w.samples), ("tokens", w.tokens),
@@ -377,7 +473,8 @@ class Controller:
             learner_idle_frac=1.0 - t["learner_s"] / wall,
             rollout_idle_frac=1.0 - t["generate_s"] / (wall * len(self.actors.rollouts)),
             dropped_stale_groups=t["dropped_stale"], lost_requests=t["lost_requests"],
-            reward_failures=t["reward_failures"], filtered_groups=t["filtered_groups"],
+            reward_failures=t["reward_failures"], reward_retries=t["reward_retries"],
+            filtered_groups=t["filtered_groups"],
             max_staleness_seen=max(self.staleness_seen, default=0),
             sync_s_mean=float(np.mean(self.sync_s)) if self.sync_s else math.nan,
         )

@@ -43,15 +43,17 @@ class MetricsWriter:
 def reward_scalars(rewards: list[float], lengths: list[int], components: dict[str, list[float]]) -> dict[str, float]:
     """Reward metrics over a window of samples (NaN rewards: failed).
 
-    ``reward/mean``, ``reward/failures``; ``reward/length_corr``, the Pearson correlation of reward with response
-    length (reward hacking often shows up as reward tracking length; NaN when either is constant); and with more
-    than one reward term, ``reward/<term>`` (mean) and ``reward/<term>_failures`` per term.
+    ``reward/mean``, ``reward/failures`` (count) and ``reward/failure_rate``; ``reward/length_corr``, the Pearson
+    correlation of reward with response length (reward hacking often shows up as reward tracking length; NaN when
+    either is constant); and with more than one reward term, per term ``reward/<term>`` (mean: its trend over
+    steps shows which term the policy is exploiting), ``reward/<term>_failures`` and ``reward/<term>_failure_rate``
+    (for a judge, the rate of answers that did not parse).
     """
     r = np.asarray(rewards, dtype=np.float64)
     n = np.asarray(lengths, dtype=np.float64)
     ok = np.isfinite(r)
     out = {"reward/mean": float(r[ok].mean()) if ok.any() else math.nan, "reward/failures": float((~ok).sum()),
-           "reward/length_corr": math.nan}
+           "reward/failure_rate": float((~ok).mean()) if r.size else math.nan, "reward/length_corr": math.nan}
     if ok.sum() > 2 and np.ptp(r[ok]) > 0 and np.ptp(n[ok]) > 0:
         out["reward/length_corr"] = float(np.corrcoef(r[ok], n[ok])[0, 1])
     if len(components) > 1:  # a single term is reward/mean itself
@@ -59,4 +61,5 @@ def reward_scalars(rewards: list[float], lengths: list[int], components: dict[st
             v = np.asarray(values, dtype=np.float64)
             out[f"reward/{name}"] = float(np.nanmean(v)) if np.isfinite(v).any() else math.nan
             out[f"reward/{name}_failures"] = float(np.isnan(v).sum())
+            out[f"reward/{name}_failure_rate"] = float(np.isnan(v).mean()) if v.size else math.nan
     return out

@@ -24,6 +24,7 @@ SCHEMA = pa.schema([
     ("reward_error", pa.string()),
     ("reward_components", pa.map_(pa.string(), pa.float32())),  # each reward term's value (NaN: it failed)
     ("reward_notes", pa.map_(pa.string(), pa.string())),  # the reason a term gave with its value, where it gave one
+    ("reward_versions", pa.map_(pa.string(), pa.string())),  # model-based term → version of the model that scored
     ("response_ids", pa.list_(pa.int32())),
     ("behaviour_logprobs", pa.list_(pa.float32())),
 ])
@@ -46,6 +47,7 @@ class SampleLog:
                 "finish_reason": s.finish_reason, "reward": s.reward, "reward_error": s.reward_error,
                 "reward_components": list(s.reward_components.items()),
                 "reward_notes": list(s.reward_notes.items()),
+                "reward_versions": list(s.reward_versions.items()),
                 "response_ids": s.response_ids.tolist(), "behaviour_logprobs": s.behaviour_logprobs.tolist(),
             }
             for g in groups for s in g.samples

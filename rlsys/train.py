@@ -38,7 +38,7 @@ def run_dir_for(cfg: RLConfig) -> Path:
 def init_ray(cfg: RLConfig) -> None:
     """Join ``ray.address`` (``auto`` inside ``ray job submit``) or start a local Ray sized for the actors."""
     env = {"env_vars": dict(ACTOR_ENV)}
-    if not any(s > 0 for s in (cfg.learner.num_gpus, cfg.rollout.num_gpus)):
+    if not any(s > 0 for s in (cfg.learner.num_gpus, cfg.rollout.num_gpus, cfg.reward.num_gpus)):
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     else:
         env["env_vars"].pop("DS_ACCELERATOR")

@@ -42,6 +42,7 @@ class Sample:
     reward_error: str | None = None
     reward_components: dict[str, float] = field(default_factory=dict)  # each term's value (NaN: that term failed)
     reward_notes: dict[str, str] = field(default_factory=dict)  # term → the reason it gave with its value
+    reward_versions: dict[str, str] = field(default_factory=dict)  # model-based term → reward-model version
 
 
 @dataclass(frozen=True)

@@ -234,6 +234,8 @@ def test_reward_scalars_log_each_term_and_the_length_correlation() -> None:
                          {"correct": [1.0, 0.0, 1.0, 1.0], "fmt": [1.0, 1.0, math.nan, 0.0]})
     assert out["reward/mean"] == pytest.approx(2 / 3) and out["reward/failures"] == 1.0
     assert out["reward/correct"] == pytest.approx(0.75) and out["reward/fmt_failures"] == 1.0
+    assert out["reward/failure_rate"] == 0.25 and out["reward/fmt_failure_rate"] == 0.25
+    assert out["reward/correct_failure_rate"] == 0.0
     # rewards [1, 0, 1] against lengths [2, 5, 3]: longer answers scored lower here
     r, n = [1.0, 0.0, 1.0], [2.0, 5.0, 3.0]
     mr, mn = sum(r) / 3, sum(n) / 3

@@ -40,6 +40,7 @@ class PutSummary:
     seq: int  # the buffer's operation count after this put: orders depth reports that arrive out of order
     filtered_keys: list[tuple[str, int]] = field(default_factory=list)  # dynamic sampling dropped these groups
     components: dict[str, list[float]] = field(default_factory=dict)  # each reward term's values (NaN: failed)
+    component_s: dict[str, float] = field(default_factory=dict)  # each reward term's compute seconds
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class BufferActor:
             filtered_keys=[(g.prompt.prompt_id, g.prompt.epoch) for g in filtered],
             components={name: [s.reward_components.get(name, math.nan) for s in samples]
                         for name in dict.fromkeys(k for s in samples for k in s.reward_components)},
+            component_s=dict(batch.reward_term_s),
         )
 
     def take(self, num_groups: int, learner_version: int) -> tuple[list[Group] | None, TakeSummary]:

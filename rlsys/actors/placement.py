@@ -77,9 +77,9 @@ def create_actors(cfg: RLConfig, model_dir: str, sample_log_path: str | None, ru
         ).remote(i, model_dir, rc, packed)
         for i in range(rc.num_workers)
     ]
-    rewards = [
+    rewards = [  # restarted without limit: the controller kills one whose call runs past reward.call_timeout_s
         ray.remote(RewardWorker).options(
-            num_cpus=cfg.reward.num_cpus, max_restarts=WORKER_MAX_RESTARTS, runtime_env=runtime_env,
+            num_cpus=cfg.reward.num_cpus, num_gpus=cfg.reward.num_gpus, max_restarts=-1, runtime_env=runtime_env,
         ).remote(cfg.reward)
         for _ in range(cfg.reward.num_workers)
     ]

@@ -1,4 +1,9 @@
-"""Reward worker: scores every sample of a rollout batch; a failing reward marks its sample, never the run."""
+"""Reward worker: scores whole rollout batches; a failing reward marks its samples, never the run.
+
+The controller sends a worker one or more batches per call (those that waited for a free worker), so a reward
+model runs over all their samples at once. Rule terms run in the scorer's child process, model terms in this
+actor, on its GPU when it was given one.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +11,45 @@ import math
 import time
 from dataclasses import replace
 
+import torch
+
 from rlsys.actors.rollout import RolloutBatch
 from rlsys.config import RewardConfig
-from rlsys.rewards import RewardScorer
+from rlsys.rewards import RewardItem, RewardScorer
 from rlsys.types import Group
 
 
 class RewardWorker:
     def __init__(self, cfg: RewardConfig) -> None:
-        self.scorer = RewardScorer(cfg.terms, cfg.timeout_s)
+        device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        self.scorer = RewardScorer(cfg.terms, cfg.timeout_s, device)
 
-    def score(self, batch: RolloutBatch) -> RolloutBatch:
+    def score(self, *batches: RolloutBatch) -> RolloutBatch | tuple[RolloutBatch, ...]:
+        """The batches with every sample scored: one batch back for one in (Ray's single return), else a tuple."""
         start = time.perf_counter()
-        items = [(s.response_text, g.prompt.answer) for g in batch.groups for s in g.samples]
+        items = [RewardItem(s.response_text, g.prompt.answer, g.prompt.text, group)
+                 for group, g in enumerate(g for b in batches for g in b.groups) for s in g.samples]
         outcomes = iter(self.scorer.score(items))
-        groups = []
-        for g in batch.groups:
-            samples = []
-            for s in g.samples:
-                o = next(outcomes)
-                samples.append(replace(s, reward=math.nan if o.failed else o.reward, reward_failed=o.failed,
-                                       reward_error=o.error, reward_components=o.components, reward_notes=o.notes))
-            groups.append(Group(prompt=g.prompt, samples=tuple(samples), worker=g.worker))
-        return replace(batch, groups=groups, reward_s=time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        share = 1 / max(1, len(items))  # each batch is charged its share of the call's time
+        scored = []
+        for batch in batches:
+            groups = []
+            for g in batch.groups:
+                samples = []
+                for s in g.samples:
+                    o = next(outcomes)
+                    samples.append(replace(
+                        s, reward=math.nan if o.failed else o.reward, reward_failed=o.failed, reward_error=o.error,
+                        reward_components=o.components, reward_notes=o.notes, reward_versions=o.versions))
+                groups.append(Group(prompt=g.prompt, samples=tuple(samples), worker=g.worker))
+            n = sum(len(g.samples) for g in groups) * share
+            scored.append(replace(batch, groups=groups, reward_s=seconds * n,
+                                  reward_term_s={k: v * n for k, v in self.scorer.last_seconds.items()}))
+        return scored[0] if len(scored) == 1 else tuple(scored)
+
+    def versions(self) -> dict[str, str]:
+        return self.scorer.versions
 
     def close(self) -> None:
         self.scorer.close()

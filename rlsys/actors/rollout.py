@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ class RolloutBatch:
     worker: int
     generate_s: float
     reward_s: float = 0.0
+    reward_term_s: dict[str, float] = field(default_factory=dict)  # each reward component's compute seconds
 
 
 class RolloutWorker:
@@ -36,8 +37,11 @@ class RolloutWorker:
         device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
         self.engine = HFEngine(model_dir, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, device)
 
-    def generate(self, request_id: int, prompts: list[Prompt], greedy: bool = False) -> RolloutBatch:
-        """``group_size`` samples per prompt (one when ``greedy``, for evaluation), all at the engine's version."""
+    def generate(self, request_id: int, prompts: list[Prompt], greedy: bool = False) -> tuple[RolloutBatch, int]:
+        """``group_size`` samples per prompt (one when ``greedy``, for evaluation), all at the engine's version.
+
+        Called with ``num_returns=2``: the batch, and its number of samples — a small object by which the driver
+        learns that generation succeeded without fetching the batch, which goes on to a reward worker."""
         start = time.perf_counter()
         n = 1 if greedy else self.cfg.group_size
         prompt_ids = [self.tokenizer(p.text)["input_ids"] for p in prompts]
@@ -57,7 +61,7 @@ class RolloutWorker:
                 for j, c in enumerate(completions[i * n: (i + 1) * n])
             )
             groups.append(Group(prompt=prompt, samples=samples, worker=self.worker_id))
-        return RolloutBatch(request_id, groups, self.worker_id, time.perf_counter() - start)
+        return RolloutBatch(request_id, groups, self.worker_id, time.perf_counter() - start), len(completions)
 
     def update_weights(self, state: dict[str, np.ndarray], version: int) -> float:
         """Adopt new weights between generation batches (calls run in order); returns the seconds it took."""

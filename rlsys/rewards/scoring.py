@@ -1,4 +1,5 @@
-"""Run a reward function over a batch in an isolated child process, with per-item timeouts.
+"""Score a batch with a composite reward: rule terms in an isolated child process (per-item timeouts), model terms
+in the caller's process.
 
 Why a child process: reward functions are arbitrary user code that can hang, crash the interpreter, or (like
 math-verify) rely on signal-based timeouts that only work in a process's main thread -- and the scorer is used
@@ -17,13 +18,15 @@ import multiprocessing
 import numbers
 import signal
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
 from functools import cache
 from types import TracebackType
 from typing import Any
 
+from rlsys.rewards.components import RewardComponent, RewardItem, RewardOutcome, TermRow, combine, group_slices
+from rlsys.rewards.process import aggregate_steps, split_steps, step_note
 from rlsys.rewards.registry import RewardFn, Scored, get_reward_fn
 
 logger = logging.getLogger(__name__)
@@ -33,106 +36,92 @@ logger = logging.getLogger(__name__)
 _START_TIMEOUT_S = 120.0
 
 
-@dataclass(frozen=True)
-class RewardOutcome:
-    """The score for one item. ``failed`` means a reward function with non-zero weight did not produce a usable
-    number (it raised, timed out, crashed, or returned a non-number); ``reward`` is then 0.0 and ``error`` says
-    which and what happened. ``components``: each term's own value (NaN where that term failed); ``notes``: the
-    reason a term gave with its value (:class:`~rlsys.rewards.registry.Scored`), for terms that gave one."""
-
-    reward: float
-    failed: bool
-    error: str | None = None
-    components: dict[str, float] = field(default_factory=dict)
-    notes: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class RewardComponent:
-    """One named term of a composite reward: ``weight × fn(completion, reference, **params)``.
-
-    Also the type of ``reward.components`` entries in the config (:class:`rlsys.config.RewardConfig`)."""
-
-    name: str = ""
-    fn: str = ""  # a registered reward name or module:function
-    weight: float = 1.0  # 0 computes and logs the term without adding it to the reward (a monitor)
-    params: dict[str, Any] = field(default_factory=dict)  # keyword arguments for fn
-
-    @staticmethod
-    def single(fn: str) -> RewardComponent:
-        """The whole reward is ``fn``: one term, named after the function."""
-        return RewardComponent(name=fn.rpartition(":")[2], fn=fn)
-
-
-# One term's result for one item: (value, failed, error, note).
-TermRow = tuple[float, bool, "str | None", str]
-
-
-def combine(terms: tuple[RewardComponent, ...], rows: list[TermRow]) -> RewardOutcome:
-    """The weighted sum of one item's term values; failed if any term with non-zero weight failed."""
-    failed = [(t, err) for t, (_, f, err, _) in zip(terms, rows) if f and t.weight != 0]
-    components = {t.name: (math.nan if f else v) for t, (v, f, _, _) in zip(terms, rows)}
-    notes = {t.name: note for t, (_, _, _, note) in zip(terms, rows) if note}
-    if failed:
-        error = failed[0][1] if len(terms) == 1 else "; ".join(f"{t.name}: {e}" for t, e in failed)
-        return RewardOutcome(0.0, True, error, components, notes)
-    total = sum(t.weight * v for t, (v, f, _, _) in zip(terms, rows) if t.weight != 0)
-    return RewardOutcome(float(total), False, None, components, notes)
-
-
 class _WorkerLost(Exception):
     """The child process had to be discarded (timeout, crash, failed start); the message is the reason."""
 
 
 class RewardScorer:
-    """Scores ``(completion, reference)`` pairs with the reward ``spec`` in one child process: a reward name or
-    import path, or a list of weighted :class:`RewardComponent` terms, summed.
+    """Scores items with the reward ``spec``: a reward name or import path, or a list of weighted
+    :class:`RewardComponent` terms, summed.
 
-    A batch is scored in a single call to the child, with a budget of ``timeout_s`` per item. If that call times
-    out or the child dies, the child is killed and the batch is rescored one item at a time, so one bad item fails
-    alone instead of taking the whole batch with it. ``score`` never raises because of the reward function.
-    Unknown names raise ValueError here at construction, not at the first score. Thread-safe: calls are serialized.
+    Rule-based terms run in one child process: a batch is scored in a single call to it, with a budget of
+    ``timeout_s`` per item and term. If that call times out or the child dies, the child is killed and the batch
+    is rescored one prompt group at a time, so one bad group fails alone instead of taking the whole batch with
+    it. Model-based terms run here, in the caller's process, on ``device`` (:mod:`rlsys.rewards.model_terms`).
+    ``score`` never raises because of a reward function or a reward model. Unknown names raise ValueError here at
+    construction, not at the first score. Thread-safe: calls are serialized.
     """
 
-    def __init__(self, spec: str | list, timeout_s: float) -> None:
+    def __init__(self, spec: str | list, timeout_s: float, device: str = "cpu") -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
         self._terms = (RewardComponent.single(spec),) if isinstance(spec, str) else tuple(spec)
         if not self._terms:
             raise ValueError("a reward needs at least one component")
-        for term in self._terms:
+        self._rule_terms = tuple(t for t in self._terms if not t.is_model)
+        for term in self._rule_terms:
             get_reward_fn(term.fn)  # resolve in the parent too, so a bad name fails here and not in the child
-        self._fn_name = ", ".join(t.fn for t in self._terms)
-        self._timeout_s = timeout_s * len(self._terms)  # per item: every term gets the configured budget
+        self._fn_name = ", ".join(t.fn for t in self._rule_terms)
+        self._timeout_s = timeout_s * len(self._rule_terms)  # per item: every term gets the configured budget
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
         self._closed = False
-        self._start_pool()  # eager: a function the child cannot import fails construction, not every score()
+        self.last_seconds: dict[str, float] = {}  # each term's compute time in the last score() call
+        if self._rule_terms:
+            self._start_pool()  # eager: a function the child cannot import fails construction, not every score()
+        self._models = {}
+        if any(t.is_model for t in self._terms):
+            from rlsys.rewards.model_terms import ModelTerm  # torch + transformers: only where a model scores
 
-    def score(self, items: list[tuple[str, str]]) -> list[RewardOutcome]:
-        """Score ``(completion, reference)`` pairs; returns one outcome per item, in order."""
-        items = list(items)
+            self._models = {t.name: ModelTerm(t, device) for t in self._terms if t.is_model}
+
+    @property
+    def versions(self) -> dict[str, str]:
+        """The version of the reward model(s) behind each model-based term."""
+        return {name: m.version for name, m in self._models.items()}
+
+    def score(self, items: list[RewardItem | tuple]) -> list[RewardOutcome]:
+        """Score the items (``(completion, reference[, prompt[, group]])``); one outcome per item, in order."""
+        items = [RewardItem(*item) for item in items]
         if not items:
             return []
         with self._lock:
             if self._closed:
                 raise RuntimeError("RewardScorer.score() called after close(); create a new RewardScorer")
+            seconds = dict.fromkeys((t.name for t in self._terms), 0.0)
+            rule_rows = self._score_rules(items, seconds) if self._rule_terms else [[] for _ in items]
+            model_rows = {}
+            for name, model in self._models.items():
+                start = time.perf_counter()
+                model_rows[name] = model.score(items)
+                seconds[name] += time.perf_counter() - start
+            self.last_seconds = seconds
+        outcomes = []
+        for i, rules in enumerate(rule_rows):
+            next_rule = iter(rules)
+            rows = [model_rows[t.name][i] if t.is_model else next(next_rule) for t in self._terms]
+            outcomes.append(combine(self._terms, rows, self.versions))
+        return outcomes
+
+    def _score_rules(self, items: list[RewardItem], seconds: dict[str, float]) -> list[list[TermRow]]:
+        try:
+            return self._run(items, self._timeout_s * len(items), seconds)
+        except _WorkerLost as e:
+            logger.warning("reward batch of %d lost (%s); rescoring one group at a time", len(items), e)
+        rows: list[list[TermRow]] = []
+        for part in group_slices(items):
+            group = items[part]
             try:
-                return self._run(items, self._timeout_s * len(items))
+                rows.extend(self._run(group, self._timeout_s * len(group), seconds))
             except _WorkerLost as e:
-                logger.warning("reward batch of %d lost (%s); rescoring items one at a time", len(items), e)
-            outcomes: list[RewardOutcome] = []
-            for item in items:
-                try:
-                    outcomes.extend(self._run([item], self._timeout_s))
-                except _WorkerLost as e:
-                    outcomes.append(RewardOutcome(reward=0.0, failed=True, error=str(e)))
-            return outcomes
+                rows.extend([[TermRow(0.0, True, str(e)) for _ in self._rule_terms] for _ in group])
+        return rows
 
     def close(self) -> None:
-        """Shut the child process down. Idempotent."""
+        """Shut the child process down and release the reward models. Idempotent."""
         with self._lock:
             self._closed = True
+            self._models = {}
             if self._pool is not None:
                 self._pool.shutdown(wait=True, cancel_futures=True)  # nothing is in flight: we hold the lock
                 self._pool = None
@@ -157,7 +146,7 @@ class RewardScorer:
             ) from e
         self._pool = pool
 
-    def _run(self, items: list[tuple[str, str]], timeout: float) -> list[RewardOutcome]:
+    def _run(self, items: list[RewardItem], timeout: float, seconds: dict[str, float]) -> list[list[TermRow]]:
         """Score ``items`` in one child call. Raises _WorkerLost (after discarding the pool) on timeout or crash."""
         if self._pool is None:
             try:
@@ -167,9 +156,9 @@ class RewardScorer:
         pool = self._pool
         assert pool is not None
         processes = list((pool._processes or {}).values())  # kept to read the exit code if the child dies
-        future = pool.submit(_child_score, self._terms, items)
+        future = pool.submit(_child_score, self._rule_terms, items)
         try:
-            rows = future.result(timeout=timeout)
+            rows, term_seconds = future.result(timeout=timeout)
         except TimeoutError:
             self._discard_pool()
             raise _WorkerLost(f"timed out after {self._timeout_s} s") from None
@@ -177,8 +166,10 @@ class RewardScorer:
             self._discard_pool()
             raise _WorkerLost(f"reward worker process crashed ({_exit_reason(processes)}): {e}") from None
         except Exception as e:  # unexpected failure of the call itself (e.g. unpicklable item); fail these items
-            return [RewardOutcome(reward=0.0, failed=True, error=f"{type(e).__name__}: {e}") for _ in items]
-        return [combine(self._terms, item_rows) for item_rows in rows]
+            return [[TermRow(0.0, True, f"{type(e).__name__}: {e}") for _ in self._rule_terms] for _ in items]
+        for term, s in zip(self._rule_terms, term_seconds):
+            seconds[term.name] += s
+        return rows
 
     def _discard_pool(self) -> None:
         if self._pool is not None:
@@ -235,29 +226,80 @@ def _child_resolve(terms: tuple[RewardComponent, ...]) -> None:
         _child_fn(term.fn)
 
 
-def _child_score(terms: tuple[RewardComponent, ...], items: list[tuple[str, str]]) -> list[list[TermRow]]:
-    fns = [(_child_fn(t.fn), t.params) for t in terms]
-    return [[_score_one(fn, completion, reference, params) for fn, params in fns] for completion, reference in items]
+def _child_score(terms: tuple[RewardComponent, ...], items: list[RewardItem]
+                 ) -> tuple[list[list[TermRow]], list[float]]:
+    """Every rule term on every item: rows[item][term], and each term's compute seconds."""
+    rows: list[list[TermRow]] = [[] for _ in items]
+    seconds = []
+    for term in terms:
+        fn, start = _child_fn(term.fn), time.perf_counter()
+        if term.scope == "group":
+            for part in group_slices(items):
+                for row, result in zip(rows[part], _score_group(fn, items[part], term.params)):
+                    row.append(result)
+        else:
+            score = _score_process if term.scope == "process" else _score_sample
+            for row, item in zip(rows, items):
+                row.append(score(fn, item, term))
+        seconds.append(time.perf_counter() - start)
+    return rows, seconds
 
 
-def _score_one(fn: RewardFn, completion: str, reference: str, params: dict) -> TermRow:
+def _call(fn: RewardFn, *args: Any, **params: Any) -> tuple[Any, str | None]:
     try:
-        value = fn(completion, reference, **params)
+        return fn(*args, **params), None
     except (Exception, SystemExit) as e:  # SystemExit too: sys.exit() in a reward must fail one item, not the batch
-        return 0.0, True, f"{type(e).__name__}: {e}", ""
+        return None, f"{type(e).__name__}: {e}"
+
+
+def _as_row(value: Any) -> TermRow:
+    """A reward function's return value as a row: a finite real number (or Scored), else a failure saying why."""
     note = ""
     if isinstance(value, Scored):
         value, note = value.value, str(value.reason)
     bad = f"reward function returned {_short_repr(value)} ({type(value).__name__}); expected a finite real number"
     if not isinstance(value, numbers.Real):  # bool is a Real, scored as 0.0/1.0
-        return 0.0, True, bad, note
+        return TermRow(0.0, True, bad, note)
     try:
         reward = float(value)
     except (OverflowError, ValueError):
-        return 0.0, True, bad, note
+        return TermRow(0.0, True, bad, note)
     if not math.isfinite(reward):
-        return 0.0, True, bad, note
-    return reward, False, None, note
+        return TermRow(0.0, True, bad, note)
+    return TermRow(reward, False, None, note)
+
+
+def _score_sample(fn: RewardFn, item: RewardItem, term: RewardComponent) -> TermRow:
+    value, error = _call(fn, item.completion, item.reference, **term.params)
+    return TermRow(0.0, True, error) if error else _as_row(value)
+
+
+def _score_group(fn: RewardFn, group: list[RewardItem], params: dict) -> list[TermRow]:
+    values, error = _call(fn, [item.completion for item in group], group[0].reference, **params)
+    if error is None and not (isinstance(values, (list, tuple)) and len(values) == len(group)):
+        error = (f"group reward function returned {_short_repr(values)}; expected a list of {len(group)} numbers, "
+                 "one per completion of the group")
+    if error:
+        return [TermRow(0.0, True, error) for _ in group]
+    return [_as_row(v) for v in values]
+
+
+def _score_process(fn: RewardFn, item: RewardItem, term: RewardComponent) -> TermRow:
+    steps = split_steps(item.completion, term.step_split)
+    if not steps:
+        return TermRow(0.0, False, None, "no steps")
+    values, error = _call(fn, steps, item.reference, **term.params)
+    if error is None and not (isinstance(values, (list, tuple)) and len(values) == len(steps)):
+        error = (f"process reward function returned {_short_repr(values)}; expected a list of {len(steps)} numbers, "
+                 "one per step")
+    if error:
+        return TermRow(0.0, True, error)
+    rows = [_as_row(v) for v in values]
+    bad = next((r for r in rows if r.failed), None)
+    if bad is not None:
+        return bad
+    scores = [r.value for r in rows]
+    return TermRow(aggregate_steps(scores, term.step_aggregate, term.step_tau), False, None, step_note(scores))
 
 
 def _short_repr(value: object, limit: int = 200) -> str:
