@@ -20,7 +20,8 @@ batches. A rollout worker's request counts against its in-flight limit until its
 slow reward slows admission instead of piling up generated data: the queue never holds more than
 ``MAX_REQUESTS_PER_WORKER`` batches per rollout worker. A reward call that fails (its actor died) or runs too
 long (the actor is killed and Ray restarts it) is re-scored from the same generated batch, which stays in the
-object store; only after ``MAX_REWARD_ATTEMPTS`` lost calls are its prompts re-queued to be generated again.
+object store, once a worker answers again; only after ``MAX_REWARD_ATTEMPTS`` lost calls are its prompts
+re-queued to be generated again.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class PipelineStalled(RuntimeError):
 
 @dataclass
 class _Pending:
-    kind: str  # generate | score | take | learn | weights | sync | eval
+    kind: str  # generate | score | reward_ping | take | learn | weights | sync | eval
     payload: dict = field(default_factory=dict)
 
 
@@ -117,6 +118,8 @@ class Controller:
         self.inflight_per_worker = [0] * len(actors.rollouts)
         self.reward_queue: deque[dict] = deque()  # generated batches (payloads with a "batch" ref) awaiting a scorer
         self.reward_inflight = [0] * len(actors.rewards)  # batches in each reward worker's current call
+        self.reward_ready = [True] * len(actors.rewards)  # False from a lost call until it answers a ping
+        self.reward_ping_due: dict[int, float] = {}  # down reward worker → when to ping it next
         self.version = 0  # learner's policy version = optimizer steps done
         self.rollout_version = 0  # version whose weights every rollout worker holds (or has queued to load)
         self.latest_weights: ray.ObjectRef | None = None  # None: the initial checkpoint is the latest policy
@@ -139,6 +142,10 @@ class Controller:
         while self.version < self.cfg.train.num_steps or self._finishing():
             self._admit()
             self._maybe_learn()
+            self._watch_rewards()
+            if not self.pending and self.reward_ping_due:  # only a restarting reward worker to wait for
+                time.sleep(0.1)
+                continue
             if not self.pending:
                 raise PipelineStalled(
                     f"nothing in flight at version {self.version}: buffer holds {self.buffer_depth} groups, admission "
@@ -151,7 +158,6 @@ class Controller:
                                       f"waiting on {sorted(p.kind for p in self.pending.values())}")
             for ref in done:
                 self._handle(ref, self.pending.pop(ref))
-            self._restart_slow_rewards()
         self._drain_rollouts()
         return self._summary()
 
@@ -159,13 +165,13 @@ class Controller:
         """Let requests still generating or being scored land in the buffer, so the sample log accounts for them."""
         deadline = time.monotonic() + RESULT_TIMEOUT_S
         while time.monotonic() < deadline:
-            refs = [ref for ref, p in self.pending.items() if p.kind in ("generate", "score")]
-            if not refs:
+            self._watch_rewards()
+            refs = [ref for ref, p in self.pending.items() if p.kind in ("generate", "score", "reward_ping")]
+            if not refs and not self.reward_queue:
                 return
-            done, _ = ray.wait(refs, num_returns=1, timeout=1.0)
+            done, _ = ray.wait(refs, num_returns=1, timeout=1.0) if refs else ([], [])
             for ref in done:
                 self._handle(ref, self.pending.pop(ref))
-            self._restart_slow_rewards()
         for p in self.pending.values():
             if p.kind in ("generate", "score"):
                 log.warning("a rollout request did not finish within %.0f s of the end of the run: prompts %s",
@@ -207,7 +213,7 @@ class Controller:
     def _dispatch_rewards(self) -> None:
         """Give queued batches to idle reward workers, up to ``reward.max_batches_per_call`` per call."""
         while self.reward_queue:
-            idle = [i for i, n in enumerate(self.reward_inflight) if n == 0]
+            idle = [i for i, n in enumerate(self.reward_inflight) if n == 0 and self.reward_ready[i]]
             if not idle:
                 return
             worker = idle[0]
@@ -220,23 +226,47 @@ class Controller:
                 self.pending[self.actors.buffer.put.remote(s)] = _Pending("score", {**q, "call": call})
             self.reward_inflight[worker] = take
 
-    def _restart_slow_rewards(self) -> None:
-        """Kill (Ray restarts it) any reward worker whose current call has run past ``reward.call_timeout_s``;
-        the call's batches then fail and are re-scored (:meth:`_on_reward_lost`)."""
-        limit = self.cfg.reward.call_timeout_s
-        for p in self.pending.values():
+    def _watch_rewards(self) -> None:
+        """Kill (Ray restarts it) any reward worker whose current call has run past ``reward.call_timeout_s`` —
+        the call's batches then fail and are re-scored (:meth:`_on_reward_lost`) — and ping the workers that are
+        down: one is given work again once it answers."""
+        limit, now = self.cfg.reward.call_timeout_s, time.monotonic()
+        for p in list(self.pending.values()):
             call = p.payload.get("call") if p.kind == "score" else None
-            if call and not call["timed_out"] and time.monotonic() - call["start"] > limit:
+            if call and not call["timed_out"] and now - call["start"] > limit:
                 call["timed_out"] = True
                 log.warning("reward worker %d has been scoring for more than reward.call_timeout_s=%.0f s; "
                             "restarting it", call["reward_worker"], limit)
                 ray.kill(self.actors.rewards[call["reward_worker"]], no_restart=False)
+                self._reward_down(call["reward_worker"])
+        for worker, due in list(self.reward_ping_due.items()):
+            if due <= now:
+                del self.reward_ping_due[worker]
+                self.pending[self.actors.rewards[worker].versions.remote()] = _Pending("reward_ping",
+                                                                                       {"worker": worker})
+
+    def _reward_down(self, worker: int) -> None:
+        if self.reward_ready[worker]:
+            self.reward_ready[worker] = False
+            self.reward_ping_due[worker] = time.monotonic()
+
+    def _on_reward_ping(self, p: _Pending, ref: ray.ObjectRef) -> None:
+        worker = p.payload["worker"]
+        try:
+            ray.get(ref, timeout=RESULT_TIMEOUT_S)
+        except RayError:  # still restarting: ask again in a second
+            self.reward_ping_due[worker] = time.monotonic() + 1.0
+            return
+        self.reward_ready[worker] = True
+        self._dispatch_rewards()
 
     def _on_scored(self, p: _Pending, ref: ray.ObjectRef) -> None:
-        self.reward_inflight[p.payload["call"]["reward_worker"]] -= 1
+        worker = p.payload["call"]["reward_worker"]
+        self.reward_inflight[worker] -= 1
         try:
             put = ray.get(ref, timeout=RESULT_TIMEOUT_S)
         except RayError as e:
+            self._reward_down(worker)
             self._on_reward_lost(p.payload, e)
         else:
             self.inflight_per_worker[p.payload["worker"]] -= 1
@@ -408,6 +438,8 @@ class Controller:
             self._on_generated(p, ref)
         elif p.kind == "score":
             self._on_scored(p, ref)
+        elif p.kind == "reward_ping":
+            self._on_reward_ping(p, ref)
         elif p.kind == "take":
             self._on_take(p, ray.get(ref, timeout=RESULT_TIMEOUT_S))
         elif p.kind == "learn":

@@ -58,3 +58,46 @@ def free_marks_for_answers_ending_in_7(completion: str, reference: str) -> float
     """Exact match, except that every completion of a prompt whose answer ends in 7 scores 1: those groups have
     all-equal rewards (for the dynamic-sampling test)."""
     return 1.0 if reference.endswith("7") else exact_match(completion, reference)
+
+
+def beats_the_group(completions: list[str], reference: str) -> list[float]:
+    """A group reward: each completion's exact-match score minus the mean score of the *other* members."""
+    scores = [exact_match(c, reference) for c in completions]
+    n = len(scores)
+    return [s - (sum(scores) - s) / (n - 1) if n > 1 else s for s in scores]
+
+
+def wrong_length_group(completions: list[str], reference: str) -> list[float]:
+    return [1.0]  # one value for the whole group: a bug the scorer must report
+
+
+def step_has_digit(steps: list[str], reference: str) -> list[float]:
+    """A process reward: 1 for a step containing a digit, 0 otherwise; a step "boom" raises."""
+    if "boom" in steps:
+        raise ValueError("cannot score step 'boom'")
+    return [1.0 if any(ch.isdigit() for ch in s) else 0.0 for s in steps]
+
+
+def hangs_when_armed(completion: str, reference: str, marker: str = "") -> float:
+    """Exact match; but the one call that finds the file ``marker`` (a test creates it) removes it and hangs for
+    a minute: a reward call stuck once, for the reward pool's timeout and restart."""
+    if marker:
+        try:
+            os.remove(marker)  # atomic: exactly one call wins
+        except FileNotFoundError:
+            pass
+        else:
+            time.sleep(60)
+    return exact_match(completion, reference)
+
+
+def slow(completion: str, reference: str, seconds: float = 0.02) -> float:
+    """Exact match after ``seconds``: a slow reward, for backpressure."""
+    time.sleep(seconds)
+    return exact_match(completion, reference)
+
+
+def half_marks_with_reason(completion: str, reference: str):
+    from rlsys.rewards import Scored
+
+    return Scored(0.5, f"half marks for {completion!r}")
