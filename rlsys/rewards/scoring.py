@@ -138,7 +138,7 @@ class RewardScorer:
         # "spawn", not fork: forking a process that has threads (Ray actors do) can deadlock the child.
         pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
         try:
-            pool.submit(_child_resolve, self._terms).result(timeout=_START_TIMEOUT_S)
+            pool.submit(_child_resolve, self._rule_terms).result(timeout=_START_TIMEOUT_S)
         except Exception as e:
             _kill_pool(pool)
             raise RuntimeError(
