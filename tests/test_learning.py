@@ -13,7 +13,7 @@ from rlsys.train import train
 pytestmark = pytest.mark.slow
 
 STEPS = 200
-RM_STEPS = 300  # preference-training steps of the reward model in the RM run
+RM_STEPS = 1200  # preference-training steps of the reward model in the RM run (~50 s here)
 
 
 @pytest.mark.parametrize("algo", ["grpo", "dr_grpo", "dapo", "gspo", "ppo_gae", "rloo", "reinforce_pp", "cispo"])
@@ -77,7 +77,7 @@ def test_a_trained_reward_model_as_the_only_reward_learns(ray_session, tmp_path)
     prepared = prepare(load_config(None, base))
     rm_dir = tmp_path / "rm"
     stats = train_preference_rm(rm_dir, prepared.model_dir, addition_preference_pairs(prepared.train_prompts, 0),
-                                init_from=prepared.model_dir, steps=RM_STEPS)
+                                init_from=prepared.model_dir, steps=RM_STEPS, lr=3e-4)
     held_out = pairwise_accuracy(SequenceClassifierRM(str(rm_dir)), addition_preference_pairs(prepared.eval_prompts, 1))
     assert held_out >= 0.8, f"the reward model ranks only {held_out:.0%} of held-out pairs right"
     cfg = load_config(None, [*base, "reward.correct_component=correct",
