@@ -13,7 +13,7 @@ from rlsys.train import train
 pytestmark = pytest.mark.slow
 
 STEPS = 200
-RM_STEPS = 1200  # preference-training steps of the reward model in the RM run (~50 s here)
+RM_STEPS = 4000  # preference-training steps of the reward model in the RM run (~60 s on 2 idle cores)
 
 
 @pytest.mark.parametrize("algo", ["grpo", "dr_grpo", "dapo", "gspo", "ppo_gae", "rloo", "reinforce_pp", "cispo"])
@@ -63,9 +63,13 @@ def test_composite_reward_learns_and_logs_every_term(ray_session, tmp_path):
 
 
 def test_a_trained_reward_model_as_the_only_reward_learns(ray_session, tmp_path):
-    """RLHF in miniature: a reward model trained here on preference pairs (right vs. near-miss answers, initialised
-    from the warmed-up policy) ranks held-out pairs, and as the only reward it raises held-out accuracy, which the
-    exact-answer check measures as a weight-0 monitor term. Every sample records the RM version that scored it."""
+    """RLHF in miniature: a reward model trained here from scratch on preference pairs (right vs. near-miss
+    answers) ranks held-out pairs, and as the only reward it raises held-out accuracy, which the exact-answer check
+    measures as a weight-0 monitor term. Every sample records the RM version that scored it.
+
+    (An RM initialised from the policy's own trunk ranked held-out pairs as well but shared the policy's blind
+    spots: RL drove accuracy *down* while the RM's score rose — reward hacking. An RM trained from scratch errs
+    independently of the policy.)"""
     import pyarrow.parquet as pq
 
     from rlsys.prepare import prepare
@@ -76,8 +80,8 @@ def test_a_trained_reward_model_as_the_only_reward_learns(ray_session, tmp_path)
             "output.progress_bar=false", "warmup.steps=500", f"train.num_steps={STEPS}", "train.eval_every=0"]
     prepared = prepare(load_config(None, base))
     rm_dir = tmp_path / "rm"
-    stats = train_preference_rm(rm_dir, prepared.model_dir, addition_preference_pairs(prepared.train_prompts, 0),
-                                init_from=prepared.model_dir, steps=RM_STEPS, lr=3e-4)
+    pairs = [pair for seed in range(4) for pair in addition_preference_pairs(prepared.train_prompts, seed)]
+    stats = train_preference_rm(rm_dir, prepared.model_dir, pairs, steps=RM_STEPS, lr=1e-3, batch_size=64)
     held_out = pairwise_accuracy(SequenceClassifierRM(str(rm_dir)), addition_preference_pairs(prepared.eval_prompts, 1))
     assert held_out >= 0.8, f"the reward model ranks only {held_out:.0%} of held-out pairs right"
     cfg = load_config(None, [*base, "reward.correct_component=correct",
