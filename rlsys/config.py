@@ -338,9 +338,9 @@ def _component_problems(c: RewardComponent, where: str) -> list[str]:
         problems.append(f"{where}model.high={m.high} must be > model.low={m.low}")
     if m.template is not None:
         fields = {f for _, f, _, _ in string.Formatter().parse(m.template) if f is not None}
-        if not fields <= {"prompt", "response", "reference"} or "response" not in fields:
+        if not fields <= {"prompt", "response", "reference", "low", "high"} or "response" not in fields:
             problems.append(f"{where}model.template uses {sorted(fields)}: it must contain {{response}} and may use "
-                            "only {prompt}, {response}, {reference}")
+                            "only {prompt}, {response}, {reference}, {low}, {high}")
     return problems
 
 

@@ -265,3 +265,29 @@ def test_cli_algo_flag_merges_the_recipe(capsys) -> None:
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["algo"]["clip_eps_high"] == 0.28 and printed["algo"]["dynamic_sampling"] is True
     assert printed["train"]["num_steps"] == 5
+
+
+def test_reward_components_are_checked_scope_step_and_model(tmp_path) -> None:
+    good = load_config(None, [
+        "reward.components=[{name: c, fn: addition_exact}, "
+        f"{{name: rm, weight: 0.5, model: {{kind: classifier, paths: ['{tmp_path}'], ensemble: min}}}}, "
+        f"{{name: j, model: {{kind: judge, paths: ['{tmp_path}'], "
+        "template: 'rate {response} from {low} to {high}'}}, "
+        "{name: p, fn: addition_exact, scope: process, step_split: ' then ', step_aggregate: min_form}]"])
+    assert [c.name for c in good.reward.terms] == ["c", "rm", "j", "p"]
+    assert good.reward.terms[1].model.paths == [str(tmp_path)] and good.reward.terms[3].scope == "process"
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [
+            "reward.components=[{name: a, fn: addition_exact, scope: batch}, "
+            "{name: b, fn: addition_exact, scope: process, step_aggregate: max, step_split: '('}, "
+            "{name: c, fn: addition_exact, model: {paths: []}}, "
+            "{name: d, scope: group, model: {kind: judge, paths: ['/no/such/dir'], template: '{prompt}'}}, "
+            f"{{name: e, scope: process, model: {{kind: classifier, paths: ['{tmp_path}'], ensemble: median, "
+            "reference_relative: true}}]"])
+    message = str(info.value)
+    for needle in ["components[0].scope='batch'", "components[1].step_aggregate='max'", "not a valid regular",
+                   "has both fn='addition_exact' and a model", "components[2].model.paths is empty",
+                   "scope='group' is not supported for a judge", "paths[0]='/no/such/dir' is not a directory",
+                   "it must contain {response}", "reference_relative needs kind=classifier and scope=sample",
+                   "model.ensemble='median'"]:
+        assert needle in message, needle
