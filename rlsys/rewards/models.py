@@ -68,6 +68,12 @@ def model_version(path: str) -> str:
 # ---- formatting and tokenising (shared with training in rlsys.rewards.preference, so both see the same input) ----
 
 
+def _require_dir(path: str, what: str) -> None:
+    if not Path(path).expanduser().is_dir():
+        raise ValueError(f"{what} {path!r} does not exist or is not a directory; give a local Hugging Face "
+                         "checkpoint saved with save_pretrained (no hub downloads)")
+
+
 def _load_tokenizer(path: str, what: str) -> PreTrainedTokenizerBase:
     """The checkpoint's own tokenizer, padding with EOS when it has no pad token. ``what``: "reward model", ...
     for the error message."""
@@ -137,9 +143,7 @@ class SequenceClassifierRM:
     def __init__(self, path: str, device: str = "cpu", batch_size: int = 32, max_length: int = 512) -> None:
         if batch_size < 1 or max_length < 1:
             raise ValueError(f"batch_size and max_length must be >= 1, got {batch_size} and {max_length}")
-        if not Path(path).expanduser().is_dir():
-            raise ValueError(f"reward model {path!r} does not exist or is not a directory; give a local Hugging "
-                             "Face checkpoint saved with save_pretrained (no hub downloads)")
+        _require_dir(path, "reward model")
         self.tokenizer = _load_tokenizer(path, "reward model")
         try:
             model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
@@ -303,9 +307,7 @@ class GenerativeJudge:
             raise ValueError(f"judge score range needs low < high, got low={low} high={high}")
         if max_new_tokens < 1 or batch_size < 1:
             raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens} and {batch_size}")
-        if not Path(path).expanduser().is_dir():
-            raise ValueError(f"judge model {path!r} does not exist or is not a directory; give a local Hugging Face "
-                             "checkpoint saved with save_pretrained (no hub downloads)")
+        _require_dir(path, "judge model")
         self.tokenizer = _load_tokenizer(path, "judge model")
         if self.tokenizer.eos_token_id is None:
             raise ValueError(f"the tokenizer of judge model {path!r} has no EOS token; generation could not stop")
