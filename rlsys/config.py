@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from rlsys.algos.advantages import ESTIMATORS
 from rlsys.algos.aggregation import AGGREGATIONS
 from rlsys.algos.losses import IS_LEVELS, IS_MODES, POLICY_LOSSES
 from rlsys.rewards import RewardComponent, reward_names
-from rlsys.rewards.components import ENSEMBLE_MODES, MODEL_KINDS, SCOPES
+from rlsys.rewards.components import ENSEMBLE_MODES, MODEL_KINDS, SCOPES, check_judge_template
 from rlsys.rewards.process import STEP_AGGREGATIONS
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
@@ -337,10 +336,10 @@ def _component_problems(c: RewardComponent, where: str) -> list[str]:
     if not m.high > m.low:
         problems.append(f"{where}model.high={m.high} must be > model.low={m.low}")
     if m.template is not None:
-        fields = {f for _, f, _, _ in string.Formatter().parse(m.template) if f is not None}
-        if not fields <= {"prompt", "response", "reference", "low", "high"} or "response" not in fields:
-            problems.append(f"{where}model.template uses {sorted(fields)}: it must contain {{response}} and may use "
-                            "only {prompt}, {response}, {reference}, {low}, {high}")
+        try:
+            check_judge_template(m.template)
+        except ValueError as e:
+            problems.append(f"{where}model.template: {e}")
     return problems
 
 

@@ -283,11 +283,14 @@ def test_reward_components_are_checked_scope_step_and_model(tmp_path) -> None:
             "{name: c, fn: addition_exact, model: {paths: []}}, "
             "{name: d, scope: group, model: {kind: judge, paths: ['/no/such/dir'], template: '{prompt}'}}, "
             f"{{name: e, scope: process, model: {{kind: classifier, paths: ['{tmp_path}'], ensemble: median, "
-            "reference_relative: true}}]"])
+            "reference_relative: true}}, "
+            f"{{name: f, model: {{kind: judge, paths: ['{tmp_path}'], template: '{{response}} {{'}}}}]"])
     message = str(info.value)
     for needle in ["components[0].scope='batch'", "components[1].step_aggregate='max'", "not a valid regular",
                    "has both fn='addition_exact' and a model", "components[2].model.paths is empty",
                    "scope='group' is not supported for a judge", "paths[0]='/no/such/dir' is not a directory",
-                   "it must contain {response}", "reference_relative needs kind=classifier and scope=sample",
+                   "model.template: judge template has no {response} placeholder",
+                   "components[5].model.template: judge template is not a valid format string",
+                   "reference_relative needs kind=classifier and scope=sample",
                    "model.ensemble='median'"]:
         assert needle in message, needle

@@ -17,12 +17,36 @@ The total a learner sees is Σ weight × value over the components; each value i
 from __future__ import annotations
 
 import math
+import string
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 SCOPES = ("sample", "group", "process")
 MODEL_KINDS = ("classifier", "judge")
 ENSEMBLE_MODES = ("mean", "min", "mean_minus_std")
+JUDGE_TEMPLATE_FIELDS = ("prompt", "response", "reference", "low", "high")
+
+
+def check_judge_template(template: str) -> None:
+    """Raise ValueError, saying what is wrong, unless ``template`` is a format string whose placeholders are among
+    :data:`JUDGE_TEMPLATE_FIELDS`, include ``{response}``, and format (so a bad spec such as ``{prompt:d}`` fails
+    here, at start-up, rather than at the first judge call). Here and not beside the judge, so that config
+    validation can use it without importing torch."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise ValueError(f"judge template is not a valid format string ({e}); write literal braces as '{{{{' and "
+                         "'}}}}'") from None
+    bad = [f for f in fields if f.split(".")[0].split("[")[0] not in JUDGE_TEMPLATE_FIELDS]
+    if bad:
+        raise ValueError(f"judge template has unknown placeholder(s) {sorted(set(bad))}; allowed: "
+                         f"{', '.join('{' + f + '}' for f in JUDGE_TEMPLATE_FIELDS)}")
+    if "response" not in fields:
+        raise ValueError("judge template has no {response} placeholder; the judge would never see what it grades")
+    try:
+        template.format(prompt="", response="", reference="", low=0.0, high=10.0)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+        raise ValueError(f"judge template does not format: {type(e).__name__}: {e}") from None
 
 
 @dataclass

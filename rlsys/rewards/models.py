@@ -17,7 +17,6 @@ from __future__ import annotations
 import bisect
 import hashlib
 import re
-import string
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from rlsys.engines.generation import HFEngine
 from rlsys.engines.padding import pad_sequences
+from rlsys.rewards.components import check_judge_template
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _VERSION_CACHE: dict[tuple, str] = {}
@@ -198,7 +198,6 @@ DEFAULT_JUDGE_TEMPLATE = (
     "How correct and helpful is the response, judged against the reference answer? Reply with only a score from "
     "{low:g} (worst) to {high:g} (best), in the form \"Score: <number>\".\n"
 )
-_JUDGE_FIELDS = ("prompt", "response", "reference", "low", "high")
 
 # ASCII digits only: "\d" would also take e.g. Arabic-Indic or full-width digits. No nested quantifiers, so
 # finditer stays linear in the text's length.
@@ -274,24 +273,6 @@ def _candidate(text: str, start: int, end: int) -> tuple[int, float, float | Non
     return start, value, float(den.group(1)) if den else None
 
 
-def _check_template(template: str) -> None:
-    try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError as e:
-        raise ValueError(f"judge template is not a valid format string ({e}); write literal braces as '{{{{' and "
-                         "'}}}}'") from None
-    bad = [f for f in fields if f.split(".")[0].split("[")[0] not in _JUDGE_FIELDS]
-    if bad:
-        raise ValueError(f"judge template has unknown placeholder(s) {sorted(set(bad))}; allowed: "
-                         f"{', '.join('{' + f + '}' for f in _JUDGE_FIELDS)}")
-    if "response" not in fields:
-        raise ValueError("judge template has no {response} placeholder; the judge would never see what it grades")
-    try:  # a bad format spec (e.g. "{prompt:d}") fails here rather than at the first judge() call
-        template.format(prompt="", response="", reference="", low=0.0, high=10.0)
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
-        raise ValueError(f"judge template does not format: {type(e).__name__}: {e}") from None
-
-
 class GenerativeJudge:
     """An LLM judge: ``template`` filled with (prompt, response, reference), greedy-decoded by the judge model
     through :class:`~rlsys.engines.generation.HFEngine`, and parsed with :func:`parse_judge_score`.
@@ -302,7 +283,7 @@ class GenerativeJudge:
 
     def __init__(self, path: str, device: str = "cpu", template: str = DEFAULT_JUDGE_TEMPLATE, low: float = 0.0,
                  high: float = 10.0, max_new_tokens: int = 16, batch_size: int = 16) -> None:
-        _check_template(template)
+        check_judge_template(template)
         if not high > low:
             raise ValueError(f"judge score range needs low < high, got low={low} high={high}")
         if max_new_tokens < 1 or batch_size < 1:
