@@ -22,7 +22,7 @@ import numpy as np
 
 from rlsys.rewards.components import RewardComponent, RewardItem, TermRow
 from rlsys.rewards.models import GenerativeJudge, SequenceClassifierRM, ensemble_scores, reference_relative
-from rlsys.rewards.process import aggregate_steps, split_steps, step_note
+from rlsys.rewards.process import split_steps, summarize_steps
 
 log = logging.getLogger(__name__)
 
@@ -81,23 +81,24 @@ class ModelTerm:
         scores = self._ensemble(prompts, prefixes) if prefixes else np.zeros(0)
         rows, at = [], 0
         for s in steps:
-            r = scores[at: at + len(s)]
+            value, note = summarize_steps(scores[at: at + len(s)], self.term.step_aggregate, self.term.step_tau)
             at += len(s)
-            note = step_note(r) if len(s) else "no steps"
-            rows.append(TermRow(aggregate_steps(r, self.term.step_aggregate, self.term.step_tau), False, None, note))
+            rows.append(TermRow(value, False, None, note))
         return rows
 
     def _judge(self, items: list[RewardItem]) -> list[TermRow]:
         prompts, responses = [i.prompt for i in items], [i.completion for i in items]
         references = [i.reference for i in items]
         verdicts = [m.judge(prompts, responses, references) for m in self.members]  # [M][N] (score | None, text)
+        scores = np.array([[np.nan if v is None else v for v, _ in member] for member in verdicts])  # [M, N]
+        combined = ensemble_scores(scores, self.spec.ensemble, self.spec.ensemble_k)  # NaN where any is missing
         rows = []
-        for n in range(len(items)):
-            unparsed = [(m, verdicts[j][n][1]) for j, m in enumerate(self.members) if verdicts[j][n][0] is None]
+        for n, value in enumerate(combined):
+            unparsed = next(((m, verdicts[j][n][1]) for j, m in enumerate(self.members) if verdicts[j][n][0] is None),
+                            None)
             if unparsed:
-                member, text = unparsed[0]
+                member, text = unparsed
                 rows.append(TermRow(0.0, True, f"judge {member.path} gave no score in range: {text[:120]!r}"))
-                continue
-            scores = np.array([[verdicts[j][n][0]] for j in range(len(self.members))], dtype=np.float64)
-            rows.append(TermRow(float(ensemble_scores(scores, self.spec.ensemble, self.spec.ensemble_k)[0]), False))
+            else:
+                rows.append(TermRow(float(value), False))
         return rows

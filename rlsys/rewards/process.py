@@ -54,8 +54,12 @@ def aggregate_steps(scores: np.ndarray | list[float], how: str = "min", tau: flo
     return float((w * r).sum())
 
 
-def step_note(scores: np.ndarray | list[float], limit: int = 16) -> str:
-    """The per-step scores as a short note for the sample log: ``steps=[0.91, 0.12, ...]``."""
-    r = [f"{float(x):.3g}" for x in list(scores)[:limit]]
+def summarize_steps(scores: np.ndarray | list[float], how: str = "min", tau: float = 0.1, limit: int = 16
+                    ) -> tuple[float, str]:
+    """A process reward's value (:func:`aggregate_steps`) and its note for the sample log: the per-step scores,
+    ``steps=[0.91, 0.12, ...]``, or ``no steps`` for a completion without any (value 0.0)."""
+    if len(scores) == 0:
+        return 0.0, "no steps"
+    shown = [f"{float(x):.3g}" for x in list(scores)[:limit]]
     more = ", ..." if len(scores) > limit else ""
-    return f"steps=[{', '.join(r)}{more}]"
+    return aggregate_steps(scores, how, tau), f"steps=[{', '.join(shown)}{more}]"

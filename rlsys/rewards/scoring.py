@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import Any
 
 from rlsys.rewards.components import RewardComponent, RewardItem, RewardOutcome, TermRow, combine, group_slices
-from rlsys.rewards.process import aggregate_steps, split_steps, step_note
+from rlsys.rewards.process import split_steps, summarize_steps
 from rlsys.rewards.registry import RewardFn, Scored, get_reward_fn
 
 logger = logging.getLogger(__name__)
@@ -96,11 +96,11 @@ class RewardScorer:
                 model_rows[name] = model.score(items)
                 seconds[name] += time.perf_counter() - start
             self.last_seconds = seconds
-        outcomes = []
+        outcomes, versions = [], self.versions
         for i, rules in enumerate(rule_rows):
             next_rule = iter(rules)
             rows = [model_rows[t.name][i] if t.is_model else next(next_rule) for t in self._terms]
-            outcomes.append(combine(self._terms, rows, self.versions))
+            outcomes.append(combine(self._terms, rows, versions))
         return outcomes
 
     def _score_rules(self, items: list[RewardItem], seconds: dict[str, float]) -> list[list[TermRow]]:
@@ -274,11 +274,18 @@ def _score_sample(fn: RewardFn, item: RewardItem, term: RewardComponent) -> Term
     return TermRow(0.0, True, error) if error else _as_row(value)
 
 
+def _call_per_unit(fn: RewardFn, units: list, reference: str, params: dict, what: str) -> tuple[Any, str | None]:
+    """``fn(units, reference, **params)`` for a function that returns one value per unit (a group's completions,
+    a completion's steps): the values, or the error, also when it returned something else."""
+    values, error = _call(fn, units, reference, **params)
+    if error is None and not (isinstance(values, (list, tuple)) and len(values) == len(units)):
+        error = (f"{what} reward function returned {_short_repr(values)}; expected a list of {len(units)} numbers, "
+                 f"one per {'completion of the group' if what == 'group' else 'step'}")
+    return values, error
+
+
 def _score_group(fn: RewardFn, group: list[RewardItem], params: dict) -> list[TermRow]:
-    values, error = _call(fn, [item.completion for item in group], group[0].reference, **params)
-    if error is None and not (isinstance(values, (list, tuple)) and len(values) == len(group)):
-        error = (f"group reward function returned {_short_repr(values)}; expected a list of {len(group)} numbers, "
-                 "one per completion of the group")
+    values, error = _call_per_unit(fn, [item.completion for item in group], group[0].reference, params, "group")
     if error:
         return [TermRow(0.0, True, error) for _ in group]
     return [_as_row(v) for v in values]
@@ -286,20 +293,18 @@ def _score_group(fn: RewardFn, group: list[RewardItem], params: dict) -> list[Te
 
 def _score_process(fn: RewardFn, item: RewardItem, term: RewardComponent) -> TermRow:
     steps = split_steps(item.completion, term.step_split)
-    if not steps:
-        return TermRow(0.0, False, None, "no steps")
-    values, error = _call(fn, steps, item.reference, **term.params)
-    if error is None and not (isinstance(values, (list, tuple)) and len(values) == len(steps)):
-        error = (f"process reward function returned {_short_repr(values)}; expected a list of {len(steps)} numbers, "
-                 "one per step")
+    if not steps:  # nothing to ask fn about
+        value, note = summarize_steps([])
+        return TermRow(value, False, None, note)
+    values, error = _call_per_unit(fn, steps, item.reference, term.params, "process")
     if error:
         return TermRow(0.0, True, error)
     rows = [_as_row(v) for v in values]
     bad = next((r for r in rows if r.failed), None)
     if bad is not None:
         return bad
-    scores = [r.value for r in rows]
-    return TermRow(aggregate_steps(scores, term.step_aggregate, term.step_tau), False, None, step_note(scores))
+    value, note = summarize_steps([r.value for r in rows], term.step_aggregate, term.step_tau)
+    return TermRow(value, False, None, note)
 
 
 def _short_repr(value: object, limit: int = 200) -> str:
