@@ -203,7 +203,6 @@ class Controller:
         try:
             ray.get(ref, timeout=RESULT_TIMEOUT_S)
         except RayError as e:
-            self.inflight_per_worker[p.payload["worker"]] -= 1
             self._on_rollout_lost(p.payload, e)
             return
         self.reward_queue.append(p.payload)
@@ -288,8 +287,7 @@ class Controller:
             return
         log.error("request %d could not be scored in %d attempts (last: %s); generating its prompts again: %s",
                   payload["request"], attempts, why, prompts)
-        self.inflight_per_worker[payload["worker"]] -= 1
-        self._on_rollout_lost(payload, error)
+        self._requeue(payload, error)  # the rollout worker is fine: it keeps its weights
 
     def _on_put(self, put: PutSummary) -> None:
         self._buffer_report(put.depth, put.seq)
@@ -321,19 +319,25 @@ class Controller:
                 "algo.dynamic_sampling or raise rollout.group_size")
 
     def _on_rollout_lost(self, payload: dict, error: Exception) -> None:
-        """A rollout worker died mid-request (or its batch could not be scored): its prompts go back to the front
-        of the queue.
+        """A rollout worker died mid-request: its prompts are re-queued (:meth:`_requeue`).
 
         Ray restarts a dead rollout worker from its constructor, i.e. with the initial weights, so it is sent
         the latest weights again; being first in its queue, they are loaded before it generates anything."""
+        self._requeue(payload, error)
+        worker = payload["worker"]
+        if self.latest_weights is not None:
+            self.actors.rollouts[worker].update_weights.remote(self.latest_weights, self.rollout_version)
+
+    def _requeue(self, payload: dict, error: Exception) -> None:
+        """A request whose batch was lost (not generated, or never scored): its prompts go back to the front of the
+        queue, and its admission slot and its rollout worker's in-flight slot are freed."""
         prompts, worker = payload["prompts"], payload["worker"]
+        self.inflight_per_worker[worker] -= 1
         self.stream.requeue(prompts)
         self.gate.discard(len(prompts))
         self.totals["lost_requests"] += 1
-        log.warning("lost a request of %d prompt groups on rollout worker %d (re-queued: %s): %s",
+        log.warning("lost a request of %d prompt groups from rollout worker %d (re-queued: %s): %s",
                     len(prompts), worker, [q.prompt_id for q in prompts], error)
-        if self.latest_weights is not None:
-            self.actors.rollouts[worker].update_weights.remote(self.latest_weights, self.rollout_version)
 
     def _buffer_report(self, depth: int, seq: int) -> None:
         if seq > self.buffer_seq:
