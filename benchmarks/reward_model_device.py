@@ -34,6 +34,8 @@ from rlsys.rewards.models import GenerativeJudge, SequenceClassifierRM
 ALPHABET = "0123456789+-*=() abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.,:;!?\n'\""
 
 
+# Not rlsys.data.model.build_tiny_llama: that takes an rlsys.config.ModelConfig, whose module needs omegaconf, which
+# the bare GPU image lacks.
 def llama_config(tokenizer, hidden: int, layers: int, **extra) -> LlamaConfig:
     return LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=3 * hidden,
                        num_hidden_layers=layers, num_attention_heads=max(1, hidden // 64),

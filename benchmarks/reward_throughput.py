@@ -26,11 +26,11 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 import numpy as np
 import ray
 from results_io import markdown_table, save
-from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from rlsys.actors.reward import RewardWorker
 from rlsys.actors.rollout import RolloutBatch
-from rlsys.config import RewardConfig
+from rlsys.config import ModelConfig, RewardConfig
+from rlsys.data.model import build_tiny_llama
 from rlsys.data.tasks import make_addition_rows
 from rlsys.data.tokenizer import build_char_tokenizer
 from rlsys.rewards import RewardComponent, RewardModelSpec
@@ -60,10 +60,8 @@ def make_batches(n: int, seed: int = 0) -> list[RolloutBatch]:
 
 def build_rm(directory: Path, hidden: int, layers: int) -> str:
     tokenizer = build_char_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=3 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
-                         max_position_embeddings=64, num_labels=1, pad_token_id=tokenizer.pad_token_id)
-    LlamaForSequenceClassification(config).save_pretrained(directory)
+    size = ModelConfig(hidden_size=hidden, intermediate_size=3 * hidden, num_layers=layers, num_heads=4)
+    build_tiny_llama(size, tokenizer, reward_head=True).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return str(directory)
 

@@ -7,9 +7,9 @@ import math
 
 import numpy as np
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
+from rlsys.config import ModelConfig
+from rlsys.data.model import build_tiny_llama
 from rlsys.data.tokenizer import build_char_tokenizer
 from rlsys.rewards import RewardComponent, RewardItem, RewardModelSpec, RewardScorer
 from rlsys.rewards.models import SequenceClassifierRM, ensemble_scores, model_version
@@ -18,13 +18,9 @@ from rlsys.rewards.process import aggregate_steps
 
 def build(directory, kind: str, seed: int) -> str:
     tokenizer = build_char_tokenizer("0123456789+= abcdefghijklmnopqrstuvwxyz:\n")
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, num_labels=1)
-    torch.manual_seed(seed)
-    model = LlamaForSequenceClassification(config) if kind == "rm" else LlamaForCausalLM(config)
-    model.save_pretrained(directory)
+    size = ModelConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, max_position_embeddings=128,
+                       seed=seed)
+    build_tiny_llama(size, tokenizer, reward_head=kind == "rm").save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return str(directory)
 

@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
-    LlamaConfig,
-    LlamaForSequenceClassification,
     PreTrainedModel,
 )
 from transformers.utils import logging as hf_logging
 
+from rlsys.config import ModelConfig
+from rlsys.data.model import build_tiny_llama
 from rlsys.engines.padding import pad_sequences
 from rlsys.rewards.models import (
     SequenceClassifierRM,
@@ -99,7 +99,7 @@ def train_preference_rm(
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side, tokenizer.truncation_side = "right", "left"
     torch.manual_seed(seed)
-    model = _build_rm(tokenizer, init_from, hidden_size, num_layers, num_heads, max_position_embeddings)
+    model = _build_rm(tokenizer, init_from, hidden_size, num_layers, num_heads, max_position_embeddings, seed)
     dev = torch.device(device)
     model.to(dev)
 
@@ -134,7 +134,7 @@ def train_preference_rm(
 
 
 def _build_rm(tokenizer, init_from: str | None, hidden_size: int, num_layers: int, num_heads: int,
-              max_position_embeddings: int) -> PreTrainedModel:
+              max_position_embeddings: int, seed: int) -> PreTrainedModel:
     if init_from is not None:
         if not Path(init_from).expanduser().is_dir():
             raise ValueError(f"init_from={init_from!r} is not a checkpoint directory; give a causal-LM checkpoint "
@@ -152,12 +152,9 @@ def _build_rm(tokenizer, init_from: str | None, hidden_size: int, num_layers: in
     else:
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
-        model = LlamaForSequenceClassification(LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=3 * hidden_size,
-            num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
-            max_position_embeddings=max_position_embeddings, pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, num_labels=1,
-        ))
+        size = ModelConfig(hidden_size=hidden_size, intermediate_size=3 * hidden_size, num_layers=num_layers,
+                           num_heads=num_heads, max_position_embeddings=max_position_embeddings, seed=seed)
+        model = build_tiny_llama(size, tokenizer, reward_head=True)
     model.config.pad_token_id = tokenizer.pad_token_id
     return model.float()
 
