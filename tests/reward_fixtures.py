@@ -101,3 +101,44 @@ def half_marks_with_reason(completion: str, reference: str):
     from rlsys.rewards import Scored
 
     return Scored(0.5, f"half marks for {completion!r}")
+
+
+def resists_on_command(completion: str, reference: str) -> float:
+    """Exact match, except three completions that hang in ways a signal-based timeout cannot stop, each for far
+    longer than any test waits: "spin" ignores SIGALRM, blocks every signal it can and busy-loops in Python;
+    "swallow" naps in a loop that catches every exception (an alarm handler's, KeyboardInterrupt, SystemExit);
+    "regex" backtracks catastrophically inside the C regex engine, which holds the GIL."""
+    import re
+    import signal
+
+    if completion == "spin":
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())  # SIGKILL and SIGSTOP stay unblocked
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            pass
+    elif completion == "swallow":
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            try:
+                time.sleep(0.05)
+            except BaseException:  # the point: it eats whatever a timeout would raise
+                pass
+    elif completion == "regex":
+        re.match(r"(a+)+$", "a" * 30 + "b")  # ~2^30 steps
+    return exact_match(completion, reference)
+
+
+def group_hangs_on_sleep(completions: list[str], reference: str, seconds: float = 0.0) -> list[float]:
+    """A group reward: each completion's exact-match score, after ``seconds``; a group containing "sleep" hangs
+    for a minute instead."""
+    time.sleep(60 if "sleep" in completions else seconds)
+    return [exact_match(c, reference) for c in completions]
+
+
+def steps_hang_on_sleep(steps: list[str], reference: str) -> list[float]:
+    """A process reward: 1 for a step containing a digit, 0 otherwise; a completion with a step "sleep" hangs for
+    a minute."""
+    if "sleep" in steps:
+        time.sleep(60)
+    return [1.0 if any(ch.isdigit() for ch in s) else 0.0 for s in steps]
