@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlsys.config import ModelConfig, WarmupConfig, load_config
+from rlsys.config import ConfigError, ModelConfig, WarmupConfig, load_config
 from rlsys.data.model import build_tiny_llama
 from rlsys.data.tasks import PromptStream, make_addition_rows, read_prompts, write_parquet
 from rlsys.data.tokenizer import DEFAULT_ALPHABET, build_char_tokenizer, save_char_tokenizer
@@ -273,3 +273,269 @@ def test_prepare_parquet_too_few_rows(tmp_path: Path) -> None:
     cfg = _small(tmp_path, "task.name=parquet", f"task.train_file={user}", "task.num_eval=5")
     with pytest.raises(ValueError, match="task.num_eval"):
         prepare(cfg)
+
+
+# ---- load-time checks of every dataset (rlsys.data.checks) ----
+
+
+def _write(path: Path, **columns) -> Path:
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+GOOD = {"id": ["r0", "r1", "r2", "r3"], "prompt": ["1+1=", "2+2=", "3+3=", "4+4="], "answer": ["2", "4", "6", "8"]}
+
+
+@pytest.mark.parametrize(("column", "value", "reason", "detail"), [
+    ("prompt", None, "null prompt", "prompt is null"),
+    ("answer", None, "null answer", "answer is null"),
+    ("id", None, "null id", "id is null"),
+    ("id", " ", "empty id", "id is ' ' (empty)"),
+    ("prompt", "", "empty prompt", "prompt is '' (empty or whitespace only)"),
+    ("prompt", " \n\t", "empty prompt", "prompt is ' \\n\\t' (empty or whitespace only)"),
+    ("answer", "", "empty answer", "answer is '' (empty or whitespace only)"),
+    ("answer", "  ", "empty answer", "answer is '  ' (empty or whitespace only)"),
+])
+def test_bad_cell_fails_naming_file_row_and_reason_or_is_dropped(tmp_path: Path, column, value, reason, detail
+                                                                 ) -> None:
+    from rlsys.data.tasks import DatasetError, read_rows
+
+    cols = {k: list(v) for k, v in GOOD.items()}
+    cols[column][2] = value
+    path = _write(tmp_path / "train.parquet", **cols)
+    with pytest.raises(DatasetError) as info:
+        read_prompts(path)
+    msg = str(info.value)
+    shown_id = "" if column == "id" else " (id 'r2')"
+    assert f"{path} row 2{shown_id}: {detail}" in msg, msg
+    assert "task.bad_rows=drop" in msg and f"by reason: {reason} 1" in msg
+    assert "row 0" not in msg and "row 1" not in msg and "row 3" not in msg  # only the bad row is named
+
+    kept = read_prompts(path, bad_rows="drop")
+    assert [p.prompt_id for p in kept] == ["r0", "r1", "r3"]
+    assert "None" not in {p.text for p in kept} | {p.answer for p in kept}
+    rows = read_rows(path)
+    assert [(b.file, b.row, b.reason) for b in rows.bad] == [(str(path), 2, reason)]
+    assert rows.rows == [0, 1, 3]
+
+
+def test_null_cells_never_become_the_text_none(tmp_path: Path) -> None:
+    """The old read_prompts turned a null cell into "None"; without an id column the default ids are kept."""
+    from rlsys.data.tasks import read_rows
+
+    path = _write(tmp_path / "nulls.parquet", prompt=["1+1=", None, "None"], answer=[None, "2", "3"])
+    rows = read_rows(path)
+    assert [(p.prompt_id, p.text, p.answer) for p in rows.prompts] == [("nulls-2", "None", "3")]  # literal "None"
+    assert [str(b) for b in rows.bad] == [f"{path} row 0: answer is null", f"{path} row 1: prompt is null"]
+
+
+def test_numeric_answers_and_ids_are_accepted_as_text(tmp_path: Path) -> None:
+    """Integer answer (and id) columns are common: numbers become their text; integral floats (pandas makes an int
+    column with a gap float) lose the '.0'."""
+    ints = _write(tmp_path / "ints.parquet", id=[10, 11], prompt=["1+1=", "2+2="], answer=[2, 4])
+    assert [(p.prompt_id, p.answer) for p in read_prompts(ints)] == [("10", "2"), ("11", "4")]
+    floats = _write(tmp_path / "floats.parquet", prompt=["1+1=", "1/2=", "3+3="], answer=[2.0, 0.5, float("nan")])
+    with pytest.raises(ValueError, match=r"floats.parquet row 2: answer is null"):  # NaN is a missing value
+        read_prompts(floats)
+    assert [p.answer for p in read_prompts(floats, bad_rows="drop")] == ["2", "0.5"]
+
+
+def test_non_string_cells_are_bad_rows(tmp_path: Path) -> None:
+    from rlsys.data.tasks import DatasetError
+
+    path = _write(tmp_path / "types.parquet", prompt=[1, 2], answer=["1", "2"])
+    with pytest.raises(DatasetError) as info:
+        read_prompts(path)
+    assert f"{path} row 0: prompt is int 1, not a string" in str(info.value)
+    assert f"{path} row 1: prompt is int 2, not a string" in str(info.value)
+    for answer, shown in (([True, False], "bool True"), ([float("inf"), 1.0], "float inf")):
+        path = _write(tmp_path / "answers.parquet", prompt=["1+1=", "2+2="], answer=answer)
+        with pytest.raises(DatasetError, match=f"row 0: answer is {shown}, not a string or a finite number"):
+            read_prompts(path)
+    path = _write(tmp_path / "ids.parquet", id=[0.5, 1.5], prompt=["1+1=", "2+2="], answer=["2", "4"])
+    with pytest.raises(DatasetError, match="row 0: id is float 0.5, not a string or an integer"):
+        read_prompts(path)
+
+
+def test_duplicate_ids_are_an_error_naming_them_even_with_drop(tmp_path: Path) -> None:
+    from rlsys.data.tasks import DatasetError
+
+    path = _write(tmp_path / "dup.parquet", id=["x", "y", "x", "z", "y"], prompt=["1+1="] * 5, answer=["2"] * 5)
+    for mode in ("fail", "drop"):
+        with pytest.raises(DatasetError, match=r"'x' \(rows 0, 2\), 'y' \(rows 1, 4\)"):
+            read_prompts(path, bad_rows=mode)
+
+
+def test_empty_unreadable_and_all_bad_files_have_no_usable_rows(tmp_path: Path) -> None:
+    from rlsys.data.tasks import DatasetError
+
+    empty = _write(tmp_path / "empty.parquet", prompt=pa.array([], pa.string()), answer=pa.array([], pa.string()))
+    for mode in ("fail", "drop"):
+        with pytest.raises(DatasetError, match=f"{empty} has no usable rows: it has no rows at all"):
+            read_prompts(empty, bad_rows=mode)
+    zero = tmp_path / "zero.parquet"
+    zero.write_bytes(b"")
+    with pytest.raises(DatasetError, match="zero.parquet: not a readable Parquet file"):
+        read_prompts(zero)
+    all_bad = _write(tmp_path / "bad.parquet", prompt=[None, "", "2+2="], answer=["1", "2", None])
+    with pytest.raises(DatasetError, match=r"3 bad row\(s\)"):
+        read_prompts(all_bad)
+    with pytest.raises(DatasetError, match=r"bad.parquet has no usable rows: all 3 were dropped \(null prompt 1, "
+                       r"empty prompt 1, null answer 1\)"):
+        read_prompts(all_bad, bad_rows="drop")
+
+
+def test_many_bad_rows_are_listed_in_one_error_up_to_twenty(tmp_path: Path) -> None:
+    from rlsys.data.checks import MAX_LISTED, DatasetError
+
+    n = MAX_LISTED + 5
+    path = _write(tmp_path / "many.parquet", prompt=[None] * n + ["1+1="], answer=["1"] * n + ["2"])
+    with pytest.raises(DatasetError) as info:
+        read_prompts(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{n} bad row(s)")
+    assert f"row {MAX_LISTED - 1}: prompt is null" in msg and f"row {MAX_LISTED}:" not in msg
+    assert "... and 5 more" in msg and f"by reason: null prompt {n}" in msg
+
+
+def test_token_checks_too_long_and_unknown_characters() -> None:
+    """Prompts are counted as the rollout worker encodes them; unknown characters are named, and the unknown
+    token's own text written literally is not a loss."""
+    from transformers import LlamaConfig
+
+    from rlsys.data.checks import check_tokens
+
+    tok = build_char_tokenizer()
+    context = LlamaConfig(max_position_embeddings=16).max_position_embeddings
+    limit = context - 6
+    prompts = [Prompt("ok", "1" * limit, "2"), Prompt("long", "1" * (limit + 1), "2"), Prompt("unk", "1+x=", "2"),
+               Prompt("literal", "1+<unk>=", "2"), Prompt("ans", "1+1=", "zwei"), Prompt("both", "ab" * 10, "2")]
+    assert len(tok(prompts[1].text)["input_ids"]) == limit + 1
+    bad = check_tokens("eval.parquet", [0, 1, 2, 3, 4, 5], prompts, tok, limit, "16 minus 6")
+    assert [(b.row, b.reason) for b in bad] == [(1, "prompt too long"), (2, "unknown characters in prompt"),
+                                                (4, "unknown characters in answer"), (5, "prompt too long")]
+    assert str(bad[0]) == "eval.parquet row 1 (id 'long'): prompt is 11 tokens; at most 10 fit (16 minus 6)"
+    assert str(bad[1]) == ("eval.parquet row 2 (id 'unk'): prompt has characters the tokenizer cannot represent "
+                           "(they would become <unk>): 'x'")
+    assert bad[2].detail.endswith("'z', 'w', 'e', 'i'")
+    assert check_tokens("f", [0], prompts[:1], tok, None) == []  # no context known: length unchecked
+
+
+def _parquet_cfg(tmp_path: Path, train: Path, *extra: str):
+    return _small(tmp_path, "task.name=parquet", f"task.train_file={train}", "warmup.steps=5", *extra)
+
+
+def test_prepare_fails_before_the_warm_up_listing_cell_and_token_problems(tmp_path: Path) -> None:
+    """One error lists every bad row of train and eval (a null cell, an over-long prompt, an unknown character in
+    an eval prompt of the char tokenizer built from the train alphabet); nothing is cached."""
+    from rlsys.data.tasks import DatasetError
+
+    train = write_parquet([{"id": f"t{i}", "prompt": f"{i}+{i}=", "answer": str(2 * i)} for i in range(30)],
+                          tmp_path / "train.parquet")
+    cols = pq.read_table(train).to_pydict()
+    cols["answer"][4] = None
+    cols["prompt"][7] = "1+" * 10 + "="  # 21 tokens: over 32 - 12
+    train = _write(train, **cols)
+    evals = _write(tmp_path / "eval.parquet", id=["e0", "e1", "e2"], prompt=["1+1=", "1+x=", "2+2="],
+                   answer=["2", "2", "4"])
+    cfg = _parquet_cfg(tmp_path, train, f"task.eval_file={evals}", "model.max_position_embeddings=32",
+                       "rollout.max_new_tokens=12")
+    with pytest.raises(DatasetError) as info:
+        prepare(cfg)
+    msg = str(info.value)
+    assert f"{train} row 4 (id 't4'): answer is null" in msg
+    assert (f"{train} row 7 (id 't7'): prompt is 21 tokens; at most 20 fit (model.max_position_embeddings=32 minus "
+            "rollout.max_new_tokens=12)") in msg
+    assert f"{evals} row 1 (id 'e1'): prompt has characters the tokenizer cannot represent" in msg
+    assert msg.startswith("3 bad row(s)")
+    assert not (tmp_path / "cache" / "models").exists()  # failed before the warm-up
+
+
+def test_prepare_drops_and_counts_bad_rows_and_caches_by_the_kept_rows(tmp_path: Path) -> None:
+    from rlsys.data.tasks import DatasetError
+
+    rows = [{"id": f"t{i}", "prompt": f"{i}+{i}=", "answer": str(2 * i)} for i in range(30)]
+    rows[3]["prompt"] = "12345678+12345="  # 15 tokens
+    train = write_parquet(rows, tmp_path / "train.parquet")
+    cols = pq.read_table(train).to_pydict()
+    cols["prompt"][5] = " "
+    train = _write(train, **cols)
+    evals = _write(tmp_path / "eval.parquet", prompt=["1+1=", "1+x=", "2+2="], answer=["2", "2", "4"])
+    common = (f"task.eval_file={evals}", "model.max_position_embeddings=24", "task.bad_rows=drop")
+    prep = prepare(_parquet_cfg(tmp_path, train, *common, "rollout.max_new_tokens=6"))  # 18 fit: row 3 stays
+    assert prep.warmup_cached is False
+    assert prep.dropped_rows == {"empty prompt": 1, "unknown characters in prompt": 1}
+    assert [(b.file, b.row, b.reason) for b in prep.dropped] == [
+        (str(train), 5, "empty prompt"), (str(evals), 1, "unknown characters in prompt")]
+    assert [p.prompt_id for p in prep.train_prompts] == [f"t{i}" for i in range(30) if i != 5]
+    assert [p.text for p in prep.eval_prompts] == ["1+1=", "2+2="]
+
+    again = prepare(_parquet_cfg(tmp_path, train, *common, "rollout.max_new_tokens=6"))
+    assert again.warmup_cached is True and again.model_dir == prep.model_dir
+    assert again.dropped_rows == prep.dropped_rows and again.dropped == prep.dropped  # reported on a cached run too
+
+    # 10 new tokens leave 14: row 3 is dropped too, so the warm-up trains on other rows — another checkpoint.
+    longer = prepare(_parquet_cfg(tmp_path, train, *common, "rollout.max_new_tokens=10"))
+    assert longer.dropped_rows == {"empty prompt": 1, "prompt too long": 1, "unknown characters in prompt": 1}
+    assert "t3" not in {p.prompt_id for p in longer.train_prompts}
+    assert longer.warmup_cached is False and longer.model_dir != prep.model_dir
+
+    with pytest.raises(ConfigError, match="rollout.max_new_tokens=24 leaves no room for a prompt"):
+        prepare(_parquet_cfg(tmp_path, train, *common, "rollout.max_new_tokens=24"))
+    only_bad = _write(tmp_path / "only_bad.parquet", prompt=["1+x=", "x"], answer=["1", "2"])
+    with pytest.raises(DatasetError, match=f"task.eval_file {only_bad} has no usable rows: all 2 were dropped "
+                       r"\(unknown characters in prompt 2\)"):
+        prepare(_small(tmp_path, "task.name=parquet", f"task.train_file={train}", f"task.eval_file={only_bad}",
+                       "task.bad_rows=drop", "warmup.steps=0"))
+
+
+def test_prepare_held_out_split_names_the_users_rows_and_writes_no_bad_row(tmp_path: Path) -> None:
+    rows = [{"id": f"q{i}", "prompt": f"{i}+{i}=", "answer": str(2 * i)} for i in range(40)]
+    user = write_parquet(rows, tmp_path / "mine.parquet")
+    cols = pq.read_table(user).to_pydict()
+    cols["prompt"][11], cols["answer"][17] = None, ""
+    user = _write(user, **cols)
+    base = ("task.num_eval=10", "warmup.steps=0")
+    with pytest.raises(ValueError, match=f"{user} row 11 \\(id 'q11'\\): prompt is null"):
+        prepare(_parquet_cfg(tmp_path, user, *base))
+    prep = prepare(_parquet_cfg(tmp_path, user, *base, "task.bad_rows=drop"))
+    assert prep.dropped_rows == {"null prompt": 1, "empty answer": 1}
+    assert {(b.file, b.row) for b in prep.dropped} == {(str(user), 11), (str(user), 17)}
+    assert len(prep.eval_prompts) == 10 and len(prep.train_prompts) == 28
+    written = {p.prompt_id for f in (prep.train_file, prep.eval_file) for p in read_prompts(f)}
+    assert written == {f"q{i}" for i in range(40)} - {"q11", "q17"}
+
+
+def test_prepare_with_a_checkpoints_tokenizer_and_context(tmp_path: Path) -> None:
+    """model.path: the context is the checkpoint's max_position_embeddings and unknown characters are those of its
+    tokenizer, so a train prompt can hold them too."""
+    from rlsys.data.tasks import DatasetError
+
+    tok = build_char_tokenizer()
+    ckpt = tmp_path / "ckpt"
+    build_tiny_llama(ModelConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+                                 max_position_embeddings=12), tok).save_pretrained(ckpt)
+    tok.save_pretrained(ckpt)
+    train = write_parquet([{"id": f"t{i}", "prompt": f"{i}+{i}=", "answer": str(2 * i)} for i in range(20)]
+                          + [{"id": "long", "prompt": "1+2+3+4=", "answer": "10"},
+                             {"id": "unk", "prompt": "one+1=", "answer": "2"}], tmp_path / "train.parquet")
+    with pytest.raises(DatasetError) as info:
+        prepare(_parquet_cfg(tmp_path, train, f"model.path={ckpt}", "task.num_eval=5", "rollout.max_new_tokens=5"))
+    msg = str(info.value)
+    assert f"(id 'long'): prompt is 8 tokens; at most 7 fit (max_position_embeddings of {ckpt}=12 minus " in msg
+    assert "(id 'unk'): prompt has characters the tokenizer cannot represent (they would become <unk>): 'o', 'n', " \
+           "'e'" in msg
+
+
+def test_empty_eval_split_is_an_error(tmp_path: Path) -> None:
+    from rlsys.data.tasks import DatasetError
+
+    with pytest.raises(DatasetError, match=r"the synthetic eval split .*eval.parquet \(task.num_eval=0\) has no "
+                       "usable rows: it has no rows at all"):
+        prepare(_small(tmp_path, "task.num_eval=0", "warmup.steps=0"))
+
+
+def test_warmup_on_no_prompts_says_so_instead_of_max_error() -> None:
+    tok = build_char_tokenizer()
+    with pytest.raises(ValueError, match="training set is empty"):
+        supervised_warmup(build_tiny_llama(SMALL_MODEL, tok), tok, [], WarmupConfig(steps=2), seed=0)

@@ -1,18 +1,24 @@
 """Prompt datasets: the synthetic addition task and user Parquet files, both read back through pyarrow.
 
 A dataset row is (``id``, ``prompt``, ``answer``): the id is stable across runs, so every sample can be named as
-(prompt id, sample index, epoch) — see :class:`rlsys.types.Prompt`.
+(prompt id, sample index, epoch) — see :class:`rlsys.types.Prompt`. Every row is checked as it is read
+(:mod:`rlsys.data.checks`): a null cell never becomes the text "None".
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rlsys.data.checks import BadRow, DatasetError, check_cells, duplicate_ids, require_usable, settle
 from rlsys.types import Prompt
+
+__all__ = ["COLUMNS", "DatasetError", "PromptStream", "Rows", "make_addition_rows", "read_prompts", "read_rows",
+           "write_parquet"]
 
 COLUMNS = ("id", "prompt", "answer")
 
@@ -50,22 +56,66 @@ def write_parquet(rows: list[dict], path: str | Path) -> Path:
     return path
 
 
-def read_prompts(path: str | Path) -> list[Prompt]:
-    """Prompts from a Parquet file with string columns ``prompt`` and ``answer`` (``id`` optional: row index)."""
+@dataclass(frozen=True)
+class Rows:
+    """The usable prompts of one file, each with its row, and the rows that are not usable (see
+    :mod:`rlsys.data.checks`). A held-out split keeps the rows of the file it was taken from."""
+
+    file: str
+    prompts: list[Prompt]
+    rows: list[int]  # rows[i]: the 0-based row of ``file`` that prompts[i] came from
+    bad: list[BadRow]  # rows of this dataset that failed the cell checks
+    has_ids: bool  # the file has an id column (messages then name a row's id too)
+
+    def subset(self, indices: list[int]) -> Rows:
+        """Prompts ``indices`` (positions in ``prompts``), with their rows; no bad rows."""
+        return Rows(self.file, [self.prompts[i] for i in indices], [self.rows[i] for i in indices], [], self.has_ids)
+
+    def without(self, bad: list[BadRow]) -> list[Prompt]:
+        """The prompts whose rows are not in ``bad``."""
+        gone = {b.row for b in bad if b.file == self.file}
+        return [p for p, r in zip(self.prompts, self.rows) if r not in gone]
+
+
+def read_rows(path: str | Path) -> Rows:
+    """Read a Parquet file with columns ``prompt`` and ``answer`` (``id`` optional: ``<file stem>-<row>``) and check
+    every cell. Bad rows are returned, not raised; a missing file or column, an unreadable file and duplicate ids
+    raise (:class:`DatasetError` for the last three)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"prompt file {str(path)!r} does not exist")
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DatasetError(f"{path}: not a readable Parquet file ({e})") from e
     missing = {"prompt", "answer"} - set(table.column_names)
     if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; a prompt file needs string columns "
-                         f"'prompt' and 'answer' (has {table.column_names})")
+        raise DatasetError(f"{path}: missing column(s) {sorted(missing)}; a prompt file needs string columns "
+                           f"'prompt' and 'answer' (has {table.column_names})")
     data = table.to_pydict()
-    ids = data.get("id") or [f"{path.stem}-{i}" for i in range(table.num_rows)]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{path}: column 'id' has duplicates; prompt ids must be unique")
-    return [Prompt(prompt_id=str(i), text=str(p), answer=str(a))
-            for i, p, a in zip(ids, data["prompt"], data["answer"])]
+    file, has_ids = str(path), "id" in data
+    raw_ids = data["id"] if has_ids else [None] * table.num_rows
+    named = [(str(i), r) for r, i in enumerate(raw_ids) if isinstance(i, (str, int)) and not isinstance(i, bool)]
+    duplicate_ids(file, [i for i, _ in named], [r for _, r in named])
+    prompts, rows, bad = [], [], []
+    for row, (raw_id, prompt, answer) in enumerate(zip(raw_ids, data["prompt"], data["answer"])):
+        checked = check_cells(file, row, prompt, answer, raw_id, None if has_ids else f"{path.stem}-{row}")
+        if isinstance(checked, BadRow):
+            bad.append(checked)
+        else:
+            prompts.append(checked)
+            rows.append(row)
+    return Rows(file, prompts, rows, bad, has_ids)
+
+
+def read_prompts(path: str | Path, bad_rows: str = "fail") -> list[Prompt]:
+    """The prompts of a Parquet file (see :func:`read_rows`). Bad rows raise one :class:`DatasetError` listing them
+    (``bad_rows="fail"``) or are left out and logged (``"drop"``); a file with no usable row always raises. These
+    are the cell checks only: the token checks need the policy's tokenizer (:func:`rlsys.prepare.prepare`)."""
+    data = read_rows(path)
+    settle(data.bad, bad_rows)
+    require_usable(f"prompt file {data.file}", len(data.prompts), data.bad, len(data.prompts) + len(data.bad))
+    return data.prompts
 
 
 class PromptStream:

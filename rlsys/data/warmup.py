@@ -19,7 +19,11 @@ from rlsys.types import Prompt
 def supervised_warmup(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt], cfg: WarmupConfig, seed: int
 ) -> list[float]:
-    """Train ``model`` in place on ``prompt + answer + EOS`` with the loss on the answer tokens; returns losses."""
+    """Train ``model`` in place on ``prompt + answer + EOS`` with the loss on the answer tokens; returns losses.
+
+    ``prompts`` are the usable training rows (:func:`rlsys.prepare.prepare` has left out the bad ones)."""
+    if cfg.steps and not prompts:
+        raise ValueError("the supervised warm-up has no (prompt, answer) pairs to train on: the training set is empty")
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     encoded = [(tokenizer(p.text)["input_ids"], tokenizer(p.answer)["input_ids"] + [tokenizer.eos_token_id])
