@@ -57,24 +57,40 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # before transformers is imported
     if args.command == "eval":
         return _evaluate(args.model_dir, cfg)
+    from rlsys.actors.placement import PlacementError
+    from rlsys.controller import PipelineStalled
+    from rlsys.data.tasks import DatasetError
+    from rlsys.failures import RewardsFailing
     from rlsys.train import train as run_training  # heavy imports (ray, torch) only when training
 
-    run_training(cfg)
+    try:
+        run_training(cfg)
+    except (PlacementError, DatasetError) as e:  # the message says what is wrong and where: no traceback
+        print(f"rlsys: {e}", file=sys.stderr)
+        return 2
+    except (PipelineStalled, RewardsFailing) as e:  # stopped mid-run: the outputs so far are in the run directory
+        print(f"rlsys: the run stopped: {e}", file=sys.stderr)
+        return 3
     return 0
 
 
 def _evaluate(model_dir: str, cfg) -> int:
     from pathlib import Path
 
-    from rlsys.data.tasks import read_prompts
+    from rlsys.config import checkpoint_problem
+    from rlsys.data.tasks import DatasetError, read_prompts
     from rlsys.evaluate import evaluate_checkpoint
     from rlsys.prepare import prepare_prompts
 
-    if not (Path(model_dir) / "config.json").is_file():
-        print(f"rlsys: {model_dir!r} is not a Hugging Face checkpoint directory (no config.json)", file=sys.stderr)
+    if why := checkpoint_problem("MODEL_DIR", model_dir):
+        print(f"rlsys: {why}", file=sys.stderr)
         return 2
-    _, eval_file = prepare_prompts(cfg, Path(cfg.output.cache_dir).expanduser())
-    prompts = read_prompts(eval_file)
+    try:
+        _, eval_file = prepare_prompts(cfg, Path(cfg.output.cache_dir).expanduser())
+        prompts = read_prompts(eval_file, cfg.task.bad_rows)
+    except DatasetError as e:
+        print(f"rlsys: {e}", file=sys.stderr)
+        return 2
     acc, rows = evaluate_checkpoint(model_dir, prompts, cfg.reward, cfg.rollout.max_new_tokens)
     for prompt, completion, reward in rows[:5]:
         print(f"  {prompt!r} → {completion!r} (reward {reward:.2f})")

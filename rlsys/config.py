@@ -62,6 +62,9 @@ class TaskConfig:
     num_train: int = 4000
     num_eval: int = 200
     seed: int = 1234
+    # What to do with rows that cannot train (null/empty prompt or answer, a prompt too long for the context, text
+    # the tokenizer cannot represent): fail (list them, start nothing) | drop (leave them out, count and report)
+    bad_rows: str = "fail"
 
 
 @dataclass
@@ -98,9 +101,11 @@ class RewardConfig:
     components: list[RewardComponent] = field(default_factory=list)
     correct_component: str | None = None  # its value ≥ 1 counts as correct in held-out accuracy (default: first)
     num_workers: int = 1
-    timeout_s: float = 5.0  # per sample and rule term, inside a reward call
+    timeout_s: float = 5.0  # per sample and rule term, inside a reward call (a group-scope call: × its group's size)
     call_timeout_s: float = 600.0  # a whole reward call: past it the actor is restarted and the batch re-scored
     max_batches_per_call: int = 4  # rollout batches waiting for a reward actor are scored together, up to this
+    max_failure_rate: float = 0.5  # stop the run when the reward fails on more than this fraction of ...
+    failure_window: int = 1024  # ... the last this many samples (1 never stops)
     num_cpus: float = 0.25
     num_gpus: float = 0.0  # for reward models
 
@@ -136,7 +141,9 @@ class AlgoConfig:
     minibatches: int = 1  # optimizer updates per pass: a training step is epochs × minibatches updates
     # KL to the frozen initial policy
     kl_coef: float = 0.0  # 0 skips the reference model entirely
-    kl_estimator: str = "k3"  # k1 | k2 | k3
+    # k1 | k2 | k3 | None: the estimator whose gradient is ∇ KL(π‖π_ref) where it is used — k2 in the loss (k1's
+    # gradient is 0 in expectation there, k3's is ∇ KL(π_ref‖π)), k1 in the reward (see rlsys.algos.kl_estimate)
+    kl_estimator: str | None = None
     kl_in: str = "loss"  # loss (per token, with gradient) | reward (subtracted from the reward before advantages)
     reference: str = "learner"  # learner (a frozen copy in every learner) | actor (one reference actor)
     # PPO with a learned value function (advantage=gae)
@@ -153,6 +160,12 @@ class AlgoConfig:
     dynamic_sampling: bool = False  # drop groups whose rewards are all equal before the buffer; generate more
     overlong_filter: bool = False  # truncated responses (hit max_new_tokens) do not train
     overlong_buffer: int = 0  # soft overlong penalty over the last k tokens before max_new_tokens (0: off)
+
+    @property
+    def kl_kind(self) -> str:
+        """The KL estimator in use: ``kl_estimator``, or by default the one whose gradient is ∇ KL(π‖π_ref) where
+        the penalty sits (k2 in the loss, k1 in the reward)."""
+        return self.kl_estimator or ("k2" if self.kl_in == "loss" else "k1")
 
 
 @dataclass
@@ -187,8 +200,13 @@ class RayConfig:
     """Where to run. ``address=None`` starts a local Ray; ``auto`` joins the cluster this job was submitted to."""
 
     address: str | None = None
-    num_cpus: int | None = None  # local cluster only; None lets Ray count cores
-    placement_timeout_s: float = 600.0  # how long to wait for the learners' resources (autoscaling clusters)
+    num_cpus: int | None = None  # local cluster only; None: enough for the actors (at least this machine's cores)
+    # How long to wait for the actors' placement groups when the cluster has the resources but they are in use,
+    # or, with autoscaling, for new nodes. A cluster too small for the config fails at once, without waiting.
+    placement_timeout_s: float = 600.0
+    # The cluster adds nodes on demand (Ray's autoscaler, e.g. `ray up cluster.yaml`): a config larger than the
+    # cluster is logged and waited for, up to placement_timeout_s, instead of failing at start-up.
+    autoscaling: bool = False
 
 
 @dataclass
@@ -275,7 +293,8 @@ def _describe(e: OmegaConfBaseException) -> str:
 # (keys, test, rule in words): numeric fields whose only constraint is a lower bound.
 _BOUNDS = [
     (("rollout.num_workers", "rollout.group_size", "rollout.groups_per_request", "rollout.max_new_tokens",
-      "reward.num_workers", "reward.max_batches_per_call", "learner.num_learners", "learner.micro_batch_size",
+      "reward.num_workers", "reward.max_batches_per_call", "reward.failure_window", "learner.num_learners",
+      "learner.micro_batch_size",
       "train.num_steps", "train.groups_per_step", "train.sync_every", "task.num_digits", "model.hidden_size",
       "model.num_layers", "model.num_heads", "algo.epochs", "algo.minibatches"), lambda v: v >= 1,
      "a positive integer (≥ 1)"),
@@ -291,10 +310,47 @@ _BOUNDS = [
 # Keys whose value is one of a fixed set of names.
 _CHOICES = {
     "algo.advantage": ESTIMATORS, "algo.policy_loss": POLICY_LOSSES, "algo.loss_agg": AGGREGATIONS,
-    "algo.adv_bound_mode": ("clamp", "scale"), "algo.kl_estimator": ("k1", "k2", "k3"),
+    "algo.adv_bound_mode": ("clamp", "scale"), "algo.kl_estimator": ("k1", "k2", "k3", None),
     "algo.kl_in": ("loss", "reward"), "algo.reference": ("learner", "actor"), "algo.is_mode": IS_MODES,
     "algo.is_level": IS_LEVELS, "learner.zero_stage": (0, 1, 2, 3), "task.name": ("synthetic_addition", "parquet"),
+    "task.bad_rows": ("fail", "drop"),
 }
+
+
+def checkpoint_problem(key: str, path: str) -> str | None:
+    """Why ``path`` (the value of config ``key``) is not a local Hugging Face checkpoint directory, or None."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        return (f"{key}={path!r} is not a directory; give a local Hugging Face checkpoint (rlsys never downloads from "
+                "a hub)")
+    if not (root / "config.json").is_file():
+        return (f"{key}={path!r}: no config.json — not a Hugging Face checkpoint (a checkpoint directory holds "
+                "config.json, the weights and the tokenizer files, as save_pretrained writes them)")
+    return None
+
+
+def _params_problem(c: RewardComponent, where: str) -> str | None:
+    """A rule component's ``params`` checked against its function's signature ``fn(first, reference, **params)``:
+    every key must name a parameter (unless the function takes ``**kwargs``) and every parameter without a default
+    must be given. None if they fit, or if the function cannot be resolved here (the fn check reports that)."""
+    import inspect
+
+    from rlsys.rewards import get_reward_fn
+
+    try:
+        parameters = list(inspect.signature(get_reward_fn(c.fn)).parameters.values())[2:]
+    except (ValueError, TypeError):
+        return None
+    named = [p for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters)
+    unknown = [] if takes_any else [k for k in c.params if k not in {p.name for p in named}]
+    missing = [p.name for p in named if p.default is p.empty and p.name not in c.params]
+    if not unknown and not missing:
+        return None
+    takes = f"it takes {', '.join(p.name for p in named)}" if named else "it takes no params"
+    why = [f"unknown key(s) {', '.join(map(repr, unknown))}"] if unknown else []
+    why += [f"missing required key(s) {', '.join(map(repr, missing))}"] if missing else []
+    return f"{where}params of fn={c.fn!r}: {' and '.join(why)} ({takes})"
 
 
 def _component_problems(c: RewardComponent, where: str) -> list[str]:
@@ -325,10 +381,7 @@ def _component_problems(c: RewardComponent, where: str) -> list[str]:
         problems.append(f"{where}model.reference_relative needs kind=classifier and scope=sample")
     if not m.paths:
         problems.append(f"{where}model.paths is empty: give one local checkpoint directory, or several (an ensemble)")
-    for j, path in enumerate(m.paths):
-        if not Path(path).expanduser().is_dir():
-            problems.append(f"{where}model.paths[{j}]={path!r} is not a directory; give a local Hugging Face "
-                            "checkpoint (rlsys never downloads from a hub)")
+    problems += filter(None, (checkpoint_problem(f"{where}model.paths[{j}]", path) for j, path in enumerate(m.paths)))
     if m.ensemble not in ENSEMBLE_MODES:
         problems.append(f"{where}model.ensemble={m.ensemble!r}: use one of {', '.join(ENSEMBLE_MODES)}")
     if m.batch_size < 1 or m.max_length < 1 or m.max_new_tokens < 1:
@@ -353,6 +406,8 @@ def _reward_problems(reward: RewardConfig) -> list[str]:
         if c.model is None and ":" not in c.fn and c.fn not in reward_names():
             problems.append(f"{where}fn={c.fn!r} is not a registered reward ({', '.join(reward_names())}) "
                             "nor a 'module:function' path")
+        elif c.model is None:
+            problems += filter(None, [_params_problem(c, where)])
         if not math.isfinite(c.weight):
             problems.append(f"{where}weight={c.weight} must be a finite number")
         problems += _component_problems(c, where)
@@ -382,6 +437,8 @@ def validate(cfg: RLConfig) -> None:
         need(value in choices, f"{key}={value!r}: use one of {', '.join(map(str, choices))}")
     a = cfg.algo
     need(0 <= a.gamma <= 1 and 0 <= a.lam <= 1, f"algo.gamma={a.gamma} and algo.lam={a.lam} must be in [0, 1]")
+    need(0 < cfg.reward.max_failure_rate <= 1, f"reward.max_failure_rate={cfg.reward.max_failure_rate} must be in "
+         "(0, 1]")
     need(a.dual_clip_c > 1, f"algo.dual_clip_c={a.dual_clip_c} must be > 1")
     need(a.is_cap > 1, f"algo.is_cap={a.is_cap} must be > 1")
     need(a.overlong_buffer <= cfg.rollout.max_new_tokens, f"algo.overlong_buffer={a.overlong_buffer} must be ≤ "
@@ -414,8 +471,17 @@ def validate(cfg: RLConfig) -> None:
             if value and not Path(value).expanduser().is_file():
                 problems.append(f"task.{key}={value!r} does not exist; give the path of a Parquet file")
     problems += _reward_problems(cfg.reward)
-    if cfg.model.path and not Path(cfg.model.path).expanduser().is_dir():
-        problems.append(f"model.path={cfg.model.path!r} is not a directory; give a local Hugging Face checkpoint "
-                        "(rlsys never downloads from a hub)")
+    if cfg.model.path:
+        need((why := checkpoint_problem("model.path", cfg.model.path)) is None, why)
+    group_relative = {"grpo", "dr_grpo", "rloo", "reinforce_pp_baseline"}  # advantages relative to the group's mean
+    if cfg.rollout.group_size == 1:
+        if a.advantage in group_relative:
+            problems.append(f"rollout.group_size=1 with algo.advantage={a.advantage}: a group-relative advantage of "
+                            "a group of one is always 0, so nothing would train; raise rollout.group_size (e.g. 8) "
+                            "or use algo.advantage=reinforce_pp or gae")
+        for key in ("dynamic_sampling", "filter_zero_variance"):
+            if getattr(a, key):
+                problems.append(f"algo.{key}=true with rollout.group_size=1: a group of one always has equal "
+                                "rewards, so every group would be dropped; raise rollout.group_size")
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))

@@ -13,17 +13,19 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 import rlsys
-from rlsys.config import RLConfig
+from rlsys.config import ConfigError, RLConfig
+from rlsys.data.checks import BadRow, DatasetError, check_tokens, in_file_order, require_usable, settle
 from rlsys.data.model import build_tiny_llama
-from rlsys.data.tasks import make_addition_rows, read_prompts, write_parquet
+from rlsys.data.tasks import Rows, make_addition_rows, read_rows, write_parquet
 from rlsys.data.tokenizer import DEFAULT_ALPHABET, build_char_tokenizer
 from rlsys.data.warmup import supervised_warmup
 from rlsys.types import Prompt
@@ -36,10 +38,12 @@ class Prepared:
     model_dir: str  # Hugging Face checkpoint (with tokenizer) of the initial policy
     train_file: str
     eval_file: str
-    train_prompts: list[Prompt]
+    train_prompts: list[Prompt]  # the usable rows only (task.bad_rows=drop leaves the bad ones out)
     eval_prompts: list[Prompt]
     warmup_cached: bool
     warmup_s: float
+    dropped_rows: dict[str, int] = field(default_factory=dict)  # reason → rows left out (task.bad_rows=drop)
+    dropped: list[BadRow] = field(default_factory=list)  # each row left out: .file, .row, .reason, .detail
 
 
 def _digest(*parts: object) -> str:
@@ -47,27 +51,50 @@ def _digest(*parts: object) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def prepare_prompts(cfg: RLConfig, cache: Path) -> tuple[str, str]:
-    """Paths of the train and held-out Parquet files (written once for the synthetic task)."""
+@dataclass
+class _Split:
+    """One dataset of the run: what messages call it, the Parquet file the run reads, and its checked rows."""
+
+    label: str  # "task.train_file /data/mine.parquet"
+    path: Path  # the file the run reads (for a held-out split: written under the cache from ``data``)
+    data: Rows  # the usable prompts with their rows in the file they came from; the bad rows found so far
+    held_out: bool = False  # ``path`` is written from ``data`` once the checks pass
+
+    def bad_of(self, bad: list[BadRow]) -> list[BadRow]:
+        """The rows of ``bad`` that belong to this dataset."""
+        rows, own = set(self.data.rows), set(self.data.bad)
+        return [b for b in bad if b.file == self.data.file and (b.row in rows or b in own)]
+
+
+def _read_splits(cfg: RLConfig, cache: Path) -> tuple[_Split, _Split]:
+    """The train and eval datasets, read and cell-checked; nothing is written for a held-out split yet."""
     task = cfg.task
     if task.name == "parquet":
+        train_path = Path(task.train_file).expanduser()
         if task.eval_file:
-            return task.train_file, task.eval_file
-        # No eval file: hold out num_eval rows of the train file, deterministically, as a separate file.
-        prompts = read_prompts(task.train_file)
-        if len(prompts) <= task.num_eval:
-            raise ValueError(f"task.train_file has {len(prompts)} rows, not enough to hold out task.num_eval="
-                             f"{task.num_eval}; lower task.num_eval or give task.eval_file")
-        directory = cache / "data" / _digest(os.path.abspath(task.train_file), os.path.getmtime(task.train_file),
-                                             task.num_eval, task.seed)
-        random.Random(task.seed).shuffle(prompts)
-        split = {"eval": prompts[: task.num_eval], "train": prompts[task.num_eval:]}
-        paths = {}
-        for name, rows in split.items():
-            paths[name] = directory / f"{name}.parquet"
-            if not paths[name].exists():
-                write_parquet([{"id": p.prompt_id, "prompt": p.text, "answer": p.answer} for p in rows], paths[name])
-        return str(paths["train"]), str(paths["eval"])
+            eval_path = Path(task.eval_file).expanduser()
+            return (_Split(f"task.train_file {train_path}", train_path, read_rows(train_path)),
+                    _Split(f"task.eval_file {eval_path}", eval_path, read_rows(eval_path)))
+        # No eval file: hold out num_eval usable rows of the train file, deterministically, as a separate file.
+        source = read_rows(train_path)
+        label = f"task.train_file {train_path}"
+        usable = len(source.prompts)
+        if task.bad_rows == "drop" or not source.bad:  # (fail: the bad rows are reported with the token checks')
+            require_usable(label, usable, source.bad, usable + len(source.bad))
+            if usable <= task.num_eval:
+                left = f" ({len(source.bad)} bad rows left out)" if source.bad else ""
+                raise DatasetError(f"task.train_file has {usable} usable rows{left}, not enough to hold out "
+                                   f"task.num_eval={task.num_eval}; lower task.num_eval or give task.eval_file")
+        order = list(range(usable))
+        random.Random(task.seed).shuffle(order)
+        # Rows left out change the split: they are part of its name (none left out: the name is as it always was).
+        dropped = [[b.row for b in source.bad]] if source.bad else []
+        directory = cache / "data" / _digest(os.path.abspath(train_path), os.path.getmtime(train_path),
+                                             task.num_eval, task.seed, *dropped)
+        train = replace(source.subset(order[task.num_eval:]), bad=source.bad)  # the file's bad rows: train's
+        return (_Split(label, directory / "train.parquet", train, held_out=True),
+                _Split(f"the eval split held out from {label} (task.num_eval={task.num_eval})",
+                       directory / "eval.parquet", source.subset(order[: task.num_eval]), held_out=True))
     directory = cache / "data" / _digest("addition", task.num_digits, task.num_train, task.num_eval, task.seed)
     train_path, eval_path = directory / "train.parquet", directory / "eval.parquet"
     if not (train_path.exists() and eval_path.exists()):
@@ -76,26 +103,112 @@ def prepare_prompts(cfg: RLConfig, cache: Path) -> tuple[str, str]:
                                         exclude={r["prompt"] for r in eval_rows})
         write_parquet(eval_rows, eval_path)
         write_parquet(train_rows, train_path)
-    return str(train_path), str(eval_path)
+    return (_Split(f"the synthetic train split {train_path}", train_path, read_rows(train_path)),
+            _Split(f"the synthetic eval split {eval_path} (task.num_eval={task.num_eval})", eval_path,
+                   read_rows(eval_path)))
 
 
-def prepare(cfg: RLConfig) -> Prepared:
+def _settle(cfg: RLConfig, splits: tuple[_Split, ...], bad: list[BadRow]) -> tuple[list[list[Prompt]], dict]:
+    """Apply task.bad_rows to ``bad`` (fail: raise them all; drop: log them); the usable prompts of each split (none
+    may be empty), and the count per reason of the rows left out. Held-out split files are written here."""
+    counts = settle(bad, cfg.task.bad_rows)
+    kept = []
+    for split in splits:
+        prompts = split.data.without(bad)
+        mine = split.bad_of(bad)
+        require_usable(split.label, len(prompts), mine, len(split.data.prompts) + len(split.data.bad))
+        kept.append(prompts)
+        if split.held_out and not split.path.exists():
+            write_parquet([{"id": p.prompt_id, "prompt": p.text, "answer": p.answer} for p in split.data.prompts],
+                          split.path)
+    return kept, counts
+
+
+def prepare_prompts(cfg: RLConfig, cache: Path) -> tuple[str, str]:
+    """Paths of the train and held-out Parquet files (written once for the synthetic task and for a held-out split),
+    after the cell checks of :mod:`rlsys.data.checks` (task.bad_rows applies; the token checks need the policy's
+    tokenizer: :func:`prepare`)."""
+    splits = _read_splits(cfg, cache)
+    _settle(cfg, splits, [b for s in splits for b in s.data.bad])
+    return str(splits[0].path), str(splits[1].path)
+
+
+def _policy_tokenizer(cfg: RLConfig, train_prompts: list[Prompt]) -> tuple[PreTrainedTokenizerBase, int | None, str]:
+    """The policy's tokenizer, its context length (None if its config names none) and where that comes from."""
+    if cfg.model.path:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
+        config = AutoConfig.from_pretrained(cfg.model.path)
+        config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        context = getattr(config, "max_position_embeddings", None)
+        return tokenizer, context, f"max_position_embeddings of {cfg.model.path}"
+    # The tiny default's vocabulary is the alphabet of its training data: only eval rows can hold unknown characters.
+    alphabet = DEFAULT_ALPHABET + "".join(sorted({c for p in train_prompts for c in p.text + p.answer}))
+    return build_char_tokenizer(alphabet), cfg.model.max_position_embeddings, "model.max_position_embeddings"
+
+
+def _token_checks(cfg: RLConfig, splits: tuple[_Split, ...], tokenizer: PreTrainedTokenizerBase,
+                  context: int | None, source: str) -> list[BadRow]:
+    new_tokens = cfg.rollout.max_new_tokens
+    if context is None:
+        log.warning("the policy's config has no max_position_embeddings: prompt lengths are not checked")
+        limit, note = None, ""
+    else:
+        limit, note = context - new_tokens, f"{source}={context} minus rollout.max_new_tokens={new_tokens}"
+        if limit < 1:
+            raise ConfigError(f"rollout.max_new_tokens={new_tokens} leaves no room for a prompt in the policy's "
+                              f"context ({source}={context}); lower rollout.max_new_tokens")
+    return [b for s in splits for b in check_tokens(s.data.file, s.data.rows, s.data.prompts, tokenizer, limit, note,
+                                                       show_ids=s.data.has_ids)]
+
+
+@dataclass(frozen=True)
+class Datasets:
+    """The checked datasets of a run and the policy tokenizer they were checked with (:func:`load_datasets`)."""
+
+    train_file: str
+    eval_file: str
+    train_prompts: list[Prompt]
+    eval_prompts: list[Prompt]
+    tokenizer: PreTrainedTokenizerBase
+    dropped_rows: dict[str, int]  # reason → rows left out (task.bad_rows=drop)
+    dropped: list[BadRow]
+    train_left_out: list[int]  # rows of the train file left out (they change what the warm-up trains on)
+
+
+def load_datasets(cfg: RLConfig) -> Datasets:
+    """Read and check the train and eval datasets — cell checks as the files are read, token checks (length, unknown
+    characters) with the policy's tokenizer — and apply ``task.bad_rows``. Cheap (no model weights are loaded): run
+    it before Ray starts, so bad data fails in seconds. Raises :class:`~rlsys.data.checks.DatasetError`."""
     cache = Path(cfg.output.cache_dir).expanduser()
-    train_file, eval_file = prepare_prompts(cfg, cache)
-    train_prompts, eval_prompts = read_prompts(train_file), read_prompts(eval_file)
+    splits = _read_splits(cfg, cache)
+    tokenizer, context, source = _policy_tokenizer(cfg, splits[0].data.prompts)
+    cell_bad = [b for s in splits for b in s.data.bad]
+    bad = in_file_order(cell_bad + _token_checks(cfg, splits, tokenizer, context, source))
+    (train_prompts, eval_prompts), dropped_rows = _settle(cfg, splits, bad)
+    return Datasets(str(splits[0].path), str(splits[1].path), train_prompts, eval_prompts, tokenizer, dropped_rows,
+                    bad, sorted(b.row for b in splits[0].bad_of(bad)))
+
+
+def prepare(cfg: RLConfig, data: Datasets | None = None) -> Prepared:
+    """Check the datasets (:func:`load_datasets`, unless ``data`` is given), then build (or find cached) the
+    warmed-up initial policy."""
+    data = data or load_datasets(cfg)
+    cache = Path(cfg.output.cache_dir).expanduser()
+    tokenizer, train_prompts, train_file = data.tokenizer, data.train_prompts, data.train_file
+    # The warm-up trains on the usable train rows: rows left out are part of the key (none: the key is unchanged).
+    left_out = [data.train_left_out] if data.train_left_out else []
     key = _digest(asdict(cfg.model), asdict(cfg.warmup), train_file, os.path.getmtime(train_file),
-                  rlsys.__version__, transformers.__version__, torch.__version__)
+                  rlsys.__version__, transformers.__version__, torch.__version__, *left_out)
     model_dir = cache / "models" / key
+    done = partial(Prepared, str(model_dir), train_file, data.eval_file, train_prompts, data.eval_prompts,
+                   dropped_rows=data.dropped_rows, dropped=data.dropped)
     if (model_dir / "config.json").exists():
-        return Prepared(str(model_dir), train_file, eval_file, train_prompts, eval_prompts, True, 0.0)
+        return done(True, 0.0)
 
     start = time.perf_counter()
     if cfg.model.path:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
         model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=torch.float32)
     else:
-        alphabet = DEFAULT_ALPHABET + "".join(sorted({c for p in train_prompts for c in p.text + p.answer}))
-        tokenizer = build_char_tokenizer(alphabet)
         model = build_tiny_llama(cfg.model, tokenizer)
     if cfg.warmup.steps:
         losses = supervised_warmup(model, tokenizer, train_prompts, cfg.warmup, seed=cfg.model.seed)
@@ -107,5 +220,4 @@ def prepare(cfg: RLConfig) -> Prepared:
         tmp.rename(model_dir)  # atomic: a concurrent run sees all of the checkpoint or none of it
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)  # another run finished the same checkpoint first
-    return Prepared(str(model_dir), train_file, eval_file, train_prompts, eval_prompts, False,
-                    time.perf_counter() - start)
+    return done(False, time.perf_counter() - start)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import asdict
@@ -13,12 +14,19 @@ import ray
 from tqdm import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from rlsys.actors.placement import create_actors, setup_learners, shutdown_actors
+from rlsys.actors.placement import (
+    check_cluster,
+    check_local_cpus,
+    create_actors,
+    setup_learners,
+    shutdown_actors,
+    total_demand,
+)
 from rlsys.config import RLConfig, to_yaml
 from rlsys.controller import Controller, RunSummary
 from rlsys.engines.generation import tensors_from_numpy
 from rlsys.metrics import MetricsWriter
-from rlsys.prepare import prepare
+from rlsys.prepare import load_datasets, prepare
 
 log = logging.getLogger(__name__)
 
@@ -36,36 +44,43 @@ def run_dir_for(cfg: RLConfig) -> Path:
 
 
 def init_ray(cfg: RLConfig) -> None:
-    """Join ``ray.address`` (``auto`` inside ``ray job submit``) or start a local Ray sized for the actors."""
+    """Join ``ray.address`` (``auto`` inside ``ray job submit``) or start a local Ray sized for the actors.
+
+    Fails at once with :class:`~rlsys.actors.placement.PlacementError` when the cluster cannot host the actors
+    (``ray.num_cpus`` below their CPUs before anything starts; then missing CPUs/GPUs of the cluster joined or
+    started), unless ``ray.autoscaling`` says that new nodes will come."""
     env = {"env_vars": dict(ACTOR_ENV)}
     if not any(s > 0 for s in (cfg.learner.num_gpus, cfg.rollout.num_gpus, cfg.reward.num_gpus)):
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     else:
         env["env_vars"].pop("DS_ACCELERATOR")
-    if ray.is_initialized():
-        return
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, runtime_env=env, log_to_driver=True)
-        return
-    # Logical CPUs: the actors' num_cpus are scheduling shares, so a laptop with 2 cores still hosts them all.
-    needed = (cfg.learner.num_learners * cfg.learner.num_cpus + cfg.rollout.num_workers * cfg.rollout.num_cpus
-              + cfg.reward.num_workers * cfg.reward.num_cpus
-              + (cfg.learner.num_cpus if cfg.algo.kl_coef > 0 and cfg.algo.reference == "actor" else 0))
-    num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, int(needed + 0.999))
-    ray.init(num_cpus=num_cpus, runtime_env=env, include_dashboard=False, log_to_driver=True)
+    if not ray.is_initialized():
+        if cfg.ray.address:
+            ray.init(address=cfg.ray.address, runtime_env=env, log_to_driver=True)
+        else:
+            check_local_cpus(cfg)
+            # Logical CPUs: the actors' num_cpus are scheduling shares, so a laptop with 2 cores still hosts them.
+            needed = total_demand(cfg)["CPU"]
+            num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(needed - 1e-9))
+            ray.init(num_cpus=num_cpus, runtime_env=env, include_dashboard=False, log_to_driver=True)
+    if not cfg.ray.autoscaling:  # with autoscaling, create_actors logs the shortfall where it waits
+        check_cluster(cfg)
 
 
 def train(cfg: RLConfig) -> tuple[RunSummary, Path]:
+    t_prep = time.perf_counter()
+    # Bad data, then a cluster too small for the config, fail in seconds: before Ray starts, and before the warm-up.
+    data = load_datasets(cfg)
+    init_ray(cfg)
     run_dir = run_dir_for(cfg)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    t_prep = time.perf_counter()
-    prepared = prepare(cfg)
+    prepared = prepare(cfg, data)
     print(f"initial policy: {prepared.model_dir} "
           f"({'cached warm-up' if prepared.warmup_cached else f'warm-up took {prepared.warmup_s:.0f} s'})")
-    init_ray(cfg)
     actors = create_actors(cfg, prepared.model_dir, str(run_dir / "samples.parquet") if cfg.output.save_samples
                            else None)
     metrics = MetricsWriter(run_dir)
+    finished = False
     try:
         setup_learners(actors.learners)
         startup_s = time.perf_counter() - t_prep
@@ -86,12 +101,20 @@ def train(cfg: RLConfig) -> tuple[RunSummary, Path]:
         save_policy(weights[0], prepared.model_dir, model_out)
         left = ray.get(actors.buffer.close.remote(summary.steps))
         report = {**asdict(summary), "startup_s": startup_s, "groups_left_in_buffer": left,
+                  "dropped_rows": prepared.dropped_rows,  # data rows left out (task.bad_rows=drop), by reason
+                  "dropped_row_list": [asdict(b) for b in prepared.dropped],
                   "model_dir": str(model_out), "run_dir": str(run_dir)}
         (run_dir / "summary.json").write_text(json.dumps(report, indent=2))
+        finished = True
     finally:
         metrics.close()
+        if not finished:  # the run stopped early: keep the sample log it has so far readable
+            try:
+                ray.get(actors.buffer.close.remote(-1), timeout=60)
+            except Exception as e:  # the buffer itself may be what failed
+                log.warning("could not flush the sample log of the stopped run: %s", e)
         shutdown_actors(actors)
-    _print_report(summary, run_dir, left, startup_s)
+    _print_report(summary, run_dir, left, startup_s, prepared.dropped_rows)
     return summary, run_dir
 
 
@@ -104,7 +127,7 @@ def save_policy(weights: ray.ObjectRef, init_dir: str, out: Path) -> None:
     AutoTokenizer.from_pretrained(init_dir).save_pretrained(out)
 
 
-def _print_report(s: RunSummary, run_dir: Path, left: int, startup_s: float) -> None:
+def _print_report(s: RunSummary, run_dir: Path, left: int, startup_s: float, dropped_rows: dict[str, int]) -> None:
     acc = s.eval_accuracy
     first, last = (acc[min(acc)], acc[max(acc)]) if acc else (float("nan"), float("nan"))
     print(f"\nheld-out accuracy: {first:.1%} at version {min(acc, default=0)} → {last:.1%} at version "
@@ -115,6 +138,12 @@ def _print_report(s: RunSummary, run_dir: Path, left: int, startup_s: float) -> 
     print(f"staleness max {s.max_staleness_seen}; dropped as stale: {s.dropped_stale_groups} groups; lost requests "
           f"(re-queued): {s.lost_requests}; reward failures: {s.reward_failures}; groups generated but never "
           f"trained (run ended): {left}")
+    if s.failed_prompts:
+        print(f"prompts dropped after {len(s.failed_prompts) and s.failed_prompts[0]['attempts']} failed requests "
+              f"each (listed in summary.json): {len(s.failed_prompts)}")
+    if dropped_rows:
+        print(f"data rows left out (task.bad_rows=drop; each is listed in summary.json): "
+              f"{', '.join(f'{reason} {n}' for reason, n in dropped_rows.items())}")
     print(f"\noutputs in {run_dir}:")
     print(f"  model/          Hugging Face checkpoint (AutoModelForCausalLM.from_pretrained('{run_dir / 'model'}'))")
     print("  tensorboard/    TensorBoard events   (tensorboard --logdir " + str(run_dir / "tensorboard") + ")")

@@ -711,6 +711,101 @@ def test_k3_is_unbiased_for_the_true_kl():
     assert (k3 >= 0).all()
 
 
+# The KL penalty's gradient. A categorical policy π_θ = softmax(θ) over V = 5 outcomes and a fixed π_ref. Sampling
+# y ~ π_θ and differentiating the estimator only through logp = log π_θ(y) (the sample is not reparameterised) has
+# expected gradient Σ_y sg(π_θ(y)) ∇_θ k(y): computed exactly below by enumerating the V outcomes with the weights
+# detached, through the real kl_estimate. The references are autograd gradients of the closed-form KLs.
+KL_THETA = (0.3, -1.2, 0.8, 0.0, -0.4)
+KL_REF_LOGITS = (-0.5, 0.4, 0.1, -1.0, 0.9)
+
+
+def _kl_grads(theta=KL_THETA, ref_logits=KL_REF_LOGITS):
+    """(∇ KL(π_θ ‖ π_ref), ∇ KL(π_ref ‖ π_θ), log π_ref, a function f ↦ ∇_θ f(log π_θ)) at θ."""
+    ref = torch.log_softmax(t(ref_logits), -1)
+
+    def grad(f):
+        theta_ = t(theta).requires_grad_(True)
+        f(torch.log_softmax(theta_, -1)).backward()
+        return theta_.grad
+
+    reverse = grad(lambda logp: (logp.exp() * (logp - ref)).sum())  # Σ π log(π / π_ref)
+    forward = grad(lambda logp: (ref.exp() * (ref - logp)).sum())  # Σ π_ref log(π_ref / π)
+    return reverse, forward, ref, grad
+
+
+def test_kl_estimators_gradient_in_the_loss_exactly():
+    """kl_in=loss: E[∇k1] = E[∇ log π] = 0; E[∇k2] = E[(log π − log π_ref) ∇ log π] = ∇ KL(π ‖ π_ref);
+    E[∇k3] = E[(1 − π_ref/π) ∇ log π] = −Σ π_ref ∇ log π = ∇ KL(π_ref ‖ π) — the forward KL."""
+    reverse, forward, ref, grad = _kl_grads()
+    # the two directions really differ here, so the assertions below tell them apart
+    assert (reverse - forward).abs().max() > 0.05 and reverse.abs().max() > 0.1
+
+    def expected(kind):  # Σ_y sg(π(y)) ∇ k(y)
+        return grad(lambda logp: (logp.exp().detach() * kl_estimate(logp, ref, kind)).sum())
+
+    np.testing.assert_allclose(expected("k1"), np.zeros(5), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(expected("k2"), reverse, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(expected("k3"), forward, rtol=1e-12, atol=1e-15)
+
+
+def test_kl_estimators_gradient_in_the_reward_exactly():
+    """kl_in=reward: the value is a (detached) reward, so the policy gradient is E[k ∇ log π]. Only k1 gives
+    ∇ KL(π ‖ π_ref) (the score-function identity); k3 gives ∇ KL(π ‖ π_ref) − ∇ KL(π_ref ‖ π), and k2
+    ∇ E[k2] − ∇ KL(π ‖ π_ref): both vanish to first order in θ − θ_ref (no pull back to the reference)."""
+    reverse, forward, ref, grad = _kl_grads()
+
+    def expected(kind):  # Σ_y sg(π(y) k(y)) ∇ log π(y)
+        return grad(lambda logp: (logp.exp().detach() * kl_estimate(logp, ref, kind).detach() * logp).sum())
+
+    mean_k2 = grad(lambda logp: (logp.exp() * 0.5 * (logp - ref).pow(2)).sum())  # ∇ Σ π ½ (log π − log π_ref)²
+    np.testing.assert_allclose(expected("k1"), reverse, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(expected("k3"), reverse - forward, rtol=1e-10, atol=1e-15)
+    np.testing.assert_allclose(expected("k2"), mean_k2 - reverse, rtol=1e-10, atol=1e-15)
+    # θ_ref + ε·d: relative to ∇ KL(π ‖ π_ref), k2's and k3's reward gradients shrink like ε, k1's stays 1
+    direction = t([1.0, -0.5, 0.2, 0.7, -1.4])
+    for eps in (1e-1, 1e-2, 1e-3):
+        theta = (t(KL_THETA) + eps * direction).tolist()
+        reverse, _, ref, grad = _kl_grads(theta, KL_THETA)
+        for kind, lo, hi in (("k1", 1.0 - 1e-9, 1.0 + 1e-9), ("k2", 0.3 * eps, 1.0 * eps),
+                             ("k3", 0.3 * eps, 1.0 * eps)):
+            g = grad(lambda logp: (logp.exp().detach() * kl_estimate(logp, ref, kind).detach() * logp).sum())
+            assert lo < float(g.norm() / reverse.norm()) < hi, (kind, eps)
+
+
+def test_kl_estimators_gradient_monte_carlo():
+    """The same with sampled tokens through token_logprobs, as the learner computes it: the mean of ∇k over N draws
+    is within 5 standard errors of the exact expectation (k2 → reverse KL's gradient, k3 → forward's, k1 → 0)."""
+    reverse, forward, ref, _ = _kl_grads()
+    n = 200_000
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.multinomial(torch.softmax(t(KL_THETA), -1), n, replacement=True, generator=gen).view(1, n)
+    p = torch.softmax(t(KL_THETA), -1)
+    for kind, exact in (("k1", torch.zeros(5, dtype=F64)), ("k2", reverse), ("k3", forward)):
+        theta = t(KL_THETA).requires_grad_(True)
+        logp = token_logprobs(theta.view(1, 1, 5).expand(1, n, 5), tokens).double()  # float32 inside, as in training
+        kl_estimate(logp, ref[tokens], kind).mean().backward()
+        # per-outcome gradient of k(y): k'(log π(y)) (e_y − π); its exact variance under π gives the standard error
+        d = {"k1": torch.ones(5, dtype=F64), "k2": p.log() - ref, "k3": 1 - (ref - p.log()).exp()}[kind]
+        per_y = d.view(5, 1) * (torch.eye(5, dtype=F64) - p)
+        se = ((p.view(5, 1) * (per_y - exact).pow(2)).sum(0) / n).sqrt()
+        assert ((theta.grad - exact).abs() < 5 * se + 1e-6).all(), (kind, theta.grad, exact, se)
+        if kind == "k3":  # and it tells the two directions apart
+            assert ((theta.grad - reverse).abs() > 10 * se).any()
+
+
+def test_kl_estimators_values_expectation():
+    """The logged value (train/kl): E_π[k1] = E_π[k3] = KL(π ‖ π_ref); E_π[k2] = ½ E_π[(log π − log π_ref)²] is not."""
+    logp = torch.log_softmax(t(KL_THETA), -1)
+    ref = torch.log_softmax(t(KL_REF_LOGITS), -1)
+    p, q = logp.exp(), ref.exp()
+    reverse = float((p * (p / q).log()).sum())
+    mean = {k: float((p * kl_estimate(logp, ref, k)).sum()) for k in ("k1", "k2", "k3")}
+    assert mean["k1"] == pytest.approx(reverse, rel=1e-12)
+    assert mean["k3"] == pytest.approx(reverse, rel=1e-12)
+    assert abs(mean["k2"] - reverse) > 0.01 * reverse  # biased (only a second-order approximation of the KL)
+    assert mean["k2"] == pytest.approx(float((p * 0.5 * ((p / q).log()) ** 2).sum()), rel=1e-12)
+
+
 def test_token_logprobs_and_entropy():
     logits = torch.tensor([[[0.0, math.log(3.0)]]])  # p = [0.25, 0.75]
     assert token_logprobs(logits, torch.tensor([[1]])).item() == pytest.approx(math.log(0.75))

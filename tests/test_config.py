@@ -268,6 +268,7 @@ def test_cli_algo_flag_merges_the_recipe(capsys) -> None:
 
 
 def test_reward_components_are_checked_scope_step_and_model(tmp_path) -> None:
+    (tmp_path / "config.json").write_text("{}")  # a checkpoint directory, as far as the config check looks
     good = load_config(None, [
         "reward.components=[{name: c, fn: addition_exact}, "
         f"{{name: rm, weight: 0.5, model: {{kind: classifier, paths: ['{tmp_path}'], ensemble: min}}}}, "
@@ -294,3 +295,51 @@ def test_reward_components_are_checked_scope_step_and_model(tmp_path) -> None:
                    "reference_relative needs kind=classifier and scope=sample",
                    "model.ensemble='median'"]:
         assert needle in message, needle
+
+
+def test_the_default_kl_estimator_is_the_one_whose_gradient_is_the_reverse_kl_where_it_is_used():
+    """k2 in the loss, k1 in the reward (the gradients are pinned in tests/test_algos.py); an explicit choice wins."""
+    assert load_config(None, ["algo.kl_in=loss"]).algo.kl_kind == "k2"
+    assert load_config(None, ["algo.kl_in=reward"]).algo.kl_kind == "k1"
+    assert load_config(None, ["algo.kl_in=loss", "algo.kl_estimator=k3"]).algo.kl_kind == "k3"
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["rollout.group_size=1"], ["rollout.group_size=1 with algo.advantage=grpo", "nothing would train"]),
+    (["rollout.group_size=1", "algo.advantage=rloo"], ["algo.advantage=rloo"]),
+    (["rollout.group_size=1", "algo.advantage=dr_grpo"], ["algo.advantage=dr_grpo"]),
+    (["rollout.group_size=1", "algo.advantage=reinforce_pp_baseline"], ["algo.advantage=reinforce_pp_baseline"]),
+    (["rollout.group_size=1", "algo.advantage=reinforce_pp", "algo.dynamic_sampling=true"],
+     ["algo.dynamic_sampling=true with rollout.group_size=1"]),
+    (["rollout.group_size=1", "algo.advantage=reinforce_pp", "algo.filter_zero_variance=true"],
+     ["algo.filter_zero_variance=true with rollout.group_size=1"]),
+    (["reward.components=[{name: fmt, fn: regex_format, params: {patern: '[0-9]+'}}]"],
+     ["reward.components[0].params of fn='regex_format': unknown key(s) 'patern' and missing required key(s) "
+      "'pattern' (it takes pattern, flags, max_chars)"]),
+    (["reward.components=[{name: fmt, fn: regex_format}]"],
+     ["reward.components[0].params of fn='regex_format': missing required key(s) 'pattern'"]),
+    (["reward.components=[{name: short, fn: length_penalty, params: {tolerance: 1}}]"],
+     ["missing required key(s) 'target'"]),
+    (["reward.components=[{name: ok, fn: exact_match, params: {strict: true}}]"],
+     ["unknown key(s) 'strict' (it takes no params)"]),
+])
+def test_settings_that_would_silently_do_nothing_are_refused(overrides, expected):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    for text in expected:
+        assert text in str(e.value), str(e.value)
+
+
+def test_group_size_one_is_fine_where_advantages_are_not_group_relative():
+    for advantage in ("reinforce_pp", "gae"):
+        load_config(None, ["rollout.group_size=1", f"algo.advantage={advantage}"])
+    load_config(None, ["reward.components=[{name: short, fn: length_penalty, params: {target: 3}}]"])
+
+
+def test_a_model_path_without_config_json_is_not_a_checkpoint(tmp_path):
+    (tmp_path / "tokenizer.json").write_text("{}")
+    for overrides in ([f"model.path={tmp_path}"],
+                      [f"reward.components=[{{name: rm, model: {{kind: classifier, paths: ['{tmp_path}']}}}}]"]):
+        with pytest.raises(ConfigError, match="no config.json — not a Hugging Face checkpoint"):
+            load_config(None, overrides)
+    assert main(["eval", str(tmp_path)]) == 2

@@ -102,11 +102,19 @@ def test_update_does_not_depend_on_the_split(ray_session, tiny_policy, batches, 
     runs["2x2"] = run_steps(ray, model_dir, batches, 2, per_update // 4, algo, **LINEAR_ADAM)
     ref_params, ref_steps, _ = runs["1x1"]
     moved = np.abs(ref_params - run_steps(ray, model_dir, [], 1, per_update, algo)[0])
-    assert np.median(moved[moved > 0]) > 1e-5, "the steps hardly moved the parameters: the check would be vacuous"
+    typical_move = np.median(moved[moved > 0])
+    # Tolerance from the run itself, not from one machine's numbers: a few ulps of each parameter (summation order
+    # changes with the split; lr = 100 amplifies it) plus 2 % of the typical movement. A split error (a wrong
+    # normaliser on one micro-batch or rank) moves a typical coordinate by about the typical movement, so the
+    # check is only meaningful while the tolerance stays well below it.
+    tol = 4 * np.spacing(np.abs(ref_params)) + 0.02 * typical_move
+    assert np.median(tol) < 0.25 * typical_move, (
+        f"the steps moved the parameters by {typical_move:.2e} (median), too little above float rounding "
+        f"({np.median(tol):.2e}) for the comparison to mean anything")
     for name, (params, steps, other_rank) in runs.items():
-        # atol: float rounding of summation order, amplified by lr = 100 (a split error moves most coordinates by
-        # about the median movement, ≥ 1e-5 as checked above)
-        np.testing.assert_allclose(params, ref_params, rtol=0, atol=5e-6, err_msg=f"parameters differ for {name}")
+        err = np.abs(params - ref_params)
+        assert np.all(err <= tol), (f"parameters differ for {name}: max |Δ| {err.max():.2e}, worst |Δ|/tolerance "
+                                    f"{(err / tol).max():.2f}, typical movement {typical_move:.2e}")
         np.testing.assert_array_equal(params, other_rank)  # data-parallel replicas stay identical
         for step, ref in zip(steps, ref_steps):
             for key in ("grad_norm", "loss", "pg_loss", "entropy"):
@@ -132,9 +140,11 @@ def test_kl_to_the_frozen_reference_starts_at_zero_and_grows(ray_session, tiny_p
     _, steps, _ = run_steps(ray, model_dir, batches, 1, 8, AlgoConfig(kl_coef=0.1, kl_in=kl_in))
     first, second = steps
     assert first["kl"] == pytest.approx(0.0, abs=1e-7)  # the policy is still the reference
-    assert second["kl"] > 1e-6
-    if kl_in == "loss":  # the loss is the policy-gradient term plus kl_coef × KL (token-mean aggregation)
-        assert second["loss"] == pytest.approx(second["pg_loss"] + 0.1 * second["kl"], rel=1e-4)
+    assert first["kl_penalty"] == pytest.approx(0.0, abs=1e-7)
+    assert second["kl"] > 1e-6  # the k3 metric; kl_penalty is the configured estimator's value (default k2)
+    assert second["kl_penalty"] > 1e-6
+    if kl_in == "loss":  # the loss is the policy-gradient term plus kl_coef × penalty (token-mean aggregation)
+        assert second["loss"] == pytest.approx(second["pg_loss"] + 0.1 * second["kl_penalty"], rel=1e-4)
     else:  # the penalty is in the advantages, not in the loss
         assert second["loss"] == pytest.approx(second["pg_loss"], rel=1e-4)
 

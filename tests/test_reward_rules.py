@@ -1,4 +1,5 @@
-"""Unit tests for the text and structured rule-based rewards (rlsys.rewards.text, rlsys.rewards.structured)."""
+"""Unit tests for the text, structured and maths rule-based rewards (rlsys.rewards.text, rlsys.rewards.structured,
+rlsys.rewards.rules' math_verify)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import time
 import pytest
 
 from rlsys.rewards import structured, text
-from rlsys.rewards.registry import get_reward_fn
+from rlsys.rewards.registry import Scored, get_reward_fn
+from rlsys.rewards.rules import math_verify_reward
 from rlsys.rewards.structured import json_reward, tool_call_reward
 from rlsys.rewards.text import (
     answer_tag_match,
@@ -170,7 +172,6 @@ def test_regex_format_max_chars():
 
 
 @pytest.mark.parametrize(("params", "message"), [
-    ({}, "'pattern' must be a non-empty"),
     ({"pattern": ""}, "'pattern' must be a non-empty"),
     ({"pattern": 5}, "'pattern' must be a non-empty"),
     ({"pattern": "(unclosed"}, r"invalid regex pattern '\(unclosed'"),
@@ -256,7 +257,6 @@ def test_length_penalty_words():
 
 
 @pytest.mark.parametrize(("params", "message"), [
-    ({}, "'target' is required"),
     ({"target": -1}, "'target' must be >= 0"),
     ({"target": "100"}, "'target' must be an int"),
     ({"target": True}, "'target' must be an int"),
@@ -270,6 +270,16 @@ def test_length_penalty_words():
 def test_length_penalty_bad_params(params, message):
     with pytest.raises(ValueError, match=message):
         length_penalty("abc", "", **params)
+
+
+def test_required_params_are_required_by_the_signature():
+    """The config check binds params to the signature (tests/test_config.py), so required ones have no default."""
+    with pytest.raises(TypeError, match="required keyword-only argument: 'target'"):
+        length_penalty("abc", "")
+    with pytest.raises(TypeError, match="required keyword-only argument: 'buffer'"):
+        overlong_penalty("abc", "", max_len=100)
+    with pytest.raises(TypeError, match="required keyword-only argument: 'pattern'"):
+        regex_format("abc", "")
 
 
 # ---------------------------------------------------------------- overlong_penalty
@@ -290,8 +300,6 @@ def test_overlong_penalty_words_and_full_buffer():
 
 
 @pytest.mark.parametrize(("params", "message"), [
-    ({}, "'max_len' is required"),
-    ({"max_len": 100}, "'buffer' is required"),
     ({"max_len": 0, "buffer": 1}, "'max_len' must be >= 1"),
     ({"max_len": 100, "buffer": 0}, "'buffer' must be >= 1"),
     ({"max_len": 100, "buffer": -5}, "'buffer' must be >= 1"),
@@ -480,3 +488,253 @@ def test_tool_call_reward_nesting_bomb():
 def test_tool_call_reward_bad_reference_raises(reference, message):
     with pytest.raises(ValueError, match=message):
         tool_call_reward(_call(), reference)
+
+
+# ---------------------------------------------------------------- math_verify
+# Real math-verify, no mocks, called directly: pytest runs tests in the main thread, where its signal timeouts work.
+
+# Boxes far apart: the last one is the answer (boxes listed together, "\boxed{3} or \boxed{4}", are one answer).
+RECHECKED = (r"First try: $\boxed{3}$. Let me recheck that carefully, since the second step looked wrong. "
+             r"Redo: $\boxed{4}$")
+MATH_VERIFY_CASES = [
+    # -- the reported faults
+    (r"The answer is 2 + \sqrt{3}", "2", 0.0),
+    (r"The answer is 2 + \sqrt{3}", r"2 + \sqrt{3}", 1.0),
+    ("So it is (C)", "C", 1.0),
+    (r"The answer is \$250.", r"\$250", 1.0),
+    (r"$\boxed{\frac{1}{3^{41}}}$", r"\frac{1}{3^{40}}", 0.0),
+    # -- wrong answers whose leading number matches: never 1.0
+    (r"The answer is 2x", "2", 0.0),
+    (r"The answer is 2^{10}", "2", 0.0),
+    (r"The answer is 2\pi", "2", 0.0),
+    (r"The answer is 3/4", "3", 0.0),
+    (r"The answer is 1.5", "1", 0.0),
+    (r"Answer: 2 \cdot 5", "2", 0.0),
+    (r"The answer is 5!", "5", 0.0),
+    (r"The answer is 10^{-3}", "10", 0.0),
+    ("The answer is -5.", "5", 0.0),
+    (r"So we get 2\sqrt{2}.", "2", 0.0),
+    (r"Therefore x = 2 + \sqrt{3}", "2", 0.0),
+    (r"The answer is $2 + \sqrt{3}$", "2", 0.0),
+    ("#### 72.5", "72", 0.0),
+    (r"The answer is 2e5", "2", 0.0),
+    # -- correct unboxed expressions
+    (r"The answer is 2\sqrt{2}.", r"2\sqrt{2}", 1.0),
+    (r"The answer is \frac{1}{2}", "0.5", 1.0),
+    (r"So x = 2 + \sqrt{3}.", r"2+\sqrt{3}", 1.0),
+    (r"We find that 3 + 4 = 7.", "7", 1.0),
+    (r"Thus the area is 2\pi r^2 = 18\pi square units.", r"18\pi", 1.0),
+    (r"Answer: \(\frac{3}{4}\)", "0.75", 1.0),
+    (r"The answer is: $$x = 5$$", "5", 1.0),
+    ("The answer is 2^{10}", "1024", 1.0),
+    # -- boxed vs unboxed: the last box wins; a box beats a marker; a marker beats the last expression
+    (r"The answer is 3. Final: $\boxed{4}$", "4", 1.0),
+    (r"The answer is 3. Final: $\boxed{4}$", "3", 0.0),
+    (RECHECKED, "4", 1.0),
+    (RECHECKED, "3", 0.0),
+    (r"$\boxed{3}$ or $\boxed{4}$", "4", 0.0),
+    (r"The answer is 3. Checking: 2 + 2 = 4", "3", 1.0),
+    (r"The answer is 3. Checking: 2 + 2 = 4", "4", 0.0),
+    ("First 3, then 5, finally 7", "7", 1.0),
+    ("First 3, then 5, finally 7", "3", 0.0),
+    (r"$\boxed{1}$ and $\boxed{2}$", "1, 2", 1.0),
+    # -- currency / units / percent on either side
+    ("The total is $250.", "250", 1.0),
+    ("The total is $250.", r"\$250", 1.0),
+    (r"$\boxed{\$250}$", "250", 1.0),
+    (r"$\boxed{250 \text{ dollars}}$", r"\$250", 1.0),
+    ("She pays 250 dollars.", r"\$250", 1.0),
+    ("#### $1,000", "1000", 1.0),
+    ("#### 1,000", r"\$1,000", 1.0),
+    (r"$\boxed{250}$", "250 dollars", 1.0),
+    (r"$\boxed{250}$", r"250\text{ dollars}", 1.0),
+    (r"$\boxed{251}$", r"\$250", 0.0),
+    ("The answer is 250%", r"250\%", 1.0),
+    (r"The answer is $250\%$", "250%", 1.0),
+    ("The answer is 25%", "0.25", 1.0),
+    ("The answer is 26%", "0.25", 0.0),
+    ("The answer is 5 cm.", "5", 1.0),
+    (r"$\boxed{5\text{ cm}}$", "5 cm", 1.0),
+    (r"$\boxed{6\text{ cm}}$", "5 cm", 0.0),
+    ("It is 12 apples", "12", 1.0),
+    ("The angle is 90°", r"90^\circ", 1.0),
+    (r"The answer is $1,\!000$", "1000", 1.0),
+    # -- multiple choice
+    ("So it is (C)", "(C)", 1.0),
+    ("The answer is C", "C", 1.0),
+    ("The answer is C.", "(C)", 1.0),
+    ("Answer: C)", "C", 1.0),
+    (r"The answer is $\text{(C)}$", "C", 1.0),
+    (r"$\boxed{C}$", "C", 1.0),
+    (r"$\boxed{\text{(C)}}$", "(C)", 1.0),
+    (r"$\boxed{\textbf{(C) }12}$", "C", 1.0),
+    (r"The answer is **C**", r"\text{(C)}", 1.0),
+    ("... so it must be C.", "C", 1.0),
+    ("The answer is (C) 12", "(C) 12", 1.0),
+    ("Clearly", "C", 0.0),
+    ("Clearly the answer is B", "C", 0.0),
+    ("So it is (B)", "C", 0.0),
+    ("Options A, B and C are wrong, so the answer is D", "C", 0.0),
+    ("Computing P(C) = 0.5 gives (B)", "C", 0.0),
+    ("Cats can climb.", "C", 0.0),
+    ("The answer is Clearly D", "C", 0.0),
+    (r"$\boxed{B}$", "C", 0.0),
+    ("The answer is (C)", "B", 0.0),
+    ("I think it is C, no wait: (D)", "C", 0.0),
+    # -- relative tolerance
+    (r"$\boxed{1.1\times10^{-20}}$", r"1\times10^{-20}", 0.0),
+    ("The answer is 1.1e-20", "1e-20", 0.0),
+    ("The answer is 1.0000000001e20", "1e20", 1.0),
+    (r"$\boxed{1.0000000001 \times 10^{20}}$", r"10^{20}", 1.0),
+    (r"$\boxed{1.0001 \times 10^{20}}$", r"10^{20}", 0.0),
+    (r"$\boxed{0.333333}$", r"\frac{1}{3}", 1.0),
+    (r"$\boxed{0.3333}$", r"\frac{1}{3}", 0.0),
+    (r"$\boxed{1.41421356}$", r"\sqrt{2}", 1.0),
+    (r"$\boxed{1.414}$", r"\sqrt{2}", 0.0),
+    (r"$\boxed{0.0000001}$", "0", 0.0),
+    (r"$\boxed{\frac{1}{3^{40}}}$", r"\frac{1}{3^{40}}", 1.0),
+    (r"$\boxed{3^{-40}}$", r"\frac{1}{3^{40}}", 1.0),
+    (r"$\boxed{1000001}$", "1000000", 0.0),
+    (r"$\boxed{1000000.1}$", "1000000", 1.0),
+    # -- GSM8K
+    ("Janet sells 16 - 3 - 4 = 9 eggs, 9 * 2 = 18 dollars.\n#### 18", "18", 1.0),
+    ("16 - 3 - 4 = 9 eggs\n#### 9", "18", 0.0),
+    ("#### 72", "72", 1.0),
+    ("#### 72", "72.0", 1.0),
+    ("#### 7", "72", 0.0),
+    # -- worked before and still does
+    (r"The answer is $\boxed{42}$", "42", 1.0),
+    (r"So we get $\boxed{0.5}$.", r"\frac{1}{2}", 1.0),
+    (r"$\boxed{2}$", r"2\sqrt{2}", 0.0),
+    ("I don't know", "42", 0.0),
+    ("", "42", 0.0),
+    (r"The answer is $\boxed{x = 3}$", "3", 1.0),
+    (r"$\boxed{(1, 2)}$", "(1, 2)", 1.0),
+    (r"$\boxed{[0, 1)}$", "[0,1)", 1.0),
+    (r"$\boxed{\text{Monday}}$", r"\text{Monday}", 1.0),
+    (r"The final answer is $\frac{7}{2}$. I hope it is correct.", "3.5", 1.0),
+]
+
+
+@pytest.mark.parametrize(("completion", "reference", "expected"), MATH_VERIFY_CASES)
+def test_math_verify_cases(completion, reference, expected):
+    assert math_verify_reward(completion, reference) == expected
+
+
+# Expressions that start with the number 2 but are not 2: read as a whole, never as their leading number.
+LEADING_TWO = [r"2 + \sqrt{3}", "2x", "2^{10}", r"2\pi", "2/3", "2.5", r"2 \cdot 5", "2e5", r"2\sqrt{2}",
+               r"2 \times 10^{3}", "2 - 1", "2(3)"]
+ANSWER_FORMS = ["The answer is {}", "Answer: {}", "#### {}", "So we get {}.", "$\\boxed{{{}}}$", "The answer is ${}$",
+                "Thus x = {}", "The final answer is ${}$. I hope it is correct."]
+
+
+@pytest.mark.parametrize("form", ANSWER_FORMS)
+@pytest.mark.parametrize("expression", LEADING_TWO)
+def test_math_verify_reads_the_whole_expression(expression, form):
+    completion = form.format(expression)
+    assert math_verify_reward(completion, "2") == 0.0  # a wrong answer is never rewarded
+    assert math_verify_reward(completion, expression) == 1.0  # and the right one is
+
+
+@pytest.mark.parametrize("completion", [
+    "Clearly", "Cats can climb.", "Calculate it: 3 + 4 = 7", "ABC is a triangle", "CO2 is a gas", "The chosen one is B",
+    "P(C) = 0.5", "So it is (c)", "c)", "The answer is c, d or e", "the answer is Clearly D", r"$\boxed{c + 1}$",
+    "The answer is a circle", "",
+])
+def test_math_verify_letter_inside_a_word_is_not_an_option(completion):
+    assert math_verify_reward(completion, "C") == 0.0
+    assert math_verify_reward(completion, "(C)") == 0.0
+
+
+@pytest.mark.parametrize("reference", [
+    "C", "(C)", "C)", "[C]", r"\text{(C)}", "$C$", r"\boxed{C}", "(C) 12", "option C",
+])
+@pytest.mark.parametrize("completion", [
+    "So it is (C)", "The answer is C", "Answer: C)", r"The answer is $\text{(C)}$", r"$\boxed{C}$", r"$\boxed{(C)}$",
+    r"$\boxed{\textbf{(C) }12}$", "The answer is option C.", "**Answer:** (C)", "It must be C.",
+    r"$\boxed{c}$", "The answer is (c).",  # lower case only when the letter is the whole answer
+])
+def test_math_verify_option_letter_spellings(completion, reference):
+    assert math_verify_reward(completion, reference) == 1.0
+    assert math_verify_reward(completion.replace("C", "D").replace("c", "d"), reference) == 0.0
+
+
+@pytest.mark.parametrize(("completion", "reference", "expected"), [
+    ("The answer is 1.1e-20", "1e-20", 0.0),
+    ("The answer is 1.000002e-20", "1e-20", 0.0),
+    ("The answer is 1.000001e-20", "1e-20", 1.0),  # |a - b| = 1e-26 <= 1e-6 * 1.000001e-20
+    ("The answer is 1.0000001e-20", "1e-20", 1.0),
+    ("The answer is 1.0000000001e20", "1e20", 1.0),
+    ("The answer is 1.00001e20", "1e20", 0.0),
+    ("The answer is 100000000000000000001", "1e20", 0.0),  # both exact: no tolerance
+    (r"$\boxed{\frac{1}{3^{41}}}$", r"\frac{1}{3^{40}}", 0.0),
+    (r"$\boxed{0.00000001}$", r"0.00000002", 0.0),
+    (r"$\boxed{-1.0000001}$", "-1", 1.0),
+    (r"$\boxed{-1.0000001}$", "1", 0.0),
+    (r"$\boxed{3.1415927}$", r"\pi", 1.0),
+    (r"$\boxed{3.14}$", r"\pi", 0.0),
+])
+def test_math_verify_relative_tolerance(completion, reference, expected):
+    assert math_verify_reward(completion, reference) == expected
+
+
+def test_math_verify_rel_tol_param():
+    assert math_verify_reward(r"$\boxed{1.0001}$", "1") == 0.0
+    assert math_verify_reward(r"$\boxed{1.0001}$", "1", rel_tol=1e-3) == 1.0
+    assert math_verify_reward(r"$\boxed{1.0000001}$", "1", rel_tol=0) == 0.0  # 0: decimals must be exact
+    assert math_verify_reward(r"$\boxed{1.0}$", "1", rel_tol=0) == 1.0
+    assert math_verify_reward(r"$\boxed{1001}$", "1000", rel_tol=0.01) == 0.0  # exact numbers: no tolerance
+
+
+def test_math_verify_require_param():
+    boxed, marked, unmarked = r"so $\boxed{5}$", "The answer is 5", "So it is 5"
+    no_box, no_marker = Scored(0.0, "no \\boxed answer"), math_verify_reward(unmarked, "5", require="marked")
+    assert isinstance(no_marker, Scored) and no_marker.value == 0.0 and "no marked final answer" in no_marker.reason
+    for completion in (boxed, marked, unmarked):  # the default accepts every form
+        assert math_verify_reward(completion, "5") == 1.0
+        assert math_verify_reward(completion, "5", require="any") == 1.0
+    assert math_verify_reward(boxed, "5", require="marked") == 1.0
+    assert math_verify_reward(marked, "5", require="marked") == 1.0
+    assert math_verify_reward(boxed, "5", require="boxed") == 1.0
+    assert math_verify_reward(marked, "5", require="boxed") == no_box
+    assert math_verify_reward(unmarked, "5", require="boxed") == no_box
+    assert math_verify_reward("So it is (C)", "C", require="boxed") == no_box  # multiple choice too
+    assert math_verify_reward(r"$\boxed{C}$", "C", require="boxed") == 1.0
+    assert math_verify_reward(r"$\boxed{4}$", "5", require="boxed") == 0.0  # boxed but wrong: a plain 0.0
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"require": "box"}, "'require' must be one of"),
+    ({"require": None}, "'require' must be one of"),
+    ({"rel_tol": -1e-6}, r"'rel_tol' must be a number in \[0, 1\)"),
+    ({"rel_tol": 1}, r"'rel_tol' must be a number in \[0, 1\)"),
+    ({"rel_tol": float("nan")}, r"'rel_tol' must be a number in \[0, 1\)"),
+    ({"rel_tol": "1e-6"}, r"'rel_tol' must be a number in \[0, 1\)"),
+    ({"rel_tol": True}, r"'rel_tol' must be a number in \[0, 1\)"),
+])
+def test_math_verify_bad_params(params, message):
+    with pytest.raises(ValueError, match=message):
+        math_verify_reward(r"$\boxed{1}$", "1", **params)
+
+
+def test_math_verify_params_are_keyword_only():
+    with pytest.raises(TypeError):
+        math_verify_reward(r"$\boxed{1}$", "1", "boxed")  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("reference", ["", "   ", "$$", r"\boxed{}"])
+def test_math_verify_unparseable_reference_raises(reference):
+    with pytest.raises(ValueError, match="reference answer"):
+        math_verify_reward(r"$\boxed{1}$", reference)
+
+
+@pytest.mark.parametrize("completion", [
+    "", " \n\t ", WEIRD, '{"a": [1, 2', "[" * 100_000, "{" * 100_000, "$" * 100_000, "\\(" * 50_000, "1 " * 100_000,
+    "\\boxed{" * 50_000, "\\boxed{1}" * 50_000, "answer is " * 50_000, "(A) " * 50_000, "x" * 1_000_000,
+    "\\boxed{42", "The answer is \\boxed{4", "NaN", "9" * 10_000,  # an unclosed (truncated) box is no answer
+])
+def test_math_verify_adversarial_completions_score_zero(completion):
+    start = time.perf_counter()
+    assert math_verify_reward(completion, "42") == 0.0
+    assert math_verify_reward(completion, "C") == 0.0
+    assert time.perf_counter() - start < 20.0  # generous: shared CI cores; the point is no quadratic blow-up

@@ -17,6 +17,7 @@ import torch
 from rlsys.actors.rollout import RolloutBatch
 from rlsys.algos import zero_variance_groups
 from rlsys.buffer import GroupBuffer
+from rlsys.failures import FailedExample
 from rlsys.samples_io import SampleLog
 from rlsys.types import Group
 
@@ -41,6 +42,7 @@ class PutSummary:
     filtered_keys: list[tuple[str, int]] = field(default_factory=list)  # dynamic sampling dropped these groups
     components: dict[str, list[float]] = field(default_factory=dict)  # each reward term's values (NaN: failed)
     component_s: dict[str, float] = field(default_factory=dict)  # each reward term's compute seconds
+    failed_example: FailedExample | None = None  # the first sample whose reward failed, if any
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,8 @@ class BufferActor:
             components={name: [s.reward_components.get(name, math.nan) for s in samples]
                         for name in dict.fromkeys(k for s in samples for k in s.reward_components)},
             component_s=dict(batch.reward_term_s),
+            failed_example=next((FailedExample(s.prompt_id, s.response_text, s.reward_error or "")
+                                 for s in samples if s.reward_failed), None),
         )
 
     def take(self, num_groups: int, learner_version: int) -> tuple[list[Group] | None, TakeSummary]:

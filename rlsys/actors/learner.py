@@ -144,7 +144,7 @@ def compute_advantages(algo: AlgoConfig, rewards: torch.Tensor, batch: TrainBatc
     mask = batch.mask
     kl = None
     if algo.kl_coef > 0 and algo.kl_in == "reward":
-        kl = kl_estimate(batch.behaviour_logprobs, batch.ref_logprobs, algo.kl_estimator) * mask
+        kl = kl_estimate(batch.behaviour_logprobs, batch.ref_logprobs, algo.kl_kind) * mask
     returns = None
     if algo.advantage in OUTCOME_ESTIMATORS:
         r = rewards if kl is None else rewards - algo.kl_coef * kl.sum(-1).reshape(rewards.shape)

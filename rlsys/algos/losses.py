@@ -33,7 +33,20 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
 def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") -> torch.Tensor:
     """Per-token estimators of KL(π ‖ π_ref) from samples of π (Schulman, "Approximating KL divergence").
 
-    With log ρ = ref_logp − logp:  k1 = −log ρ;  k2 = ½ (log ρ)²;  k3 = ρ − 1 − log ρ  (unbiased and ≥ 0).
+    With log ρ = ref_logp − logp:  k1 = −log ρ;  k2 = ½ (log ρ)²;  k3 = ρ − 1 − log ρ.
+
+    Values (E over y ~ π): k1 and k3 are unbiased for KL(π ‖ π_ref) (k3 is also ≥ 0 per token, lower variance);
+    k2 is biased, ½ E[(log π − log π_ref)²], equal to the KL only to second order.
+
+    Gradients (y ~ π, differentiated only through ``logp``, as in the loss; ``tests/test_algos.py`` pins them):
+
+    - in the loss (``kl_in=loss``): E[∇k1] = E[∇ log π] = 0 (no penalty at all);
+      E[∇k2] = E[(log π − log π_ref) ∇ log π] = ∇ KL(π ‖ π_ref), the reverse KL; E[∇k3] = E[(1 − ρ) ∇ log π] =
+      ∇ KL(π_ref ‖ π), the *forward* KL (close to the reverse one's only near π_ref). Use k2. Per token this is
+      the gradient of the KL at each sampled prefix; the prefixes' own dependence on θ is not differentiated.
+    - in the reward (``kl_in=reward``, the value is a detached reward): E[k ∇ log π] is ∇ KL(π ‖ π_ref) for k1
+      (summed over a response: the sequence-level KL's gradient); for k3 it is ∇ KL(π ‖ π_ref) − ∇ KL(π_ref ‖ π),
+      for k2 ∇ E[k2] − ∇ KL(π ‖ π_ref): both vanish to first order in π − π_ref (no pull back). Use k1.
     """
     log_ratio = ref_logp - logp
     if kind == "k1":

@@ -217,11 +217,13 @@ class DeepSpeedPolicy:
             pg = pg * weight
             flags |= {"is_truncated": is_flags["truncated"], "is_masked": is_flags["masked"], "is_weight": weight}
         per_token = pg
-        kl = torch.zeros_like(pg)
+        kl = kl_penalty = torch.zeros_like(pg)
         if mb.ref_logprobs is not None:  # logged either way; in the loss only for kl_in=loss
-            kl = kl_estimate(logp, mb.ref_logprobs.to(dev), a.kl_estimator)
+            ref = mb.ref_logprobs.to(dev)
+            kl_penalty = kl_estimate(logp, ref, a.kl_kind)  # its gradient is what the loss minimises
+            kl = kl_estimate(logp.detach(), ref, "k3")  # the metric: unbiased for KL(π ‖ π_ref) with any estimator
             if a.kl_in == "loss":
-                per_token = per_token + a.kl_coef * kl
+                per_token = per_token + a.kl_coef * kl_penalty
         entropy = entropy_from_logits(logits if a.entropy_coef > 0 else logits.detach(), self.temperature)
         if a.entropy_coef > 0:
             per_token = per_token - a.entropy_coef * entropy
@@ -235,8 +237,9 @@ class DeepSpeedPolicy:
         def share(x: torch.Tensor) -> torch.Tensor:
             return (x.detach() * token_w).sum()
 
-        out = {"loss": loss.detach(), "pg_loss": share(pg), "kl": share(kl), "entropy": share(entropy),
-               "behaviour_kl": share(kl_estimate(behaviour, prox, "k3")), "adv_mean": share(adv)}
+        out = {"loss": loss.detach(), "pg_loss": share(pg), "kl": share(kl), "kl_penalty": share(kl_penalty),
+               "entropy": share(entropy), "behaviour_kl": share(kl_estimate(behaviour, prox, "k3")),
+               "adv_mean": share(adv)}
         out |= {f"{k}_frac" if k != "is_weight" else "is_weight_mean": share(v) for k, v in flags.items()}
         live = mask > 0
         peaks = {}

@@ -2,7 +2,9 @@
 
 A reward function maps ``(completion_text, reference_answer, **params)`` to a float, or to a :class:`Scored` (the
 float plus the reason behind it, e.g. why sandboxed code earned 0); ``params`` are keyword arguments from the config
-(a reward component's ``params``), so every function must work with none given.
+(a reward component's ``params``): a parameter without a default is required, and the config check binds each
+component's params to its function's signature at start-up, so a misspelled or missing key is refused before a run
+starts instead of failing every sample.
 Built-in rewards register themselves with :func:`register_reward`; user rewards need no registration and are given
 as ``"package.module:function"``.
 Lookup by string (rather than passing function objects around) lets a config name the reward and lets a child

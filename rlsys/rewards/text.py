@@ -127,7 +127,7 @@ def _text_length(fn_name: str, completion: str, unit: str) -> int:
 
 
 @register_reward("regex_format")
-def regex_format(completion: str, reference: str, *, pattern: str = "", flags: str = "s",
+def regex_format(completion: str, reference: str, *, pattern: str, flags: str = "s",
                  max_chars: int = 100_000) -> float:
     """1.0 iff ``re.fullmatch(pattern, completion.strip(), flags)`` matches, else 0.0. The reference is ignored.
 
@@ -191,7 +191,7 @@ def answer_tag_match(completion: str, reference: str) -> float:
 
 
 @register_reward("length_penalty")
-def length_penalty(completion: str, reference: str, *, target: int | None = None, tolerance: int = 0,
+def length_penalty(completion: str, reference: str, *, target: int, tolerance: int = 0,
                    scale: float | None = None, unit: str = "chars") -> float:
     """Shaping penalty in [-1, 0] for a completion length away from ``target``. The reference is ignored.
 
@@ -217,7 +217,7 @@ def length_penalty(completion: str, reference: str, *, target: int | None = None
 
 
 @register_reward("overlong_penalty")
-def overlong_penalty(completion: str, reference: str, *, max_len: int | None = None, buffer: int | None = None,
+def overlong_penalty(completion: str, reference: str, *, max_len: int, buffer: int,
                      unit: str = "chars") -> float:
     """DAPO's soft overlong punishment, in [-1, 0], on the completion's length. The reference is ignored.
 

@@ -1,0 +1,71 @@
+"""When to give up: bounded retries for prompts that keep failing, and a reward that fails on most samples.
+
+Pure bookkeeping, no Ray: the controller feeds it what it sees and acts on the answers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+MAX_PROMPT_ATTEMPTS = 3  # failed requests (not dead workers) a prompt may be part of before it is dropped
+
+
+class RewardsFailing(RuntimeError):
+    """The reward failed on more than ``reward.max_failure_rate`` of the last ``reward.failure_window`` samples."""
+
+
+@dataclass(frozen=True)
+class FailedExample:
+    """One sample whose reward failed: enough for a user to reproduce the failure by hand."""
+
+    prompt_id: str
+    completion: str
+    error: str
+
+
+@dataclass
+class RewardFailureWindow:
+    """The reward failures among the last ``window`` samples, overall and per reward term.
+
+    A sample fails when a term with non-zero weight fails (:func:`rlsys.rewards.components.combine`); a term's
+    own failures (NaN values, zero-weight monitors included) are counted to name the culprit.
+    """
+
+    max_rate: float
+    window: int
+    _failed: deque = field(default_factory=deque)  # one bool per sample, newest last
+    _terms: dict[str, deque] = field(default_factory=dict)  # term → one bool per sample (True: that term failed)
+    _examples: deque = field(default_factory=lambda: deque(maxlen=3))
+
+    def observe(self, rewards: list[float], components: dict[str, list[float]],
+                example: FailedExample | None = None) -> None:
+        """Add one batch: ``rewards`` (NaN where the sample failed) and each term's values (NaN where it failed)."""
+        self._failed.extend(math.isnan(r) for r in rewards)
+        for name, values in components.items():
+            self._terms.setdefault(name, deque()).extend(math.isnan(v) for v in values)
+        for q in (self._failed, *self._terms.values()):
+            while len(q) > self.window:
+                q.popleft()
+        if example is not None:
+            self._examples.append(example)
+
+    @property
+    def rate(self) -> float:
+        return sum(self._failed) / len(self._failed) if self._failed else 0.0
+
+    def check(self) -> None:
+        """Raise :class:`RewardsFailing` once a full window fails at more than ``max_rate``."""
+        if len(self._failed) < self.window or self.rate <= self.max_rate:
+            return
+        terms = sorted(((sum(q), name) for name, q in self._terms.items() if sum(q)), reverse=True)
+        by_term = ", ".join(f"{name!r} on {n}" for n, name in terms) or "no single term (the whole call failed)"
+        lines = [f"the reward failed on {self.rate:.0%} of the last {len(self._failed)} samples, above "
+                 f"reward.max_failure_rate={self.max_rate:g} over reward.failure_window={self.window}; failing "
+                 f"terms: {by_term}. Stopping: training on this reward would teach nothing."]
+        for ex in self._examples:
+            lines.append(f"  e.g. prompt {ex.prompt_id!r}, completion {ex.completion[:200]!r}: {ex.error[:500]}")
+        lines.append("Fix the reward function or its params (run it by hand on the example), or raise "
+                     "reward.max_failure_rate (1 never stops).")
+        raise RewardsFailing("\n".join(lines))
