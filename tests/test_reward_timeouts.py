@@ -134,3 +134,14 @@ def test_a_batch_that_hangs_everywhere_ends_within_its_budget() -> None:
         assert timed_out and not_scored and len(timed_out) + len(not_scored) == n
         assert elapsed < budget + 4.0  # the budget, the call running at its end (0.3 s), and slack for the load
         assert [o.reward for o in scorer.score([("ok", "ok"), ("ok", "no")])] == [1.0, 0.0]
+
+
+def test_max_call_s_caps_the_budget_below_the_reward_pools_call_timeout() -> None:
+    """The reward actor passes 0.8 × reward.call_timeout_s: many hanging samples fail, the call is not killed."""
+    n, timeout, cap = 12, 1.0, 2.0
+    with RewardScorer(f"{FIX}:misbehaves_on_command", timeout_s=timeout, max_call_s=cap) as scorer:
+        out, elapsed = timed_score(scorer, [("sleep", "x")] * n)
+        not_scored = [o for o in out if o.error.startswith("not scored: this reward call ran out of its time budget "
+                                                           "of 2.0 s (the cap on one reward call")]
+        assert all(o.failed for o in out) and len(not_scored) >= n - 3, [o.error for o in out]
+        assert elapsed < n * timeout / 2  # well inside the uncapped 12 s budget

@@ -22,7 +22,9 @@ from rlsys.types import Group
 class RewardWorker:
     def __init__(self, cfg: RewardConfig) -> None:
         device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
-        self.scorer = RewardScorer(cfg.terms, cfg.timeout_s, device)
+        # One score() per call: it stops starting rule calls before the controller's call timeout would kill this
+        # actor and re-score the whole call, so rewards that hang on many samples fail those samples instead.
+        self.scorer = RewardScorer(cfg.terms, cfg.timeout_s, device, max_call_s=0.8 * cfg.call_timeout_s)
 
     def score(self, *batches: RolloutBatch) -> RolloutBatch | tuple[RolloutBatch, ...]:
         """The batches with every sample scored: one batch back for one in (Ray's single return), else a tuple."""

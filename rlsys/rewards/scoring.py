@@ -70,7 +70,7 @@ class RewardScorer:
     past its deadline fails its item(s) with "timed out after … s", one that kills the child with "… crashed
     (…)"; the child is killed and restarted and the other items are scored as usual. The rule terms of one
     ``score()`` call share a budget of ``timeout_s`` × items × rule terms (what every call using its whole
-    deadline would take), restarts after hangs included: once it is used up no further call starts and the items
+    deadline would take), or ``max_call_s`` if that is smaller, restarts after hangs included: once it is used up no further call starts and the items
     left fail with "not scored: …", so even a reward that hangs on every item returns after about that budget
     plus one call's deadline (and a first start of the child, if the last call's final item took it, which is
     not charged). Model-based terms run here, in the caller's process, on ``device``
@@ -79,7 +79,8 @@ class RewardScorer:
     start raises RuntimeError. Thread-safe: calls are serialized.
     """
 
-    def __init__(self, spec: str | list, timeout_s: float, device: str = "cpu") -> None:
+    def __init__(self, spec: str | list, timeout_s: float, device: str = "cpu", max_call_s: float | None = None
+                 ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
         self._terms = (RewardComponent.single(spec),) if isinstance(spec, str) else tuple(spec)
@@ -90,6 +91,7 @@ class RewardScorer:
             get_reward_fn(term.fn)  # resolve in the parent too, so a bad name fails here and not in the child
         self._fn_name = ", ".join(t.fn for t in self._rule_terms)
         self._timeout_s = timeout_s  # per item and rule term
+        self._max_call_s = max_call_s  # caps the rule budget of one score() call (the reward pool's call timeout)
         self._lock = threading.Lock()
         self._worker: _Worker | None = None
         self._closed = False
@@ -171,9 +173,11 @@ class RewardScorer:
             except RuntimeError as e:
                 batch.fail_rest(str(e))
         budget = self._timeout_s * len(items) * len(self._rule_terms)
-        out_of_time = (f"not scored: this reward call ran out of its time budget of {_secs(budget)} s (timeout_s × "
-                       f"{len(items)} samples × {len(self._rule_terms)} rule terms), spent on rule calls that hung or "
-                       "crashed and on restarting the worker process")
+        why = f"timeout_s × {len(items)} samples × {len(self._rule_terms)} rule terms"
+        if self._max_call_s is not None and self._max_call_s < budget:
+            budget, why = self._max_call_s, "the cap on one reward call, below reward.call_timeout_s"
+        out_of_time = (f"not scored: this reward call ran out of its time budget of {_secs(budget)} s ({why}), spent "
+                       "on rule calls that hung or crashed and on restarting the worker process")
         call_deadline = time.monotonic() + budget
         while batch.left:
             if self._worker is None:  # a hang or a crash in this batch took it: restart, on the batch's budget
