@@ -59,8 +59,13 @@ def main() -> None:
             rows.append({"algo": algo, "seed": seed, "acc_before": acc_before, "acc_after": acc_after,
                          "acc_gain": acc_after - acc_before, "reward_rise": reward_rise, "wall_s": summary.wall_s})
             print(rows[-1], flush=True)
+            save_table(args, rows)
+
+
+def save_table(args: argparse.Namespace, rows: list[dict]) -> None:
+    """The per-run rows and the per-algorithm summary so far (written after every run: a long sweep can stop)."""
     per_algo = []
-    for algo in args.algos:
+    for algo in dict.fromkeys(r["algo"] for r in rows):
         runs = [r for r in rows if r["algo"] == algo]
         gains, rises = [r["acc_gain"] for r in runs], [r["reward_rise"] for r in runs]
         per_algo.append([algo, len(runs), ", ".join(f"{r['acc_before']:.1%} → {r['acc_after']:.1%}" for r in runs),
@@ -74,5 +79,3 @@ def main() -> None:
     save(args.name, table, rows)
 
 
-if __name__ == "__main__":
-    sys.exit(main())

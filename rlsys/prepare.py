@@ -197,8 +197,11 @@ def prepare(cfg: RLConfig, data: Datasets | None = None) -> Prepared:
     tokenizer, train_prompts, train_file = data.tokenizer, data.train_prompts, data.train_file
     # The warm-up trains on the usable train rows: rows left out are part of the key (none: the key is unchanged).
     left_out = [data.train_left_out] if data.train_left_out else []
+    # A target accuracy is checked on the held-out prompts with rollout.max_new_tokens: both shape the result.
+    target = [data.eval_file, os.path.getmtime(data.eval_file), cfg.rollout.max_new_tokens] \
+        if cfg.warmup.target_accuracy > 0 else []
     key = _digest(asdict(cfg.model), asdict(cfg.warmup), train_file, os.path.getmtime(train_file),
-                  rlsys.__version__, transformers.__version__, torch.__version__, *left_out)
+                  rlsys.__version__, transformers.__version__, torch.__version__, *left_out, *target)
     model_dir = cache / "models" / key
     done = partial(Prepared, str(model_dir), train_file, data.eval_file, train_prompts, data.eval_prompts,
                    dropped_rows=data.dropped_rows, dropped=data.dropped)
@@ -211,8 +214,11 @@ def prepare(cfg: RLConfig, data: Datasets | None = None) -> Prepared:
     else:
         model = build_tiny_llama(cfg.model, tokenizer)
     if cfg.warmup.steps:
-        losses = supervised_warmup(model, tokenizer, train_prompts, cfg.warmup, seed=cfg.model.seed)
-        log.info("warm-up: %d steps, loss %.3f → %.3f", cfg.warmup.steps, losses[0], losses[-1])
+        losses, checks = supervised_warmup(model, tokenizer, train_prompts, cfg.warmup, seed=cfg.model.seed,
+                                           eval_prompts=data.eval_prompts, max_new_tokens=cfg.rollout.max_new_tokens)
+        log.info("warm-up: %d steps, loss %.3f → %.3f%s", len(losses), losses[0], losses[-1],
+                 f"; held-out greedy accuracy {checks[-1][1]:.1%} (target {cfg.warmup.target_accuracy:.0%})"
+                 if checks else "")
     tmp = model_dir.with_name(model_dir.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)

@@ -14,14 +14,8 @@ import ray
 from tqdm import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from rlsys.actors.placement import (
-    check_cluster,
-    check_local_cpus,
-    create_actors,
-    setup_learners,
-    shutdown_actors,
-    total_demand,
-)
+from rlsys.actors.placement import create_actors, setup_learners, shutdown_actors
+from rlsys.actors.resources import check_cluster, check_local_cpus, total_demand
 from rlsys.config import RLConfig, to_yaml
 from rlsys.controller import Controller, RunSummary
 from rlsys.engines.generation import tensors_from_numpy

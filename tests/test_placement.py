@@ -13,14 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from rlsys.actors.placement import (
-    PlacementError,
-    check_local_cpus,
-    create_actors,
-    resource_demand,
-    shortfalls,
-    total_demand,
-)
+from rlsys.actors.placement import create_actors
+from rlsys.actors.resources import PlacementError, check_local_cpus, resource_demand, shortfalls, total_demand
 from rlsys.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,7 +128,7 @@ def test_resources_held_by_others_are_waited_for_then_reported_with_what_is_free
     ray = ray_session
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    import rlsys.actors.placement as placement
+    import rlsys.actors.resources as resources
 
     cfg = cfg_of("learner.num_cpus=0.5", "rollout.num_cpus=0.5", "ray.placement_timeout_s=4")  # 1.25 CPU of 4
     groups_before = _live_groups(ray)
@@ -142,13 +136,13 @@ def test_resources_held_by_others_are_waited_for_then_reported_with_what_is_free
     hog = placement_group([{"CPU": free - 0.6}])  # another job: leaves 0.6 CPU, enough for the learner only
     ray.get(hog.ready(), timeout=60)
     try:
-        caplog.set_level(logging.WARNING, logger="rlsys.actors.placement")
-        old, placement.WAIT_REPORT_EVERY_S = placement.WAIT_REPORT_EVERY_S, 1.5
+        caplog.set_level(logging.WARNING, logger="rlsys.actors.resources")
+        old, resources.WAIT_REPORT_EVERY_S = resources.WAIT_REPORT_EVERY_S, 1.5
         try:
             with pytest.raises(PlacementError) as e:
                 create_actors(cfg, str(tmp_path), None)
         finally:
-            placement.WAIT_REPORT_EVERY_S = old
+            resources.WAIT_REPORT_EVERY_S = old
     finally:
         remove_placement_group(hog)
     msg = str(e.value)
@@ -165,7 +159,7 @@ def test_resources_held_by_others_are_waited_for_then_reported_with_what_is_free
 
 @pytest.mark.slow
 def test_an_autoscaling_cluster_waits_and_says_why(ray_session, tmp_path, caplog):
-    caplog.set_level(logging.WARNING, logger="rlsys.actors.placement")
+    caplog.set_level(logging.WARNING, logger="rlsys.actors.resources")
     cfg = cfg_of("learner.num_learners=8", "ray.autoscaling=true", "ray.placement_timeout_s=2")
     with pytest.raises(PlacementError) as e:
         create_actors(cfg, str(tmp_path), None)

@@ -1,7 +1,9 @@
 """Supervised warm-up: a few steps of next-token training on (prompt, answer) pairs.
 
 RL needs a policy whose samples are sometimes right; a randomly initialised model never is. The warm-up is
-deliberately short, so the policy starts weak (and RL has something to show) but not hopeless.
+deliberately short, so the policy starts weak (and RL has something to show) but not hopeless. Its accuracy curve
+is steep, and where a fixed number of steps lands on it depends on the CPU's float results and the seed, so the
+warm-up can instead stop at a held-out accuracy (``warmup.target_accuracy``, checked every ``check_every`` steps).
 """
 
 from __future__ import annotations
@@ -16,21 +18,52 @@ from rlsys.engines.padding import pad_sequences
 from rlsys.types import Prompt
 
 
+@torch.no_grad()
+def greedy_exact_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt],
+                          max_new_tokens: int, batch_size: int = 256) -> float:
+    """Fraction of ``prompts`` whose greedy completion (special tokens dropped, whitespace stripped) is exactly the
+    answer: what the warm-up teaches, without a reward function."""
+    was_training = model.training
+    model.eval()
+    right = 0
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        ids, attn = pad_sequences([tokenizer(p.text)["input_ids"] for p in chunk], tokenizer.pad_token_id, "left")
+        out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        texts = tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+        right += sum(t.strip() == p.answer.strip() for t, p in zip(texts, chunk))
+    model.train(was_training)
+    return right / max(1, len(prompts))
+
+
 def supervised_warmup(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt], cfg: WarmupConfig, seed: int
-) -> list[float]:
-    """Train ``model`` in place on ``prompt + answer + EOS`` with the loss on the answer tokens; returns losses.
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt], cfg: WarmupConfig, seed: int,
+    eval_prompts: list[Prompt] | None = None, max_new_tokens: int = 0,
+) -> tuple[list[float], list[tuple[int, float]]]:
+    """Train ``model`` in place on ``prompt + answer + EOS`` with the loss on the answer tokens, for ``cfg.steps``
+    steps, or with ``cfg.target_accuracy`` > 0 until the held-out greedy accuracy on ``eval_prompts``
+    (:func:`greedy_exact_accuracy`, ``max_new_tokens`` each) reaches it, checked every ``cfg.check_every`` steps
+    (``cfg.steps`` is then the cap). Returns the losses and the checks as (steps done, accuracy).
 
     ``prompts`` are the usable training rows (:func:`rlsys.prepare.prepare` has left out the bad ones)."""
+    target = cfg.target_accuracy > 0
+    if target and not (eval_prompts and max_new_tokens > 0):
+        raise ValueError("warmup.target_accuracy needs the held-out prompts and rollout.max_new_tokens")
     if cfg.steps and not prompts:
         raise ValueError("the supervised warm-up has no (prompt, answer) pairs to train on: the training set is empty")
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     encoded = [(tokenizer(p.text)["input_ids"], tokenizer(p.answer)["input_ids"] + [tokenizer.eos_token_id])
                for p in prompts]
-    losses = []
+    losses: list[float] = []
+    checks: list[tuple[int, float]] = []
     model.train()
-    for _ in range(cfg.steps):
+    for step in range(cfg.steps):
+        if target and step % cfg.check_every == 0 and step > 0:
+            checks.append((step, greedy_exact_accuracy(model, tokenizer, eval_prompts, max_new_tokens)))
+            if checks[-1][1] >= cfg.target_accuracy:
+                break
         batch = rng.sample(encoded, min(cfg.batch_size, len(encoded)))
         ids, attn = pad_sequences([p + a for p, a in batch], tokenizer.pad_token_id, "right")
         labels = torch.full_like(ids, -100)
@@ -42,4 +75,4 @@ def supervised_warmup(
         optimizer.step()
         losses.append(loss.item())
     model.eval()
-    return losses
+    return losses, checks

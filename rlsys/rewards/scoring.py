@@ -70,8 +70,9 @@ class RewardScorer:
     past its deadline fails its item(s) with "timed out after … s", one that kills the child with "… crashed
     (…)"; the child is killed and restarted and the other items are scored as usual. The rule terms of one
     ``score()`` call share a budget of ``timeout_s`` × items × rule terms (what every call using its whole
-    deadline would take), or ``max_call_s`` if that is smaller, restarts after hangs included: once it is used up no further call starts and the items
-    left fail with "not scored: …", so even a reward that hangs on every item returns after about that budget
+    deadline would take), or ``max_call_s`` if that is smaller, restarts after hangs included: once it is used up
+    no further call starts and the items left fail with "not scored: …", so even a reward that hangs on every item
+    returns after about that budget
     plus one call's deadline (and a first start of the child, if the last call's final item took it, which is
     not charged). Model-based terms run here, in the caller's process, on ``device``
     (:mod:`rlsys.rewards.model_terms`). ``score`` never raises because of a reward function or a reward model.
