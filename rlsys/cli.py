@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     from rlsys.actors.placement import PlacementError
     from rlsys.controller import PipelineStalled
     from rlsys.data.tasks import DatasetError
-    from rlsys.failures import RewardsFailing
+    from rlsys.failures import RequestsFailing, RewardsFailing
     from rlsys.train import train as run_training  # heavy imports (ray, torch) only when training
 
     try:
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     except (PlacementError, DatasetError) as e:  # the message says what is wrong and where: no traceback
         print(f"rlsys: {e}", file=sys.stderr)
         return 2
-    except (PipelineStalled, RewardsFailing) as e:  # stopped mid-run: the outputs so far are in the run directory
+    except (PipelineStalled, RequestsFailing, RewardsFailing) as e:  # stopped mid-run: outputs so far are kept
         print(f"rlsys: the run stopped: {e}", file=sys.stderr)
         return 3
     return 0

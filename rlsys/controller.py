@@ -44,7 +44,7 @@ from rlsys.actors.placement import ActorHandles
 from rlsys.config import RLConfig
 from rlsys.data.tasks import PromptStream
 from rlsys.evaluate import accuracy
-from rlsys.failures import MAX_PROMPT_ATTEMPTS, RewardFailureWindow
+from rlsys.failures import PromptRetries, RewardFailureWindow
 from rlsys.metrics import MetricsWriter, reward_scalars
 from rlsys.staleness import AdmissionGate
 from rlsys.types import Prompt
@@ -57,7 +57,6 @@ RESULT_TIMEOUT_S = 300.0
 MAX_EVAL_ATTEMPTS = 3
 MAX_FILTERED_STEPS = 20  # dynamic sampling: give up after this many steps' worth of groups filtered in a row
 MAX_REWARD_ATTEMPTS = 3  # reward calls lost per generated batch before its prompts are generated again
-MAX_FAILED_REQUESTS_IN_A_ROW = 20  # requests that failed (not lost to a dead worker) in a row: nothing works
 
 
 class PipelineStalled(RuntimeError):
@@ -104,7 +103,7 @@ class RunSummary:
     filtered_groups: int
     max_staleness_seen: int
     sync_s_mean: float
-    failed_prompts: list[dict] = field(default_factory=list)  # dropped after MAX_PROMPT_ATTEMPTS failed requests
+    failed_prompts: list[dict] = field(default_factory=list)  # dropped after failed requests (PromptRetries)
 
 
 class Controller:
@@ -136,9 +135,7 @@ class Controller:
         self.totals = {"samples": 0, "tokens": 0, "dropped_stale": 0, "lost_requests": 0, "reward_failures": 0,
                        "reward_retries": 0, "filtered_groups": 0, "learner_s": 0.0, "generate_s": 0.0}
         self.filtered_in_a_row = 0
-        self.prompt_failures: dict[tuple[str, int], int] = {}  # (prompt id, epoch) → failed requests it was in
-        self.failed_prompts: list[dict] = []  # given up on: prompt id, epoch, attempts, the last error
-        self.failed_requests_in_a_row = 0
+        self.retries = PromptRetries(self.stream)
         self.reward_failures = RewardFailureWindow(cfg.reward.max_failure_rate, cfg.reward.failure_window)
 
     # ------------------------------------------------------------------ the loop
@@ -197,27 +194,13 @@ class Controller:
             worker = int(np.argmin(self.inflight_per_worker))
             if capacity == 0 or self.inflight_per_worker[worker] >= MAX_REQUESTS_PER_WORKER:
                 return
-            prompts = self._next_prompts(min(self.cfg.rollout.groups_per_request, capacity))
+            prompts = self.retries.next_prompts(min(self.cfg.rollout.groups_per_request, capacity))
             self.gate.admit(len(prompts), self.rollout_version)
             rid = next(self.requests)
             batch, generated = self.actors.rollouts[worker].generate.options(num_returns=2).remote(rid, prompts)
             self.pending[generated] = _Pending("generate", {"prompts": prompts, "worker": worker, "batch": batch,
                                                             "request": rid, "attempts": 0})
             self.inflight_per_worker[worker] += 1
-
-    def _next_prompts(self, n: int) -> list[Prompt]:
-        """Up to ``n`` prompts for one request. A prompt that was in a failed request is sent alone, so that one bad
-        prompt (say, one the engine rejects) fails on its own and the others of its request go through."""
-        prompts: list[Prompt] = []
-        while len(prompts) < n:
-            p = self.stream.next()
-            if (p.prompt_id, p.epoch) in self.prompt_failures:
-                if prompts:
-                    self.stream.requeue([p])
-                    break
-                return [p]
-            prompts.append(p)
-        return prompts
 
     def _on_generated(self, p: _Pending, ref: ray.ObjectRef) -> None:
         try:
@@ -228,7 +211,7 @@ class Controller:
         except RayError as e:
             self._on_rollout_lost(p.payload, e)
             return
-        self.failed_requests_in_a_row = 0
+        self.retries.succeeded()
         self.reward_queue.append(p.payload)
         self.window.reward_queue_max = max(self.window.reward_queue_max, len(self.reward_queue))
         self._dispatch_rewards()
@@ -359,33 +342,13 @@ class Controller:
         queue, and its admission slot and its rollout worker's in-flight slot are freed.
 
         ``failed``: the request itself failed (generation raised, or scoring failed every attempt), as opposed to
-        its worker dying. Each of its prompts then counts one failure; a prompt is retried alone
-        (:meth:`_next_prompts`) and dropped, with the error recorded, after ``MAX_PROMPT_ATTEMPTS`` failures —
-        never retried forever."""
+        its worker dying: its prompts are retried alone and dropped after a few failures (:class:`PromptRetries`)."""
         prompts, worker = payload["prompts"], payload["worker"]
         self.inflight_per_worker[worker] -= 1
         self.gate.discard(len(prompts))
         self.totals["lost_requests"] += 1
         message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        retry = []
-        for q in prompts:
-            key = (q.prompt_id, q.epoch)
-            attempts = self.prompt_failures.get(key, 0) + failed
-            if attempts < MAX_PROMPT_ATTEMPTS:
-                retry.append(q)
-                if failed:
-                    self.prompt_failures[key] = attempts
-                continue
-            self.prompt_failures.pop(key, None)
-            self.failed_prompts.append({"prompt_id": q.prompt_id, "epoch": q.epoch, "attempts": attempts,
-                                        "error": message})
-            log.error("dropping prompt %r (epoch %d): its requests failed %d times; last error: %s", q.prompt_id,
-                      q.epoch, attempts, message)
-        self.stream.requeue(retry)
-        self.failed_requests_in_a_row = self.failed_requests_in_a_row + 1 if failed else 0
-        if self.failed_requests_in_a_row >= MAX_FAILED_REQUESTS_IN_A_ROW:
-            raise PipelineStalled(f"the last {self.failed_requests_in_a_row} requests all failed, the last one with: "
-                                  f"{message}")
+        retry = self.retries.lost(prompts, message, failed)
         log.warning("lost a request of %d prompt groups from rollout worker %d (re-queued: %s): %s",
                     len(prompts), worker, [q.prompt_id for q in retry], message if failed else error)
 
@@ -563,5 +526,5 @@ class Controller:
             filtered_groups=t["filtered_groups"],
             max_staleness_seen=max(self.staleness_seen, default=0),
             sync_s_mean=float(np.mean(self.sync_s)) if self.sync_s else math.nan,
-            failed_prompts=list(self.failed_prompts),
+            failed_prompts=list(self.retries.dropped),
         )

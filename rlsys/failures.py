@@ -5,15 +5,81 @@ Pure bookkeeping, no Ray: the controller feeds it what it sees and acts on the a
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from dataclasses import dataclass, field
 
+from rlsys.data.tasks import PromptStream
+from rlsys.types import Prompt
+
+log = logging.getLogger(__name__)
+
 MAX_PROMPT_ATTEMPTS = 3  # failed requests (not dead workers) a prompt may be part of before it is dropped
+MAX_FAILED_REQUESTS_IN_A_ROW = 20  # requests that failed (not lost to a dead worker) in a row: nothing works
+
+
+class RequestsFailing(RuntimeError):
+    """Every one of the last ``MAX_FAILED_REQUESTS_IN_A_ROW`` requests failed: nothing in the pipeline works."""
 
 
 class RewardsFailing(RuntimeError):
     """The reward failed on more than ``reward.max_failure_rate`` of the last ``reward.failure_window`` samples."""
+
+
+class PromptRetries:
+    """Which prompts to retry after a failed request, and which to give up on.
+
+    A request fails when generation raises or its batch could not be scored (not when its worker dies: that is
+    the worker's fault and costs nothing here). Each of its prompts then counts one failure and is handed out
+    again *alone* (:meth:`next_prompts`), so a prompt the engine rejects fails by itself and the others of its
+    request go through; after ``MAX_PROMPT_ATTEMPTS`` failures a prompt is dropped (for its epoch), with the
+    error recorded in :attr:`dropped`. ``MAX_FAILED_REQUESTS_IN_A_ROW`` failed requests in a row raise
+    :class:`RequestsFailing`: then nothing works, and retrying would only loop through the data set."""
+
+    def __init__(self, stream: PromptStream) -> None:
+        self.stream = stream
+        self.failures: dict[tuple[str, int], int] = {}  # (prompt id, epoch) → failed requests it was in
+        self.dropped: list[dict] = []  # prompt id, epoch, attempts, the last error
+        self.failed_in_a_row = 0
+
+    def next_prompts(self, n: int) -> list[Prompt]:
+        """Up to ``n`` prompts for one request: a prompt that was in a failed request comes alone."""
+        prompts: list[Prompt] = []
+        while len(prompts) < n:
+            p = self.stream.next()
+            if (p.prompt_id, p.epoch) in self.failures:
+                if prompts:
+                    self.stream.requeue([p])
+                    break
+                return [p]
+            prompts.append(p)
+        return prompts
+
+    def succeeded(self) -> None:
+        self.failed_in_a_row = 0
+
+    def lost(self, prompts: list[Prompt], error: str, failed: bool) -> list[Prompt]:
+        """A request of ``prompts`` was lost — ``failed``: by its own failure (with ``error``), else with its worker.
+        Re-queues the prompts to retry and returns them; the others are dropped and recorded."""
+        retry = []
+        for q in prompts:
+            key = (q.prompt_id, q.epoch)
+            attempts = self.failures.get(key, 0) + failed
+            if attempts < MAX_PROMPT_ATTEMPTS:
+                retry.append(q)
+                if failed:
+                    self.failures[key] = attempts
+                continue
+            del self.failures[key]
+            self.dropped.append({"prompt_id": q.prompt_id, "epoch": q.epoch, "attempts": attempts, "error": error})
+            log.error("dropping prompt %r (epoch %d): its requests failed %d times; last error: %s", q.prompt_id,
+                      q.epoch, attempts, error)
+        self.stream.requeue(retry)
+        self.failed_in_a_row = self.failed_in_a_row + 1 if failed else 0
+        if self.failed_in_a_row >= MAX_FAILED_REQUESTS_IN_A_ROW:
+            raise RequestsFailing(f"the last {self.failed_in_a_row} requests all failed, the last one with: {error}")
+        return retry
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from rlsys.actors.placement import create_actors, setup_learners, shutdown_actor
 from rlsys.actors.rollout import RolloutWorker
 from rlsys.cli import main
 from rlsys.config import load_config
-from rlsys.controller import Controller, PipelineStalled
-from rlsys.failures import MAX_PROMPT_ATTEMPTS, RewardsFailing
+from rlsys.controller import Controller
+from rlsys.failures import MAX_PROMPT_ATTEMPTS, RequestsFailing, RewardsFailing
 from rlsys.metrics import MetricsWriter
 from rlsys.prepare import prepare
 from rlsys.train import train
@@ -82,7 +82,7 @@ def test_a_prompt_whose_requests_keep_failing_is_dropped_with_its_reason_and_the
 
 
 def test_a_pipeline_where_every_request_fails_stops_with_the_error(ray_session, tmp_path):
-    with pytest.raises(PipelineStalled, match="requests all failed.*longer than the model's context"):
+    with pytest.raises(RequestsFailing, match="requests all failed.*longer than the model's context"):
         run_controller(ray_session, tmp_path, set(range(20)), "train.num_steps=4")
 
 

@@ -1,0 +1,79 @@
+"""When to give up (rlsys.failures): bounded retries of prompts whose requests fail, and the reward-failure window."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from rlsys.data.tasks import PromptStream
+from rlsys.failures import (
+    MAX_FAILED_REQUESTS_IN_A_ROW,
+    MAX_PROMPT_ATTEMPTS,
+    FailedExample,
+    PromptRetries,
+    RequestsFailing,
+    RewardFailureWindow,
+    RewardsFailing,
+)
+from rlsys.types import Prompt
+
+
+def stream(n: int = 10) -> PromptStream:
+    return PromptStream([Prompt(f"p{i}", f"{i}+0=", str(i)) for i in range(n)], seed=0)
+
+
+def test_a_failed_request_s_prompts_come_back_one_per_request_and_are_dropped_after_the_limit():
+    retries = PromptRetries(stream())
+    first = retries.next_prompts(4)
+    assert len(first) == 4
+    assert retries.lost(first, "ValueError: too long", failed=True) == first
+    again = [retries.next_prompts(4) for _ in range(4)]
+    assert again == [[p] for p in first]  # alone, in their order
+    bad = first[1]
+    for attempt in range(2, MAX_PROMPT_ATTEMPTS + 1):
+        retries.succeeded()
+        kept = retries.lost([bad], "ValueError: too long", failed=True)
+        if attempt < MAX_PROMPT_ATTEMPTS:
+            assert kept == [bad] and retries.next_prompts(4) == [bad]
+    assert kept == [] and retries.dropped == [{"prompt_id": bad.prompt_id, "epoch": 0, "attempts": MAX_PROMPT_ATTEMPTS,
+                                               "error": "ValueError: too long"}]
+
+
+def test_a_dead_worker_costs_a_prompt_no_attempt():
+    retries = PromptRetries(stream())
+    first = retries.next_prompts(3)
+    for _ in range(10):
+        assert retries.lost(first, "ActorDiedError", failed=False) == first
+        assert retries.next_prompts(3) == first  # re-queued together: nothing is suspect
+    assert retries.dropped == []
+
+
+def test_every_request_failing_stops_instead_of_looping_through_the_data_set():
+    retries = PromptRetries(stream(1000))
+    with pytest.raises(RequestsFailing, match=f"the last {MAX_FAILED_REQUESTS_IN_A_ROW} requests all failed"):
+        for _ in range(MAX_FAILED_REQUESTS_IN_A_ROW):
+            retries.lost(retries.next_prompts(4), "RuntimeError: engine broken", failed=True)
+
+
+def test_the_reward_failure_window_stops_only_on_a_full_window_above_the_rate():
+    window = RewardFailureWindow(max_rate=0.5, window=8)
+    window.observe([math.nan] * 6, {"correct": [math.nan] * 6, "fmt": [1.0] * 6},
+                   FailedExample("p1", "12", "correct: ValueError: bad reference"))
+    window.check()  # 6 samples: the window is not full yet
+    window.observe([1.0, 1.0], {"correct": [1.0, 1.0], "fmt": [1.0, 1.0]})
+    with pytest.raises(RewardsFailing) as info:  # 6 of 8 failed
+        window.check()
+    message = str(info.value)
+    for needle in ("failed on 75% of the last 8 samples", "'correct' on 6", "e.g. prompt 'p1', completion '12'",
+                   "ValueError: bad reference"):
+        assert needle in message, message
+    window.observe([1.0] * 4, {"correct": [1.0] * 4})  # the oldest failures leave the window: 2 of 8
+    window.check()
+    assert window.rate == pytest.approx(2 / 8)
+
+
+def test_a_reward_failing_at_exactly_the_rate_or_below_goes_on():
+    window = RewardFailureWindow(max_rate=0.5, window=4)
+    window.observe([math.nan, 1.0, math.nan, 0.0], {})
+    window.check()
