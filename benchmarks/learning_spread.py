@@ -79,3 +79,5 @@ def save_table(args: argparse.Namespace, rows: list[dict]) -> None:
     save(args.name, table, rows)
 
 
+if __name__ == "__main__":
+    sys.exit(main())
