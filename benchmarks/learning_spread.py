@@ -42,13 +42,15 @@ def main() -> None:
     parser.add_argument("--algos", nargs="+", default=[*recipes, "composite"],
                         help="recipes of configs/algos/, or 'composite' (the composite-reward test's run)")
     parser.add_argument("--name", default="learning_spread", help="results file name")
+    parser.add_argument("--root", help="runs and warm-up cache (default: a new temporary folder)")
     parser.add_argument("overrides", nargs="*", help="key=value for every run")
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="rlsys-spread-"))
+    root = Path(args.root or tempfile.mkdtemp(prefix="rlsys-spread-"))
     rows = []
     for algo in args.algos:
         for seed in args.seeds:
-            overrides = [f"model.seed={seed}", f"train.seed={seed}", f"output.run_name={algo}-{seed}",
+            overrides = [f"model.seed={seed}", f"train.seed={seed}",
+                         f"output.run_name={algo}-{seed}-{args.steps or 'default'}",
                          *([f"train.num_steps={args.steps}"] if args.steps else []), *args.overrides]
             composite = algo == "composite"
             cfg = learning_config(root, None if composite else algo, *(COMPOSITE_REWARD if composite else ()),
