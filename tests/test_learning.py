@@ -10,8 +10,8 @@ in the README's Results):
 - *Held-out accuracy does not fall* by more than MAX_ACC_DROP (reward hacking would show here). In 200 steps its
   gain is not a reliable signal for every recipe: PPO-GAE's critic starts untrained, and over three seeds its gain
   was −2.5, +13.5 and +3.5 points with the training reward rising each time.
-- *Held-out accuracy rises* in a longer GRPO run (HELD_OUT_STEPS): by MIN_ACC_GAIN, against gains of +17, +9.5
-  and +28.5 points measured over three seeds (the smallest is 2.4× the margin; 800 steps gave no wider margin).
+- *Held-out accuracy rises* in a longer GRPO run (HELD_OUT_STEPS): by MIN_ACC_GAIN, against gains of +21.5 and
+  +33 points measured over seeds (at 400 steps the same seeds gave +17 and +9.5, and a third +28.5: too close).
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from rlsys.train import train
 pytestmark = pytest.mark.slow
 
 STEPS = 200
-HELD_OUT_STEPS = 400  # the GRPO run whose held-out gain is asserted
+HELD_OUT_STEPS = 800  # the GRPO run whose held-out gain is asserted
 RM_STEPS = 4000  # preference-training steps of the reward model in the RM run (~60 s on 2 idle cores)
 WINDOW = 30  # steps averaged at each end of the run for the training reward's rise
 MIN_REWARD_RISE = 0.02  # mean training reward, last WINDOW steps − first WINDOW steps
 MAX_ACC_DROP = 0.05  # held-out accuracy (200 problems) may not fall by more than this
-MIN_ACC_GAIN = 0.04  # held-out accuracy gain of the HELD_OUT_STEPS GRPO run (measured: +0.17, +0.095, +0.285)
+MIN_ACC_GAIN = 0.08  # held-out accuracy gain of the HELD_OUT_STEPS GRPO run (measured: +0.215, +0.33)
 
 
 def learning_config(root: str | Path, algo: str | None = None, *overrides: str) -> RLConfig:
