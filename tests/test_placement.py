@@ -18,7 +18,9 @@ from rlsys.actors.resources import PlacementError, check_local_cpus, resource_de
 from rlsys.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = 60.0  # "at once": far below the default ray.placement_timeout_s of 600 s, with room for a loaded machine
+# "At once" is asserted by what failed, not by a clock: the up-front check's message ("… asked, the cluster has …")
+# differs from the placement wait's ("could not place … within ray.placement_timeout_s"), which at its default of
+# 600 s would outlast the CLI tests' 300 s subprocess timeout.
 
 
 def cfg_of(*overrides: str):
@@ -115,10 +117,8 @@ def test_a_cluster_too_small_fails_at_once_naming_the_resource(ray_session, tmp_
     cfg = cfg_of(*overrides)
     assert cfg.ray.placement_timeout_s == 600
     groups_before = _live_groups(ray)
-    start = time.monotonic()
     with pytest.raises(PlacementError) as e:
         create_actors(cfg, str(tmp_path), None)
-    assert time.monotonic() - start < FAST
     assert expected in str(e.value)
     assert _live_groups(ray) == groups_before  # nothing was reserved, no actor created
 
@@ -186,9 +186,8 @@ def _rlsys_train(tmp_path, *overrides: str) -> tuple[subprocess.CompletedProcess
 
 @pytest.mark.slow
 def test_rlsys_train_with_too_few_cpus_exits_at_once_with_the_reason(tmp_path):
-    proc, took = _rlsys_train(tmp_path, "learner.num_learners=8", "ray.num_cpus=2")
+    proc, _ = _rlsys_train(tmp_path, "learner.num_learners=8", "ray.num_cpus=2")
     assert proc.returncode == 2, proc.stderr[-4000:]
-    assert took < FAST
     assert "rlsys: the Ray cluster cannot host the actors this config asks for:" in proc.stderr
     assert "= 9.25 CPU asked, the cluster has 2 CPU (ray.num_cpus=2)" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -203,7 +202,6 @@ def test_rlsys_train_asking_for_a_gpu_on_a_machine_without_one_exits_at_once(tmp
         pytest.skip("this machine has a GPU")
     proc, took = _rlsys_train(tmp_path, "learner.num_gpus=1")
     assert proc.returncode == 2, f"exit {proc.returncode} after {took:.0f} s:\n{proc.stderr[-4000:]}"
-    assert took < FAST
     assert "GPU: learner.num_learners=1 × learner.num_gpus=1 = 1 GPU asked, the cluster has 0 GPU" in proc.stderr
     assert "set learner.num_gpus=0 to train on CPUs" in proc.stderr
     assert not (tmp_path / "runs").exists()
