@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         run_training(cfg)
-    except (PlacementError, DatasetError) as e:  # the message says what is wrong and where: no traceback
+    except (PlacementError, DatasetError, ConfigError) as e:  # what is wrong and where: no traceback
         print(f"rlsys: {e}", file=sys.stderr)
         return 2
     except (PipelineStalled, RequestsFailing, RewardsFailing) as e:  # stopped mid-run: outputs so far are kept

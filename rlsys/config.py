@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -256,6 +257,8 @@ def load_config(path: str | os.PathLike | list[str | os.PathLike] | None = None,
             cfg = OmegaConf.merge(cfg, OmegaConf.load(p))
         except OmegaConfBaseException as e:
             raise ConfigError(f"in {p}: {_describe(e)}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p} is not valid YAML: {str(e).splitlines()[0]} ({e})") from None
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.num_steps=20)")
@@ -343,7 +346,11 @@ def _params_problem(c: RewardComponent, where: str) -> str | None:
     from rlsys.rewards import get_reward_fn
 
     try:
-        parameters = list(inspect.signature(get_reward_fn(c.fn)).parameters.values())[2:]
+        fn = get_reward_fn(c.fn)
+    except ValueError as e:  # a 'module:function' that does not import: every reward worker would fail to start
+        return f"{where}fn={c.fn!r}: {e}"
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())[2:]
     except (ValueError, TypeError):
         return None
     named = [p for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]

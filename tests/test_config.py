@@ -343,3 +343,14 @@ def test_a_model_path_without_config_json_is_not_a_checkpoint(tmp_path):
         with pytest.raises(ConfigError, match="no config.json — not a Hugging Face checkpoint"):
             load_config(None, overrides)
     assert main(["eval", str(tmp_path)]) == 2
+
+
+def test_a_reward_function_that_does_not_import_is_refused_at_start_up(tmp_path):
+    """Else every reward worker fails in its constructor, which Ray does not restart: the run would wait forever."""
+    for fn in ("no_such_module_here:f", "rlsys.rewards.rules:no_such_fn"):
+        with pytest.raises(ConfigError, match=f"fn='{fn}': could not import reward function"):
+            load_config(None, [f"reward.fn={fn}"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  num_steps: 3\n   bad_indent: [\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_config(bad)
