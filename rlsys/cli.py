@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     from rlsys.actors.placement import PlacementError
     from rlsys.controller import PipelineStalled
     from rlsys.data.tasks import DatasetError
-    from rlsys.failures import RequestsFailing, RewardsFailing
+    from rlsys.failures import ActorLost, RequestsFailing, RewardsFailing
     from rlsys.train import train as run_training  # heavy imports (ray, torch) only when training
 
     try:
@@ -68,29 +68,33 @@ def main(argv: list[str] | None = None) -> int:
     except (PlacementError, DatasetError, ConfigError) as e:  # what is wrong and where: no traceback
         print(f"rlsys: {e}", file=sys.stderr)
         return 2
-    except (PipelineStalled, RequestsFailing, RewardsFailing) as e:  # stopped mid-run: outputs so far are kept
+    except (PipelineStalled, RequestsFailing, RewardsFailing, ActorLost) as e:  # stopped mid-run: outputs kept
         print(f"rlsys: the run stopped: {e}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:  # train() has flushed the sample log and stopped the actors on its way out
+        print("rlsys: interrupted; what the run wrote so far is in its run directory (samples.parquet, "
+              "metrics.jsonl, tensorboard/)", file=sys.stderr)
+        return 130
     return 0
 
 
 def _evaluate(model_dir: str, cfg) -> int:
-    from pathlib import Path
+    from dataclasses import replace
 
     from rlsys.config import checkpoint_problem
-    from rlsys.data.tasks import DatasetError, read_prompts
+    from rlsys.data.tasks import DatasetError
     from rlsys.evaluate import evaluate_checkpoint
-    from rlsys.prepare import prepare_prompts
+    from rlsys.prepare import load_datasets
 
     if why := checkpoint_problem("MODEL_DIR", model_dir):
         print(f"rlsys: {why}", file=sys.stderr)
         return 2
-    try:
-        _, eval_file = prepare_prompts(cfg, Path(cfg.output.cache_dir).expanduser())
-        prompts = read_prompts(eval_file, cfg.task.bad_rows)
-    except DatasetError as e:
+    try:  # the same checks as training, with MODEL_DIR's tokenizer and context: over-long or unknown-token prompts
+        data = load_datasets(replace(cfg, model=replace(cfg.model, path=model_dir)))
+    except (DatasetError, ConfigError) as e:
         print(f"rlsys: {e}", file=sys.stderr)
         return 2
+    prompts, eval_file = data.eval_prompts, data.eval_file
     acc, rows = evaluate_checkpoint(model_dir, prompts, cfg.reward, cfg.rollout.max_new_tokens)
     for prompt, completion, reward in rows[:5]:
         print(f"  {prompt!r} → {completion!r} (reward {reward:.2f})")

@@ -302,14 +302,15 @@ def _describe(e: OmegaConfBaseException) -> str:
 _BOUNDS = [
     (("rollout.num_workers", "rollout.group_size", "rollout.groups_per_request", "rollout.max_new_tokens",
       "reward.num_workers", "reward.max_batches_per_call", "reward.failure_window", "learner.num_learners",
-      "learner.micro_batch_size", "warmup.check_every",
+      "learner.micro_batch_size", "warmup.check_every", "warmup.batch_size", "task.num_train", "task.num_eval",
+      "model.intermediate_size", "model.max_position_embeddings",
       "train.num_steps", "train.groups_per_step", "train.sync_every", "task.num_digits", "model.hidden_size",
       "model.num_layers", "model.num_heads", "algo.epochs", "algo.minibatches"), lambda v: v >= 1,
      "a positive integer (≥ 1)"),
     (("train.max_staleness", "train.eval_every", "warmup.steps", "algo.kl_coef", "learner.weight_decay",
       "rollout.num_gpus", "learner.num_gpus", "reward.num_gpus", "learner.grad_clip", "algo.entropy_coef",
       "algo.adv_bound", "algo.value_clip", "algo.overlong_buffer", "algo.clip_eps_low"), lambda v: v >= 0, "≥ 0"),
-    (("learner.lr", "rollout.temperature", "reward.timeout_s", "reward.call_timeout_s", "ray.placement_timeout_s",
+    (("learner.lr", "warmup.lr", "rollout.temperature", "reward.timeout_s", "reward.call_timeout_s", "ray.placement_timeout_s",
       "algo.clip_eps_high", "algo.critic_lr", "algo.adv_eps", "learner.adam_eps", "rollout.num_cpus",
       "reward.num_cpus", "learner.num_cpus"), lambda v: v > 0, "> 0"),
 ]
@@ -325,16 +326,64 @@ _CHOICES = {
 }
 
 
+# Settings that only act together with another: (key, does it act in this config?, when it acts). A key changed from
+# its default where it cannot act would be silently ignored, so validate() refuses it and says what would make it act.
+# Not listed: the settings of a feature whose off switch is set (warmup.steps=0, algo.kl_coef=0, algo.adv_bound=0):
+# switching a feature off switches its settings off with it, and recipes set those settings.
+_ACTS_WHEN = [
+    *((f"model.{k}", lambda c: not c.model.path, "without model.path (the built-in tiny model); a checkpoint at "
+       "model.path is used as it is")
+      for k in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "max_position_embeddings")),
+    *((f"task.{k}", lambda c: c.task.name == "parquet", "with task.name=parquet")
+      for k in ("train_file", "eval_file")),
+    *((f"task.{k}", lambda c: c.task.name == "synthetic_addition", "with task.name=synthetic_addition")
+      for k in ("num_digits", "num_train")),
+    ("warmup.check_every", lambda c: c.warmup.target_accuracy > 0, "with warmup.target_accuracy > 0"),
+    ("reward.fn", lambda c: not c.reward.components, "without reward.components (the components replace it)"),
+    *((f"algo.{k}", lambda c: c.algo.decoupled, "with algo.decoupled=true") for k in ("is_mode", "is_level", "is_cap")),
+    *((f"algo.{k}", lambda c: c.algo.advantage == "gae", "with algo.advantage=gae (the critic's settings)")
+      for k in ("gamma", "lam", "value_clip", "critic_lr")),
+    ("algo.dual_clip_c", lambda c: c.algo.policy_loss == "dual_clip", "with algo.policy_loss=dual_clip"),
+    *((f"algo.{k}", lambda c: c.algo.policy_loss != "reinforce", "with a clipped policy loss (not reinforce)")
+      for k in ("clip_eps_low", "clip_eps_high")),
+    ("ray.num_cpus", lambda c: not c.ray.address, "on a local Ray (ray.address unset)"),
+]
+
+
+def _inert_settings(cfg: RLConfig) -> list[str]:
+    """Each key of :data:`_ACTS_WHEN` set away from its default where it has no effect."""
+    defaults = RLConfig()
+    problems = []
+    for key, acts, when in _ACTS_WHEN:
+        section, name = key.split(".")
+        value, default = getattr(getattr(cfg, section), name), getattr(getattr(defaults, section), name)
+        if value != default and not acts(cfg):
+            problems.append(f"{key}={value!r} has no effect here: it acts only {when}; remove it (default "
+                            f"{default!r}) or change the setting it depends on")
+    return problems
+
+
 def checkpoint_problem(key: str, path: str) -> str | None:
     """Why ``path`` (the value of config ``key``) is not a local Hugging Face checkpoint directory, or None."""
     root = Path(path).expanduser()
     if not root.is_dir():
         return (f"{key}={path!r} is not a directory; give a local Hugging Face checkpoint (rlsys never downloads from "
                 "a hub)")
+    holds = "a checkpoint directory holds config.json, the weights and the tokenizer files, as save_pretrained writes them"
     if not (root / "config.json").is_file():
-        return (f"{key}={path!r}: no config.json — not a Hugging Face checkpoint (a checkpoint directory holds "
-                "config.json, the weights and the tokenizer files, as save_pretrained writes them)")
+        return f"{key}={path!r}: no config.json — not a Hugging Face checkpoint ({holds})"
+    if not any(next(root.glob(pattern), None) for pattern in _WEIGHT_FILES):
+        return (f"{key}={path!r}: no weights (none of {', '.join(_WEIGHT_FILES)}) — not a complete Hugging Face "
+                f"checkpoint ({holds})")
+    if not any((root / name).is_file() for name in _TOKENIZER_FILES):
+        return (f"{key}={path!r}: no tokenizer (none of {', '.join(_TOKENIZER_FILES)}) — save the tokenizer with the "
+                f"model ({holds})")
     return None
+
+
+# What save_pretrained writes: the weights (one file, or shards with an index) and at least one tokenizer file.
+_WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
 
 
 def _params_problem(c: RewardComponent, where: str) -> str | None:
@@ -350,19 +399,47 @@ def _params_problem(c: RewardComponent, where: str) -> str | None:
     except ValueError as e:  # a 'module:function' that does not import: every reward worker would fail to start
         return f"{where}fn={c.fn!r}: {e}"
     try:
-        parameters = list(inspect.signature(fn).parameters.values())[2:]
+        signature = inspect.signature(fn)
     except (ValueError, TypeError):
         return None
+    try:
+        signature.bind("completion", "reference", **c.params)
+    except TypeError:
+        pass  # a wrong key is named below
+    else:
+        return _check_params_problem(fn, signature, c, where)
+    every = list(signature.parameters.values())
+    positional = [p for p in every if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) < 2 and not any(p.kind == p.VAR_POSITIONAL for p in every):
+        return (f"{where}fn={c.fn!r} takes {len(positional)} positional argument(s); a reward function is called as "
+                "fn(completion, reference, **params)")
+    parameters = every[2:]
     named = [p for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
     takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters)
     unknown = [] if takes_any else [k for k in c.params if k not in {p.name for p in named}]
     missing = [p.name for p in named if p.default is p.empty and p.name not in c.params]
-    if not unknown and not missing:
-        return None
     takes = f"it takes {', '.join(p.name for p in named)}" if named else "it takes no params"
     why = [f"unknown key(s) {', '.join(map(repr, unknown))}"] if unknown else []
     why += [f"missing required key(s) {', '.join(map(repr, missing))}"] if missing else []
-    return f"{where}params of fn={c.fn!r}: {' and '.join(why)} ({takes})"
+    return f"{where}params of fn={c.fn!r}: {' and '.join(why) or 'they do not fit its signature'} ({takes})"
+
+
+def _check_params_problem(fn: Any, signature: Any, c: RewardComponent, where: str) -> str | None:
+    """The reward function's own check of its params' values (``fn.check_params``, see
+    :func:`rlsys.rewards.register_reward`), given every param with the defaults filled in: a bad value (a regex
+    that does not compile, a negative limit) is refused here instead of failing every sample."""
+    check = getattr(fn, "check_params", None)
+    if check is None:
+        return None
+    bound = signature.bind("completion", "reference", **c.params)
+    bound.apply_defaults()
+    values = dict(list(bound.arguments.items())[2:])
+    values |= values.pop(next((p.name for p in signature.parameters.values() if p.kind == p.VAR_KEYWORD), ""), {})
+    try:
+        check(**values)
+    except (ValueError, TypeError) as e:
+        return f"{where}params of fn={c.fn!r}: {e}"
+    return None
 
 
 def _component_problems(c: RewardComponent, where: str) -> list[str]:
@@ -423,6 +500,9 @@ def _reward_problems(reward: RewardConfig) -> list[str]:
         if not math.isfinite(c.weight):
             problems.append(f"{where}weight={c.weight} must be a finite number")
         problems += _component_problems(c, where)
+    if reward.terms and all(c.weight == 0 for c in reward.terms):
+        problems.append("every reward term has weight 0: every reward would be 0 and nothing would train; give at "
+                        "least one term a non-zero weight (a term logged only, not trained on, keeps weight 0)")
     if len(set(names)) != len(names):
         problems.append(f"reward.components have duplicate names {sorted(n for n in set(names) if names.count(n) > 1)}")
     if reward.correct_component is not None and reward.correct_component not in names:
@@ -497,5 +577,11 @@ def validate(cfg: RLConfig) -> None:
             if getattr(a, key):
                 problems.append(f"algo.{key}=true with rollout.group_size=1: a group of one always has equal "
                                 "rewards, so every group would be dropped; raise rollout.group_size")
+    t = cfg.task
+    distinct = (10**t.num_digits) ** 2 if t.num_digits <= 9 else math.inf  # ordered pairs of 0..10^d − 1
+    need(t.name != "synthetic_addition" or t.num_train + t.num_eval <= distinct,
+         f"task.num_train={t.num_train} + task.num_eval={t.num_eval} is more than the {distinct} distinct "
+         f"{t.num_digits}-digit additions; lower them or raise task.num_digits")
+    problems += _inert_settings(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import ray
-from ray.exceptions import RayError, RayTaskError
+from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from rlsys.actors.buffer import PutSummary, TakeSummary
 from rlsys.actors.learner import StepResult, combine_rank_metrics
@@ -44,7 +44,7 @@ from rlsys.actors.placement import ActorHandles
 from rlsys.config import RLConfig
 from rlsys.data.tasks import PromptStream
 from rlsys.evaluate import accuracy
-from rlsys.failures import PromptRetries, RewardFailureWindow
+from rlsys.failures import ActorLost, PromptRetries, RewardFailureWindow
 from rlsys.metrics import MetricsWriter, reward_scalars
 from rlsys.staleness import AdmissionGate
 from rlsys.types import Prompt
@@ -137,6 +137,11 @@ class Controller:
         self.filtered_in_a_row = 0
         self.retries = PromptRetries(self.stream)
         self.reward_failures = RewardFailureWindow(cfg.reward.max_failure_rate, cfg.reward.failure_window)
+        # Actors that are not restarted: the run stops with ActorLost, naming the one that died.
+        essential = [(f"learner rank {i}", a) for i, a in enumerate(actors.learners)] + [("the buffer actor",
+                                                                                          actors.buffer)]
+        essential += [("the reference actor", actors.reference)] if actors.reference is not None else []
+        self.essential = {handle._actor_id.hex(): name for name, handle in essential}
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> RunSummary:
@@ -272,6 +277,8 @@ class Controller:
         try:
             put = ray.get(ref, timeout=RESULT_TIMEOUT_S)
         except RayError as e:
+            if isinstance(e, RayActorError) and e.actor_id in self.essential:
+                raise  # the buffer died, not the reward worker
             self._reward_down(worker)
             self._on_reward_lost(p.payload, e)
         else:
@@ -451,6 +458,18 @@ class Controller:
 
     # ------------------------------------------------------------------ dispatch
     def _handle(self, ref: ray.ObjectRef, p: _Pending) -> None:
+        """Act on a finished call; the death of an actor the run cannot go on without stops it with ActorLost."""
+        try:
+            self._dispatch(ref, p)
+        except RayActorError as e:
+            name = self.essential.get(e.actor_id or "")
+            if name is None:
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ActorLost(f"{name} died at version {self.version} ({type(e).__name__}: {first}); the run cannot go "
+                            "on without it. What it wrote so far is in the run directory.") from e
+
+    def _dispatch(self, ref: ray.ObjectRef, p: _Pending) -> None:
         if p.kind == "generate":
             self._on_generated(p, ref)
         elif p.kind == "score":

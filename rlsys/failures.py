@@ -27,6 +27,10 @@ class RewardsFailing(RuntimeError):
     """The reward failed on more than ``reward.max_failure_rate`` of the last ``reward.failure_window`` samples."""
 
 
+class ActorLost(RuntimeError):
+    """An actor the run cannot go on without (a learner rank, the buffer, the reference actor) died."""
+
+
 class PromptRetries:
     """Which prompts to retry after a failed request, and which to give up on.
 
@@ -122,14 +126,17 @@ class RewardFailureWindow:
         return sum(self._failed) / len(self._failed) if self._failed else 0.0
 
     def check(self) -> None:
-        """Raise :class:`RewardsFailing` once a full window fails at more than ``max_rate``."""
-        if len(self._failed) < self.window or self.rate <= self.max_rate:
+        """Raise :class:`RewardsFailing` once a full window fails at more than ``max_rate`` — or earlier, as soon as
+        the failures seen already exceed what a full window may hold (``max_rate`` × ``window``): whatever the next
+        samples do, the window will fail, so a reward failing on every sample stops after about half a window."""
+        failed = sum(self._failed)
+        if failed <= self.max_rate * self.window and (len(self._failed) < self.window or self.rate <= self.max_rate):
             return
         terms = sorted(((sum(q), name) for name, q in self._terms.items() if sum(q)), reverse=True)
         by_term = ", ".join(f"{name!r} on {n}" for n, name in terms) or "no single term (the whole call failed)"
-        lines = [f"the reward failed on {self.rate:.0%} of the last {len(self._failed)} samples, above "
-                 f"reward.max_failure_rate={self.max_rate:g} over reward.failure_window={self.window}; failing "
-                 f"terms: {by_term}. Stopping: training on this reward would teach nothing."]
+        lines = [f"the reward failed on {failed} of the last {len(self._failed)} samples ({self.rate:.0%}), more "
+                 f"than reward.max_failure_rate={self.max_rate:g} allows in reward.failure_window={self.window}; "
+                 f"failing terms: {by_term}. Stopping: training on this reward would teach nothing."]
         for ex in self._examples:
             lines.append(f"  e.g. prompt {ex.prompt_id!r}, completion {ex.completion[:200]!r}: {ex.error[:500]}")
         lines.append("Fix the reward function or its params (run it by hand on the example), or raise "

@@ -124,20 +124,21 @@ def _settle(cfg: RLConfig, splits: tuple[_Split, ...], bad: list[BadRow]) -> tup
     return kept, counts
 
 
-def prepare_prompts(cfg: RLConfig, cache: Path) -> tuple[str, str]:
-    """Paths of the train and held-out Parquet files (written once for the synthetic task and for a held-out split),
-    after the cell checks of :mod:`rlsys.data.checks` (task.bad_rows applies; the token checks need the policy's
-    tokenizer: :func:`prepare`)."""
-    splits = _read_splits(cfg, cache)
-    _settle(cfg, splits, [b for s in splits for b in s.data.bad])
-    return str(splits[0].path), str(splits[1].path)
+def load_checkpoint_part(auto: type, key: str, path: str, part: str, **kwargs):
+    """``auto.from_pretrained(path)``; a checkpoint that does not load is a :class:`ConfigError` naming ``key``,
+    the path and the part (tokenizer, config.json, weights) rather than a traceback from deep in transformers."""
+    try:
+        return auto.from_pretrained(path, **kwargs)
+    except Exception as e:  # transformers raises OSError, ValueError, KeyError, json errors... for a broken file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ConfigError(f"{key}={path!r}: its {part} does not load ({type(e).__name__}: {first[:300]})") from e
 
 
 def _policy_tokenizer(cfg: RLConfig, train_prompts: list[Prompt]) -> tuple[PreTrainedTokenizerBase, int | None, str]:
     """The policy's tokenizer, its context length (None if its config names none) and where that comes from."""
     if cfg.model.path:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
-        config = AutoConfig.from_pretrained(cfg.model.path)
+        tokenizer = load_checkpoint_part(AutoTokenizer, "model.path", cfg.model.path, "tokenizer")
+        config = load_checkpoint_part(AutoConfig, "model.path", cfg.model.path, "config.json")
         config = config.get_text_config() if hasattr(config, "get_text_config") else config
         context = getattr(config, "max_position_embeddings", None)
         return tokenizer, context, f"max_position_embeddings of {cfg.model.path}"
@@ -210,7 +211,7 @@ def prepare(cfg: RLConfig, data: Datasets | None = None) -> Prepared:
 
     start = time.perf_counter()
     if cfg.model.path:
-        model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=torch.float32)
+        model = load_checkpoint_part(AutoModelForCausalLM, "model.path", cfg.model.path, "weights", dtype=torch.float32)
     else:
         model = build_tiny_llama(cfg.model, tokenizer)
     if cfg.warmup.steps:

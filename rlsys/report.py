@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rlsys.metrics import METRICS_FILE, read_metrics
+
+_LISTED = 10  # rows and prompts listed one by one; summary.json has them all
 
 
 def inspect_run(run_dir: str | Path, num_examples: int = 3) -> str:
@@ -21,11 +25,16 @@ def inspect_run(run_dir: str | Path, num_examples: int = 3) -> str:
     curve = [(m["step"], m["eval/accuracy"]) for m in metrics if m.get("eval/accuracy") is not None]
     if curve:
         lines.append("held-out accuracy by version: " + ", ".join(f"{v}: {a:.1%}" for v, a in curve))
+    lines += _left_out(run_dir)
     samples_path = run_dir / "samples.parquet"
     if not samples_path.is_file():
         lines.append("no samples.parquet (output.save_samples=false, or the run did not finish)")
         return "\n".join(lines)
-    rows = pq.read_table(samples_path).to_pylist()
+    try:
+        rows = pq.read_table(samples_path).to_pylist()
+    except (pa.ArrowException, OSError) as e:  # a killed run never wrote the file's footer
+        lines.append(f"samples.parquet is unreadable ({e}): the run was killed before it could close the file")
+        return "\n".join(lines)
     trained = [r for r in rows if not r["dropped"]]
     lines.append(f"samples: {len(rows)} logged, {len(trained)} trained")
     for reason, count in Counter(r["dropped"] for r in rows if r["dropped"]).most_common():
@@ -43,3 +52,24 @@ def inspect_run(run_dir: str | Path, num_examples: int = 3) -> str:
         for r in [r for r in trained if r["learner_version"] == last][:num_examples]:
             lines.append(f"  {r['prompt']!r} → {r['response']!r} (answer {r['answer']!r}, reward {r['reward']:.2f})")
     return "\n".join(lines)
+
+
+def _left_out(run_dir: Path) -> list[str]:
+    """Lines on the data rows and prompts the run left out, from its summary.json (none: the run did not end)."""
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return ["no summary.json: the run did not finish (it was stopped or killed)"]
+    summary = json.loads(path.read_text())
+    lines = []
+    rows = summary.get("dropped_row_list", [])
+    if rows:
+        lines.append(f"data rows left out (task.bad_rows=drop): {len(rows)}")
+        lines += [f"  {r['file']} row {r['row']}: {r['detail']}" for r in rows[:_LISTED]]
+        lines += [f"  ... and {len(rows) - _LISTED} more (summary.json: dropped_row_list)"] if len(rows) > _LISTED else []
+    prompts = summary.get("failed_prompts", [])
+    if prompts:
+        lines.append(f"prompts dropped after failed requests: {len(prompts)}")
+        lines += [f"  {p['prompt_id']}: {p['error']}" for p in prompts[:_LISTED]]
+        lines += [f"  ... and {len(prompts) - _LISTED} more (summary.json: failed_prompts)"] \
+            if len(prompts) > _LISTED else []
+    return lines

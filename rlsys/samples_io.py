@@ -38,11 +38,17 @@ class SampleLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = pq.ParquetWriter(self.path, SCHEMA)
 
-    def write(self, groups: list[Group], learner_version: int, dropped: str) -> None:
+    def write(self, groups: list[Group], learner_version: int, dropped: str | list[str]) -> None:
+        """Append ``groups``' samples; ``dropped`` is why none of them trained, or one reason per sample ("": it
+        trained)."""
+        samples = [(g, s) for g in groups for s in g.samples]
+        reasons = [dropped] * len(samples) if isinstance(dropped, str) else dropped
+        if len(reasons) != len(samples):
+            raise ValueError(f"{len(reasons)} reasons for {len(samples)} samples")
         rows = [
             {
                 "prompt_id": g.prompt.prompt_id, "sample_index": s.sample_index, "epoch": s.epoch,
-                "version": s.version, "learner_version": learner_version, "dropped": dropped,
+                "version": s.version, "learner_version": learner_version, "dropped": why,
                 "prompt": g.prompt.text, "answer": g.prompt.answer, "response": s.response_text,
                 "finish_reason": s.finish_reason, "reward": s.reward, "reward_error": s.reward_error,
                 "reward_components": list(s.reward_components.items()),
@@ -50,7 +56,7 @@ class SampleLog:
                 "reward_versions": list(s.reward_versions.items()),
                 "response_ids": s.response_ids.tolist(), "behaviour_logprobs": s.behaviour_logprobs.tolist(),
             }
-            for g in groups for s in g.samples
+            for (g, s), why in zip(samples, reasons)
         ]
         if rows:
             self._writer.write_table(pa.Table.from_pylist(rows, schema=SCHEMA))

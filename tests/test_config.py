@@ -268,7 +268,8 @@ def test_cli_algo_flag_merges_the_recipe(capsys) -> None:
 
 
 def test_reward_components_are_checked_scope_step_and_model(tmp_path) -> None:
-    (tmp_path / "config.json").write_text("{}")  # a checkpoint directory, as far as the config check looks
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):  # a checkpoint, as far as the check looks
+        (tmp_path / name).write_text("{}")
     good = load_config(None, [
         "reward.components=[{name: c, fn: addition_exact}, "
         f"{{name: rm, weight: 0.5, model: {{kind: classifier, paths: ['{tmp_path}'], ensemble: min}}}}, "
@@ -336,13 +337,32 @@ def test_group_size_one_is_fine_where_advantages_are_not_group_relative():
     load_config(None, ["reward.components=[{name: short, fn: length_penalty, params: {target: 3}}]"])
 
 
-def test_a_model_path_without_config_json_is_not_a_checkpoint(tmp_path):
-    (tmp_path / "tokenizer.json").write_text("{}")
-    for overrides in ([f"model.path={tmp_path}"],
-                      [f"reward.components=[{{name: rm, model: {{kind: classifier, paths: ['{tmp_path}']}}}}]"]):
-        with pytest.raises(ConfigError, match="no config.json — not a Hugging Face checkpoint"):
-            load_config(None, overrides)
-    assert main(["eval", str(tmp_path)]) == 2
+def test_a_model_path_without_config_json_weights_or_tokenizer_is_not_a_checkpoint(tmp_path):
+    overrides = ([f"model.path={tmp_path}"],
+                 [f"reward.components=[{{name: rm, model: {{kind: classifier, paths: ['{tmp_path}']}}}}]"])
+    for missing, message in (("config.json", "no config.json — not a Hugging Face checkpoint"),
+                             ("model.safetensors", r"no weights \(none of \*.safetensors"),
+                             ("tokenizer.json", r"no tokenizer \(none of tokenizer.json")):
+        for name in ("config.json", "model.safetensors", "tokenizer.json"):
+            (tmp_path / name).unlink(missing_ok=True)
+            if name != missing:
+                (tmp_path / name).write_text("{}")
+        for o in overrides:
+            with pytest.raises(ConfigError, match=message):
+                load_config(None, o)
+        assert main(["eval", str(tmp_path)]) == 2
+
+
+def test_a_checkpoint_whose_files_do_not_load_is_a_config_error_naming_the_part(tmp_path, capsys):
+    """config.json, weights and tokenizer files are there but broken: the error names model.path and the part."""
+    for name, text in (("config.json", "{not json"), ("model.safetensors", "junk"), ("tokenizer.json", "{}")):
+        (tmp_path / name).write_text(text)
+    cfg = load_config(None, [f"model.path={tmp_path}", "task.num_train=50", "task.num_eval=10",
+                             f"output.cache_dir={tmp_path / 'cache'}"])
+    from rlsys.prepare import load_datasets
+
+    with pytest.raises(ConfigError, match=rf"model.path='{tmp_path}': its (tokenizer|config.json) does not load"):
+        load_datasets(cfg)
 
 
 def test_a_reward_function_that_does_not_import_is_refused_at_start_up(tmp_path):

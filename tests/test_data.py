@@ -207,16 +207,17 @@ def test_supervised_warmup_lowers_loss() -> None:
 
 
 def _small(tmp_path: Path, *extra: str):
+    """A small config; the synthetic task's size and the tiny model's shape only where they act (else refused)."""
+    synthetic = not any(e == "task.name=parquet" for e in extra)
+    tiny = not any(e.startswith("model.path=") for e in extra)
     return load_config(None, [
         f"output.cache_dir={tmp_path / 'cache'}",
         "warmup.steps=20",
         "warmup.batch_size=16",
-        "task.num_train=200",
+        *(["task.num_train=200"] if synthetic else []),
         "task.num_eval=20",
-        "model.hidden_size=32",
-        "model.intermediate_size=64",
-        "model.num_layers=1",
-        "model.num_heads=2",
+        *(["model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=1", "model.num_heads=2"]
+          if tiny else []),
         *extra,
     ])
 
@@ -527,9 +528,12 @@ def test_prepare_with_a_checkpoints_tokenizer_and_context(tmp_path: Path) -> Non
 def test_empty_eval_split_is_an_error(tmp_path: Path) -> None:
     from rlsys.data.tasks import DatasetError
 
-    with pytest.raises(DatasetError, match=r"the synthetic eval split .*eval.parquet \(task.num_eval=0\) has no "
-                       "usable rows: it has no rows at all"):
-        prepare(_small(tmp_path, "task.num_eval=0", "warmup.steps=0"))
+    train = write_parquet([{"id": f"t{i}", "prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(20)],
+                          tmp_path / "train.parquet")
+    empty = write_parquet([], tmp_path / "empty.parquet")
+    with pytest.raises(DatasetError, match=rf"task.eval_file {empty} has no usable rows: it has no rows at all"):
+        prepare(_small(tmp_path, "task.name=parquet", f"task.train_file={train}", f"task.eval_file={empty}",
+                       "warmup.steps=0"))
 
 
 def test_warmup_on_no_prompts_says_so_instead_of_max_error() -> None:

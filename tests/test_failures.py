@@ -56,21 +56,30 @@ def test_every_request_failing_stops_instead_of_looping_through_the_data_set():
             retries.lost(retries.next_prompts(4), "RuntimeError: engine broken", failed=True)
 
 
-def test_the_reward_failure_window_stops_only_on_a_full_window_above_the_rate():
+def test_the_reward_failure_window_stops_on_a_window_above_the_rate():
     window = RewardFailureWindow(max_rate=0.5, window=8)
-    window.observe([math.nan] * 6, {"correct": [math.nan] * 6, "fmt": [1.0] * 6},
+    window.observe([math.nan] * 4 + [1.0] * 3, {"correct": [math.nan] * 4 + [1.0] * 3, "fmt": [1.0] * 7},
                    FailedExample("p1", "12", "correct: ValueError: bad reference"))
-    window.check()  # 6 samples: the window is not full yet
-    window.observe([1.0, 1.0], {"correct": [1.0, 1.0], "fmt": [1.0, 1.0]})
-    with pytest.raises(RewardsFailing) as info:  # 6 of 8 failed
+    window.check()  # 4 failures: a full window may still come out at 4 of 8
+    window.observe([math.nan], {"correct": [math.nan], "fmt": [1.0]})
+    with pytest.raises(RewardsFailing) as info:  # 5 of 8 failed
         window.check()
     message = str(info.value)
-    for needle in ("failed on 75% of the last 8 samples", "'correct' on 6", "e.g. prompt 'p1', completion '12'",
+    for needle in ("failed on 5 of the last 8 samples (62%)", "'correct' on 5", "e.g. prompt 'p1', completion '12'",
                    "ValueError: bad reference"):
         assert needle in message, message
-    window.observe([1.0] * 4, {"correct": [1.0] * 4})  # the oldest failures leave the window: 2 of 8
+    window.observe([1.0] * 4, {"correct": [1.0] * 4})  # the four oldest failures leave the window: 1 of 8
     window.check()
-    assert window.rate == pytest.approx(2 / 8)
+    assert window.rate == pytest.approx(1 / 8)
+
+
+def test_the_reward_failure_window_stops_before_it_is_full_once_the_outcome_is_certain():
+    window = RewardFailureWindow(max_rate=0.5, window=8)
+    window.observe([math.nan] * 4, {"correct": [math.nan] * 4})
+    window.check()  # 4 of at most 8: not above the rate yet, whatever comes next
+    window.observe([math.nan], {"correct": [math.nan]})
+    with pytest.raises(RewardsFailing, match=r"failed on 5 of the last 5 samples \(100%\)"):
+        window.check()  # 5 failures: every full window containing them is above 0.5
 
 
 def test_a_reward_failing_at_exactly_the_rate_or_below_goes_on():

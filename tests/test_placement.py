@@ -15,7 +15,7 @@ import pytest
 
 from rlsys.actors.placement import create_actors
 from rlsys.actors.resources import PlacementError, check_local_cpus, resource_demand, shortfalls, total_demand
-from rlsys.config import load_config
+from rlsys.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 # "At once" is asserted by what failed, not by a clock: the up-front check's message ("… asked, the cluster has …")
@@ -91,7 +91,9 @@ def test_a_too_small_ray_num_cpus_fails_before_ray_starts():
     assert "raise ray.num_cpus to at least 10, or leave it unset" in str(e.value)
     assert ray.is_initialized() == started_before
     check_local_cpus(cfg_of("ray.num_cpus=3"))  # 2.25 fits
-    check_local_cpus(cfg_of("learner.num_learners=8", "ray.address=auto", "ray.num_cpus=2"))  # not a local Ray
+    check_local_cpus(cfg_of("learner.num_learners=8", "ray.address=auto"))  # not a local Ray: not checked here
+    with pytest.raises(ConfigError, match=r"ray.num_cpus=2 has no effect here: it acts only on a local Ray"):
+        cfg_of("ray.address=auto", "ray.num_cpus=2")
 
 
 # --- against a real local Ray: the session's, 4 CPUs and no GPU --------------------------------------------------

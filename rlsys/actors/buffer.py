@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from rlsys.actors.rollout import RolloutBatch
-from rlsys.algos import zero_variance_groups
+from rlsys.algos import untrained_reasons, zero_variance_groups
 from rlsys.buffer import GroupBuffer
 from rlsys.failures import FailedExample
 from rlsys.samples_io import SampleLog
@@ -60,10 +60,12 @@ class BufferActor:
     it is dropped on arrival — recorded in the sample log with the reason — and its admission slot is freed, so
     the controller keeps generating until a full batch of informative groups is buffered."""
 
-    def __init__(self, max_staleness: int, sample_log_path: str | None, dynamic_sampling: bool = False) -> None:
+    def __init__(self, max_staleness: int, sample_log_path: str | None, dynamic_sampling: bool = False,
+                 overlong_filter: bool = False, filter_zero_variance: bool = False) -> None:
         self.buffer = GroupBuffer(max_staleness)
         self.log = SampleLog(sample_log_path) if sample_log_path else None
         self.dynamic_sampling = dynamic_sampling
+        self.filters = (overlong_filter, filter_zero_variance)  # which samples of a trained group the loss leaves out
         self.seq = 0
 
     def put(self, batch: RolloutBatch) -> PutSummary:
@@ -97,8 +99,10 @@ class BufferActor:
         self.seq += 1
         if self.log is not None:
             self.log.write(result.dropped, learner_version, f"stale: older than {self.buffer.max_staleness} versions")
-            if result.batch:
-                self.log.write(result.batch, learner_version, "")
+            if result.batch:  # the learners leave some samples out of the loss: each is logged with the reason
+                rewards = np.stack([g.rewards for g in result.batch])
+                truncated = [s.finish_reason == "length" for g in result.batch for s in g.samples]
+                self.log.write(result.batch, learner_version, untrained_reasons(rewards, truncated, *self.filters))
         summary = TakeSummary(
             taken=len(result.batch or []), dropped_keys=[(g.prompt.prompt_id, g.prompt.epoch) for g in result.dropped],
             dropped_versions=[g.version for g in result.dropped],

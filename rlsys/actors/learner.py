@@ -35,6 +35,7 @@ from rlsys.algos import (
     reinforce_pp_advantages,
     rloo_advantages,
     sample_loss_weights,
+    untrained_reasons,
     zero_variance_groups,
 )
 from rlsys.config import AlgoConfig, LearnerConfig
@@ -103,13 +104,10 @@ def rank_batch(groups: list[Group], rank: int, world_size: int, pad_id: int, alg
     n = len(groups[0].samples)
     raw = np.stack([g.rewards for g in groups]).astype(np.float64)  # [G, n]
     lengths = np.array([len(s.response_ids) for s in samples])
-    trainable = ~np.isnan(raw).reshape(-1)
     truncated = np.array([s.finish_reason == "length" for s in samples])
     zero_var = zero_variance_groups(torch.as_tensor(raw)).numpy()
-    if algo.overlong_filter:
-        trainable &= ~truncated
-    if algo.filter_zero_variance:
-        trainable &= ~np.repeat(zero_var, n)
+    trainable = np.array([not why for why in untrained_reasons(raw, truncated, algo.overlong_filter,
+                                                                algo.filter_zero_variance)])
     shaped = raw + overlong_penalty(lengths, max_new_tokens, algo.overlong_buffer).reshape(raw.shape)
     group_rank, group_minibatch = assign_groups(len(groups), world_size, algo.minibatches)
     minibatch = np.repeat(group_minibatch, n)

@@ -112,7 +112,8 @@ def _create(cfg: RLConfig, model_dir: str, sample_log_path: str | None, runtime_
     buffer = ray.remote(BufferActor).options(
         num_cpus=0, runtime_env=runtime_env,
         scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
-    ).remote(cfg.train.max_staleness, sample_log_path, cfg.algo.dynamic_sampling)
+    ).remote(cfg.train.max_staleness, sample_log_path, cfg.algo.dynamic_sampling, cfg.algo.overlong_filter,
+              cfg.algo.filter_zero_variance)
     reference = None
     if cfg.algo.kl_coef > 0 and cfg.algo.reference == "actor":  # same resources as one learner, restartable
         reference = ray.remote(ReferenceWorker).options(

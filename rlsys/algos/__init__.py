@@ -28,12 +28,12 @@ from rlsys.algos.losses import (
     token_logprobs,
     value_loss,
 )
-from rlsys.algos.shaping import overlong_penalty
+from rlsys.algos.shaping import overlong_penalty, untrained_reasons
 
 __all__ = [
     "AGGREGATIONS", "ESTIMATORS", "IS_LEVELS", "IS_MODES", "OUTCOME_ESTIMATORS", "POLICY_LOSSES",
     "bound_advantages", "entropy_from_logits", "gae_advantages", "group_advantages", "group_centered_advantages",
     "importance_weights", "kl_estimate", "masked_whiten", "outcome_token_rewards", "overlong_penalty",
     "policy_loss", "reinforce_pp_advantages", "rloo_advantages", "sample_loss_weights", "token_logprobs",
-    "value_loss", "zero_variance_groups",
+    "untrained_reasons", "value_loss", "zero_variance_groups",
 ]

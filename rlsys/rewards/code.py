@@ -116,7 +116,14 @@ def _precheck(code: str, max_code_chars: int) -> str | None:
     return None
 
 
-@register_reward("code_tests")
+def _code_params(max_code_chars: object, **limits: object) -> SandboxLimits:
+    """code_tests' params checked: the sandbox limits they make; ValueError names the bad one."""
+    if isinstance(max_code_chars, bool) or not isinstance(max_code_chars, int) or max_code_chars < 1:
+        raise ValueError(f"code_tests: parameter 'max_code_chars' must be an int >= 1, got {max_code_chars!r}")
+    return SandboxLimits(**limits)
+
+
+@register_reward("code_tests", check_params=_code_params)
 def code_tests(completion: str, reference: str, *, wall_s: float = 3.0, cpu_s: float = 3.0, memory_mb: int = 512,
                max_processes: int = 32, test_timeout_s: float | None = 1.0, max_output_bytes: int = 64 * 1024,
                disk_mb: int = 64, max_code_chars: int = 100_000) -> Scored:
@@ -134,10 +141,9 @@ def code_tests(completion: str, reference: str, *, wall_s: float = 3.0, cpu_s: f
     Raises ValueError for a malformed reference or a bad parameter, RuntimeError if the sandbox cannot run.
     """
     tests = parse_tests(reference)
-    if isinstance(max_code_chars, bool) or not isinstance(max_code_chars, int) or max_code_chars < 1:
-        raise ValueError(f"code_tests: parameter 'max_code_chars' must be an int >= 1, got {max_code_chars!r}")
-    limits = SandboxLimits(wall_s=wall_s, cpu_s=cpu_s, memory_mb=memory_mb, max_processes=max_processes,
-                           test_timeout_s=test_timeout_s, max_output_bytes=max_output_bytes, disk_mb=disk_mb)
+    limits = _code_params(max_code_chars, wall_s=wall_s, cpu_s=cpu_s, memory_mb=memory_mb,
+                          max_processes=max_processes, test_timeout_s=test_timeout_s,
+                          max_output_bytes=max_output_bytes, disk_mb=disk_mb)
     code = extract_code(completion)
     problem = _precheck(code, max_code_chars)
     if problem is not None:

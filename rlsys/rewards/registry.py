@@ -4,7 +4,8 @@ A reward function maps ``(completion_text, reference_answer, **params)`` to a fl
 float plus the reason behind it, e.g. why sandboxed code earned 0); ``params`` are keyword arguments from the config
 (a reward component's ``params``): a parameter without a default is required, and the config check binds each
 component's params to its function's signature at start-up, so a misspelled or missing key is refused before a run
-starts instead of failing every sample.
+starts instead of failing every sample; a function's ``check_params`` (:func:`register_reward`) checks their
+values there too.
 Built-in rewards register themselves with :func:`register_reward`; user rewards need no registration and are given
 as ``"package.module:function"``.
 Lookup by string (rather than passing function objects around) lets a config name the reward and lets a child
@@ -32,8 +33,14 @@ RewardFn = Callable[..., "float | Scored"]  # (completion: str, reference: str, 
 _REGISTRY: dict[str, RewardFn] = {}
 
 
-def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
-    """Decorator that registers a reward function under ``name`` and returns the function unchanged.
+def register_reward(name: str, check_params: Callable[..., object] | None = None
+                    ) -> Callable[[RewardFn], RewardFn]:
+    """Decorator that registers a reward function under ``name`` and returns it, with ``check_params`` attached.
+
+    ``check_params(**params)`` — called at start-up with every param of a component (its defaults filled in) —
+    raises ValueError for values the function would reject on every sample (a regex that does not compile, a
+    limit out of range), so the config check refuses them before a run starts. A ``module:function`` reward can
+    offer the same by having a ``check_params`` attribute.
 
     Raises ValueError for a duplicate name (two rewards silently shadowing each other would be a config bug) and
     for a name containing ":" (that form is reserved for import paths).
@@ -48,6 +55,8 @@ def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
                 f"{_REGISTRY[name].__qualname__}); pick another name"
             )
         _REGISTRY[name] = fn
+        if check_params is not None:
+            fn.check_params = check_params  # type: ignore[attr-defined]
         return fn
 
     return decorator

@@ -347,7 +347,7 @@ def _same_answer(gold, pred, rel_tol: float) -> bool:
     return verify(_exact(gold), _exact(pred), numeric_precision=50)
 
 
-@register_reward("math_verify")
+@register_reward("math_verify", check_params=_check_math_verify_params)
 def math_verify_reward(
     completion: str, reference: str, *, require: str = "any", rel_tol: float = 1e-6
 ) -> float | Scored:

@@ -50,6 +50,11 @@ _FLUSH_S = 0.05
 # The parent re-reads the child's progress slot at least this often (seconds) while a call runs; deadlines count
 # from the child's own start times, so this is about the most by which one is overrun.
 _POLL_S = 0.1
+# After this many rule calls in a row of one score() call each lost the child (it crashed, or hung past its
+# deadline) with no call succeeding in between, the calls left fail without being run: a reward that kills its
+# process on every sample would otherwise cost a restart per sample (~0.3 s on 2 cores; a timeout_s per sample for
+# one that hangs), and a run stopped by reward.max_failure_rate would take minutes to get there.
+MAX_LOST_IN_A_ROW = 8
 
 # A rule call (term, start, stop): rule term number ``term`` on items[start:stop] -- one item (sample and process
 # scope) or one prompt group (group scope). A plain tuple: a batch has one per item and term.
@@ -180,6 +185,7 @@ class RewardScorer:
         out_of_time = (f"not scored: this reward call ran out of its time budget of {_secs(budget)} s ({why}), spent "
                        "on rule calls that hung or crashed and on restarting the worker process")
         call_deadline = time.monotonic() + budget
+        lost_in_a_row = 0
         while batch.left:
             if self._worker is None:  # a hang or a crash in this batch took it: restart, on the batch's budget
                 left = call_deadline - time.monotonic()
@@ -192,7 +198,18 @@ class RewardScorer:
                     cut_short = isinstance(e.__cause__, TimeoutError) and left < _START_TIMEOUT_S
                     batch.fail_rest(out_of_time if cut_short else str(e))
                     break
+            left = batch.left
             self._run(batch, seconds, call_deadline, out_of_time)
+            if self._worker is not None or not batch.left:
+                continue
+            lost_in_a_row = lost_in_a_row + 1 if left - batch.left == 1 else 1  # only the lost call was made
+            if lost_in_a_row >= MAX_LOST_IN_A_ROW:
+                last = next(row.error for row in reversed([r for rs in batch.rows for r in rs if r is not None])
+                            if row.failed)
+                logger.warning("reward: %d rule calls in a row lost the worker process; failing the %d left "
+                               "unscored", lost_in_a_row, batch.left)
+                batch.fail_rest(f"not scored: the {lost_in_a_row} rule calls before it in this reward call each "
+                                f"crashed or hung the reward's worker process (the last: {last})")
         return batch.rows  # type: ignore[return-value]  # every row is set now
 
     def _run(self, batch: _Batch, seconds: dict[str, float], call_deadline: float, out_of_time: str) -> None:

@@ -118,15 +118,35 @@ def _int_param(fn_name: str, name: str, value: object, minimum: int) -> int:
     return value
 
 
+def _check_unit(fn_name: str, unit: object) -> None:
+    if unit not in _UNITS:
+        raise ValueError(f"{fn_name}: parameter 'unit' must be one of {_UNITS}, got {unit!r}")
+
+
 def _text_length(fn_name: str, completion: str, unit: str) -> int:
-    if unit == "chars":
-        return len(completion)
-    if unit == "words":
-        return len(completion.split())
-    raise ValueError(f"{fn_name}: parameter 'unit' must be one of {_UNITS}, got {unit!r}")
+    _check_unit(fn_name, unit)
+    return len(completion) if unit == "chars" else len(completion.split())
 
 
-@register_reward("regex_format")
+def _regex_params(pattern: object, flags: object, max_chars: object) -> tuple[re.Pattern, int]:
+    """regex_format's params checked: (compiled pattern, max_chars); ValueError names the bad one."""
+    if not isinstance(pattern, str) or not pattern:
+        raise ValueError(f"regex_format: parameter 'pattern' must be a non-empty regex string, got {pattern!r}")
+    if not isinstance(flags, str):
+        raise ValueError(f"regex_format: parameter 'flags' must be a string of letters among 'imsx', got {flags!r}")
+    re_flags = 0
+    for letter in flags:
+        if letter not in _FLAG_LETTERS:
+            raise ValueError(f"regex_format: unknown flag letter {letter!r} in flags={flags!r}; use letters 'imsx'")
+        re_flags |= _FLAG_LETTERS[letter]
+    max_chars = _int_param("regex_format", "max_chars", max_chars, 1)
+    try:
+        return re.compile(pattern, re_flags), max_chars  # re caches compiled patterns
+    except re.error as e:
+        raise ValueError(f"regex_format: invalid regex pattern {pattern!r}: {e}") from e
+
+
+@register_reward("regex_format", check_params=_regex_params)
 def regex_format(completion: str, reference: str, *, pattern: str, flags: str = "s",
                  max_chars: int = 100_000) -> float:
     """1.0 iff ``re.fullmatch(pattern, completion.strip(), flags)`` matches, else 0.0. The reference is ignored.
@@ -139,20 +159,7 @@ def regex_format(completion: str, reference: str, *, pattern: str, flags: str = 
     Raises ValueError for an empty or non-string ``pattern``, a pattern that does not compile (the message names
     the pattern), an unknown flag letter, or ``max_chars`` that is not a positive int.
     """
-    if not isinstance(pattern, str) or not pattern:
-        raise ValueError(f"regex_format: parameter 'pattern' must be a non-empty regex string, got {pattern!r}")
-    if not isinstance(flags, str):
-        raise ValueError(f"regex_format: parameter 'flags' must be a string of letters among 'imsx', got {flags!r}")
-    re_flags = 0
-    for letter in flags:
-        if letter not in _FLAG_LETTERS:
-            raise ValueError(f"regex_format: unknown flag letter {letter!r} in flags={flags!r}; use letters 'imsx'")
-        re_flags |= _FLAG_LETTERS[letter]
-    max_chars = _int_param("regex_format", "max_chars", max_chars, 1)
-    try:
-        compiled = re.compile(pattern, re_flags)  # re caches compiled patterns
-    except re.error as e:
-        raise ValueError(f"regex_format: invalid regex pattern {pattern!r}: {e}") from e
+    compiled, max_chars = _regex_params(pattern, flags, max_chars)
     if len(completion) > max_chars:
         return 0.0
     return 1.0 if compiled.fullmatch(completion.strip()) else 0.0
@@ -190,7 +197,21 @@ def answer_tag_match(completion: str, reference: str) -> float:
     return _normalized_equal(answer, reference, "answer_tag_match")
 
 
-@register_reward("length_penalty")
+def _length_params(target: object, tolerance: object, scale: object, unit: object) -> tuple[int, int, float]:
+    """length_penalty's params checked: (target, tolerance, scale); ValueError names the bad one."""
+    target = _int_param("length_penalty", "target", target, 0)
+    tolerance = _int_param("length_penalty", "tolerance", tolerance, 0)
+    if scale is None:
+        scale = target
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
+        raise ValueError(
+            f"length_penalty: parameter 'scale' must be a finite number > 0 (it defaults to target), got {scale!r}"
+        )
+    _check_unit("length_penalty", unit)
+    return target, tolerance, scale
+
+
+@register_reward("length_penalty", check_params=_length_params)
 def length_penalty(completion: str, reference: str, *, target: int, tolerance: int = 0,
                    scale: float | None = None, unit: str = "chars") -> float:
     """Shaping penalty in [-1, 0] for a completion length away from ``target``. The reference is ignored.
@@ -203,20 +224,23 @@ def length_penalty(completion: str, reference: str, *, target: int, tolerance: i
     Raises ValueError if ``target`` is missing or not an int >= 0, ``tolerance`` is not an int >= 0, ``scale``
     is not a finite number > 0 (with ``target=0`` you must pass ``scale``), or ``unit`` is unknown.
     """
-    target = _int_param("length_penalty", "target", target, 0)
-    tolerance = _int_param("length_penalty", "tolerance", tolerance, 0)
-    if scale is None:
-        scale = target
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
-        raise ValueError(
-            f"length_penalty: parameter 'scale' must be a finite number > 0 (it defaults to target), got {scale!r}"
-        )
+    target, tolerance, scale = _length_params(target, tolerance, scale, unit)
     length = _text_length("length_penalty", completion, unit)
     excess = max(0, abs(length - target) - tolerance)
     return -min(1.0, excess / scale) if excess else 0.0  # not -0.0
 
 
-@register_reward("overlong_penalty")
+def _overlong_params(max_len: object, buffer: object, unit: object) -> tuple[int, int]:
+    """overlong_penalty's params checked: (max_len, buffer); ValueError names the bad one."""
+    max_len = _int_param("overlong_penalty", "max_len", max_len, 1)
+    buffer = _int_param("overlong_penalty", "buffer", buffer, 1)
+    if buffer > max_len:
+        raise ValueError(f"overlong_penalty: parameter 'buffer' ({buffer}) must be <= 'max_len' ({max_len})")
+    _check_unit("overlong_penalty", unit)
+    return max_len, buffer
+
+
+@register_reward("overlong_penalty", check_params=_overlong_params)
 def overlong_penalty(completion: str, reference: str, *, max_len: int, buffer: int,
                      unit: str = "chars") -> float:
     """DAPO's soft overlong punishment, in [-1, 0], on the completion's length. The reference is ignored.
@@ -230,10 +254,7 @@ def overlong_penalty(completion: str, reference: str, *, max_len: int, buffer: i
     Raises ValueError if ``max_len`` or ``buffer`` is missing, not an int, or <= 0, if ``buffer > max_len``
     (the penalty would turn positive for short completions), or if ``unit`` is unknown.
     """
-    max_len = _int_param("overlong_penalty", "max_len", max_len, 1)
-    buffer = _int_param("overlong_penalty", "buffer", buffer, 1)
-    if buffer > max_len:
-        raise ValueError(f"overlong_penalty: parameter 'buffer' ({buffer}) must be <= 'max_len' ({max_len})")
+    max_len, buffer = _overlong_params(max_len, buffer, unit)
     length = _text_length("overlong_penalty", completion, unit)
     threshold = max_len - buffer
     if length <= threshold:
