@@ -142,3 +142,20 @@ def steps_hang_on_sleep(steps: list[str], reference: str) -> list[float]:
     if "sleep" in steps:
         time.sleep(60)
     return [1.0 if any(ch.isdigit() for ch in s) else 0.0 for s in steps]
+
+
+def needs_a_positive_scale(completion: str, reference: str, scale: float = 1.0) -> float:
+    """A user reward that checks its own params at start-up, the way built-in rewards do (``check_params``)."""
+    return scale * float(completion.strip() == reference.strip())
+
+
+def _positive_scale(scale: float) -> None:
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale!r}")
+
+
+needs_a_positive_scale.check_params = _positive_scale
+
+
+def takes_one_argument(completion: str) -> float:
+    return 0.0

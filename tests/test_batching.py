@@ -135,3 +135,25 @@ def test_dynamic_sampling_drops_flat_groups_on_arrival_and_records_why(tmp_path,
 
     keep_all = BufferActor(max_staleness=1, sample_log_path=None)
     assert keep_all.put(RolloutBatch(0, groups, 0, 0.1)).depth == 4
+
+
+@pytest.mark.parametrize("filters", [(False, False), (True, True)])
+def test_the_sample_log_says_why_each_sample_of_a_trained_group_did_not_train(tmp_path, groups, filters):
+    """The learner's loss mask and the sample log come from one function: a sample logged as trained ("") is
+    exactly one the learner gives tokens, and every other carries its reason."""
+    overlong, zero_variance = filters
+    buffer = BufferActor(max_staleness=1, sample_log_path=str(tmp_path / "samples.parquet"),
+                         overlong_filter=overlong, filter_zero_variance=zero_variance)
+    buffer.put(RolloutBatch(0, groups, 0, 0.1))
+    taken, _ = buffer.take(4, 0)
+    buffer.close(1)
+    rows = pq.read_table(tmp_path / "samples.parquet").to_pylist()
+    reasons = [r["dropped"] for r in rows]
+    algo = AlgoConfig(overlong_filter=overlong, filter_zero_variance=zero_variance)
+    tokens = rank_batch(taken, 0, 1, 0, algo, MAX_NEW).batch.mask.sum(-1).tolist()
+    assert [why == "" for why in reasons] == [t > 0 for t in tokens]
+    expected = ["", "", "", "", "reward failed", "", "", ""] if not overlong else [
+        "", "", "all rewards in the group are equal (algo.filter_zero_variance)",
+        "all rewards in the group are equal (algo.filter_zero_variance)", "reward failed",
+        "all rewards in the group are equal (algo.filter_zero_variance)", "truncated (algo.overlong_filter)", ""]
+    assert reasons == expected

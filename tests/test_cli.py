@@ -16,3 +16,82 @@ def test_eval_of_a_directory_that_is_not_a_checkpoint(tmp_path, capsys):
 def test_eval_with_a_bad_override_is_a_config_error(tmp_path, capsys):
     assert main(["eval", str(tmp_path), "reward.nope=1"]) == 2
     assert "reward.nope" in capsys.readouterr().err
+
+
+def _run_dir(tmp_path, summary: dict | None):
+    """A run directory as a run leaves it: metrics, a sample log with a trained and a left-out sample, a summary."""
+    import json
+
+    import numpy as np
+
+    from rlsys.samples_io import SampleLog
+    from rlsys.types import Group, Prompt, Sample
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 0, "eval/accuracy": 0.25}) + "\n")
+    samples = tuple(Sample("p0", j, 0, np.array([1], np.int32), np.array([2, 3], np.int32),
+                           np.zeros(2, np.float32), "stop", 0, "12", reward=r, reward_failed=np.isnan(r),
+                           reward_error="boom" if np.isnan(r) else None) for j, r in enumerate([1.0, float("nan")]))
+    log = SampleLog(run / "samples.parquet")
+    log.write([Group(Prompt("p0", "5+7=", "12"), samples)], 1, ["", "reward failed"])
+    log.close()
+    if summary is not None:
+        (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def test_inspect_lists_the_data_rows_and_prompts_a_run_left_out_and_its_untrained_samples(tmp_path, capsys):
+    rows = [{"file": "/data/train.parquet", "row": 17, "reason": "null", "detail": "prompt is null",
+             "prompt_id": None}]
+    prompts = [{"prompt_id": "q3", "epoch": 0, "attempts": 3, "error": "ValueError: prompt too long"}]
+    run = _run_dir(tmp_path, {"dropped_row_list": rows, "failed_prompts": prompts})
+    assert main(["inspect", str(run)]) == 0
+    out = capsys.readouterr().out
+    for needle in ("data rows left out (task.bad_rows=drop): 1", "/data/train.parquet row 17: prompt is null",
+                   "prompts dropped after failed requests: 1", "q3: ValueError: prompt too long",
+                   "samples: 2 logged, 1 trained", "not trained (reward failed): 1", "1 × boom"):
+        assert needle in out, out
+
+
+def test_inspect_of_a_killed_run_says_what_is_missing_instead_of_crashing(tmp_path, capsys):
+    run = _run_dir(tmp_path, None)
+    data = (run / "samples.parquet").read_bytes()
+    (run / "samples.parquet").write_bytes(data[: len(data) // 2])  # killed: the footer was never written
+    assert main(["inspect", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "no summary.json: the run did not finish" in out
+    assert "samples.parquet is unreadable" in out and "killed before it could close the file" in out
+
+
+def test_ctrl_c_during_training_exits_130_with_a_message(monkeypatch, capsys):
+    import rlsys.train
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rlsys.train, "train", interrupted)  # where the user pressed Ctrl-C does not matter here
+    assert main(["train", "train.num_steps=1"]) == 130
+    assert "rlsys: interrupted" in capsys.readouterr().err
+
+
+def test_eval_runs_the_token_checks_with_the_checkpoints_tokenizer(tmp_path, capsys):
+    """A held-out prompt longer than the checkpoint's context is named, as in training, instead of failing inside
+    generate()."""
+    from rlsys.config import ModelConfig
+    from rlsys.data.model import build_tiny_llama
+    from rlsys.data.tasks import write_parquet
+    from rlsys.data.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    ckpt = tmp_path / "ckpt"
+    build_tiny_llama(ModelConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+                                 max_position_embeddings=12), tok).save_pretrained(ckpt)
+    tok.save_pretrained(ckpt)
+    train = write_parquet([{"id": f"t{i}", "prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(20)],
+                          tmp_path / "train.parquet")
+    held_out = write_parquet([{"id": "e0", "prompt": "1+1=", "answer": "2"},
+                              {"id": "long", "prompt": "1+2+3+4=", "answer": "10"}], tmp_path / "eval.parquet")
+    assert main(["eval", str(ckpt), "task.name=parquet", f"task.train_file={train}", f"task.eval_file={held_out}",
+                 "rollout.max_new_tokens=5", f"output.cache_dir={tmp_path / 'cache'}"]) == 2
+    assert "(id 'long'): prompt is 8 tokens; at most 7 fit" in capsys.readouterr().err

@@ -337,6 +337,102 @@ def test_group_size_one_is_fine_where_advantages_are_not_group_relative():
     load_config(None, ["reward.components=[{name: short, fn: length_penalty, params: {target: 3}}]"])
 
 
+def _checkpoint_stub(directory: Path) -> Path:
+    """A directory that passes the config's checkpoint check (which looks for the files, not into them)."""
+    directory.mkdir(exist_ok=True)
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        (directory / name).write_text("{}")
+    return directory
+
+
+def test_every_setting_that_acts_only_with_another_is_refused_without_it_and_accepted_with_it(tmp_path):
+    """Each key of the config's table of dependent settings: changed from its default where it cannot act, the
+    config is refused naming the key and what it needs; where it acts, the same value is accepted."""
+    from rlsys.config import _ACTS_WHEN
+
+    ckpt, data = _checkpoint_stub(tmp_path / "ckpt"), str(tmp_path / "d.parquet")
+    Path(data).write_text("")  # exists: what is in it is checked at load time, not here
+    parquet = ["task.name=parquet", f"task.train_file={data}"]
+    components = ["reward.components=[{name: a, fn: addition_exact}]"]
+    cases = {  # key: (value, a config where it cannot act, one where it acts)
+        **{f"model.{k}": (v, [f"model.path={ckpt}"], []) for k, v in (
+            ("hidden_size", 64), ("intermediate_size", 96), ("num_layers", 3), ("num_heads", 8),
+            ("max_position_embeddings", 32))},
+        "task.train_file": (data, [], ["task.name=parquet"]),
+        "task.eval_file": (data, [], parquet),
+        "task.num_digits": (3, parquet, []),
+        "task.num_train": (300, parquet, []),
+        "warmup.check_every": (10, ["warmup.target_accuracy=0"], []),
+        "reward.fn": ("exact_match", components, []),
+        "algo.is_mode": ("mis", [], ["algo.decoupled=true"]),
+        "algo.is_level": ("sequence", [], ["algo.decoupled=true"]),
+        "algo.is_cap": (3.0, [], ["algo.decoupled=true"]),
+        **{f"algo.{k}": (v, [], ["algo.advantage=gae"]) for k, v in (
+            ("gamma", 0.9), ("lam", 0.95), ("value_clip", 0.5), ("critic_lr", 0.01))},
+        "algo.dual_clip_c": (4.0, [], ["algo.policy_loss=dual_clip"]),
+        "algo.clip_eps_low": (0.1, ["algo.policy_loss=reinforce"], []),
+        "algo.clip_eps_high": (0.28, ["algo.policy_loss=reinforce"], []),
+        "ray.num_cpus": (4, ["ray.address=auto"], []),
+    }
+    assert set(cases) == {key for key, _, _ in _ACTS_WHEN}, "a dependent setting without a case here"
+    for key, (value, inert, active) in cases.items():
+        with pytest.raises(ConfigError, match=rf"{key}={value!r} has no effect here: it acts only "):
+            load_config(None, [*inert, f"{key}={value}"])
+        load_config(None, [*active, f"{key}={value}"])
+
+
+def test_switching_a_feature_off_does_not_make_its_settings_an_error():
+    """warmup.steps=0 on the default (which sets a target accuracy), kl_coef=0 on a recipe that sets an estimator."""
+    load_config(None, ["warmup.steps=0"])
+    load_config(None, ["algo.kl_coef=0", "algo.kl_estimator=k1", "algo.kl_in=reward"])
+
+
+@pytest.mark.parametrize(("component", "expected"), [
+    ("{name: f, fn: regex_format, params: {pattern: '(['}}", "invalid regex pattern '(['"),
+    ("{name: f, fn: regex_format, params: {pattern: 'a', flags: 'q'}}", "unknown flag letter 'q'"),
+    ("{name: f, fn: length_penalty, params: {target: -1}}", "'target' must be >= 0, got -1"),
+    ("{name: f, fn: length_penalty, params: {target: 3, unit: 'lines'}}", "'unit' must be one of"),
+    ("{name: f, fn: overlong_penalty, params: {max_len: 4, buffer: 8}}", "'buffer' (8) must be <= 'max_len' (4)"),
+    ("{name: f, fn: code_tests, params: {wall_s: -1}}", "wall_s must be a finite number of seconds > 0"),
+    ("{name: f, fn: code_tests, params: {max_code_chars: 0}}", "'max_code_chars' must be an int >= 1"),
+    ("{name: f, fn: math_verify, params: {require: 'boxd'}}", "'require' must be one of"),
+    ("{name: f, fn: math_verify, params: {rel_tol: 2}}", "'rel_tol' must be a number in [0, 1)"),
+    ("{name: f, fn: 'reward_fixtures:needs_a_positive_scale', params: {scale: 0}}", "scale must be > 0, got 0"),
+])
+def test_reward_params_with_values_the_function_rejects_are_refused_at_start_up(component, expected):
+    """Without the check every sample would fail: e.g. an invalid regex fails in regex_format on every call."""
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [f"reward.components=[{component}]"])
+    assert "reward.components[0].params of fn=" in str(e.value) and expected in str(e.value), str(e.value)
+
+
+def test_good_reward_params_and_defaults_pass_the_functions_own_check():
+    for component in ("{name: f, fn: regex_format, params: {pattern: '[0-9]+', flags: 'i'}}",
+                      "{name: f, fn: length_penalty, params: {target: 0, scale: 2}}",
+                      "{name: f, fn: code_tests}", "{name: f, fn: math_verify, params: {require: boxed}}",
+                      "{name: f, fn: 'reward_fixtures:needs_a_positive_scale'}"):
+        load_config(None, [f"reward.components=[{component}]"])
+
+
+def test_other_settings_that_cannot_work_are_refused_naming_the_key():
+    cases = [
+        (["reward.components=[{name: a, fn: addition_exact, weight: 0}, {name: b, fn: exact_match, weight: 0}]"],
+         "every reward term has weight 0"),
+        (["reward.fn=reward_fixtures:takes_one_argument"], "takes 1 positional argument(s); a reward function is "
+         "called as fn(completion, reference, **params)"),
+        (["task.num_digits=1", "task.num_train=300"], "task.num_train=300 + task.num_eval=200 is more than the 100 "
+         "distinct 1-digit additions"),
+        (["warmup.batch_size=0"], "warmup.batch_size=0 must be a positive integer"),
+        (["warmup.lr=0"], "warmup.lr=0.0 must be > 0"),
+        (["task.num_eval=0"], "task.num_eval=0 must be a positive integer"),
+    ]
+    for overrides, expected in cases:
+        with pytest.raises(ConfigError) as e:
+            load_config(None, overrides)
+        assert expected in str(e.value), str(e.value)
+    load_config(None, ["reward.components=[{name: a, fn: addition_exact}, {name: b, fn: exact_match, weight: 0}]"])
+
+
 def test_a_model_path_without_config_json_weights_or_tokenizer_is_not_a_checkpoint(tmp_path):
     overrides = ([f"model.path={tmp_path}"],
                  [f"reward.components=[{{name: rm, model: {{kind: classifier, paths: ['{tmp_path}']}}}}]"])

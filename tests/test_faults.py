@@ -48,3 +48,42 @@ def test_killed_rollout_worker_is_restarted_and_its_work_requeued(ray_session, t
     # whatever the restarted worker produced before its weights arrived was dropped as stale, and said so
     assert all(r["learner_version"] - r["version"] <= 1 for r in trained)
     assert {r["dropped"] for r in rows} <= {"", "run ended before it was trained", "stale: older than 1 versions"}
+
+
+@pytest.mark.parametrize("victim", ["buffer", "learner"])
+def test_a_dead_actor_the_run_cannot_do_without_stops_it_naming_the_actor(ray_session, tmp_path, victim):
+    """The buffer and the learners are not restarted: their death stops the run at once with ActorLost, naming
+    the actor, instead of a raw Ray error (learner) or a loop re-generating prompts whose batches cannot land
+    (buffer)."""
+    import time
+
+    from rlsys.failures import ActorLost
+
+    ray = ray_session
+    cfg = load_config(None, tiny_overrides(tmp_path, "train.num_steps=40"))
+    prepared = prepare(cfg)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    actors = create_actors(cfg, prepared.model_dir, str(run_dir / "samples.parquet"))
+    metrics = MetricsWriter(run_dir)
+    killed_at = []
+
+    def kill_once(version: int, values: dict) -> None:
+        if version == 2 and not killed_at:
+            ray.kill(actors.buffer if victim == "buffer" else actors.learners[0], no_restart=True)
+            killed_at.append(time.monotonic())
+
+    try:
+        setup_learners(actors.learners)
+        with pytest.raises(ActorLost) as info:
+            Controller(cfg, actors, prepared.train_prompts, prepared.eval_prompts, metrics, kill_once).run()
+        stopped_after = time.monotonic() - killed_at[0]
+    finally:
+        metrics.close()
+        shutdown_actors(actors)
+    name = "the buffer actor" if victim == "buffer" else "learner rank 0"
+    assert f"{name} died at version " in str(info.value) and "the run cannot go on without it" in str(info.value)
+    # Functional bound, not a timing threshold: far below the stall timeout a silent loop would have run into.
+    from rlsys.controller import STALL_TIMEOUT_S
+
+    assert stopped_after < STALL_TIMEOUT_S / 4

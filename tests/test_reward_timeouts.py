@@ -142,3 +142,31 @@ def test_max_call_s_caps_the_budget_below_the_reward_pools_call_timeout() -> Non
         not_scored = [o for o in out if o.error.startswith("not scored: this reward call ran out of its time budget "
                                                            "of 2.0 s (the cap on one reward call")]
         assert all(o.failed for o in out) and len(not_scored) >= n - 3, [o.error for o in out]
+
+
+def test_a_reward_that_crashes_its_process_on_every_sample_stops_being_run_after_a_few():
+    """Each crash costs a restart of the child: after MAX_LOST_IN_A_ROW in a row, the rest fail unscored (saying
+    why) instead of paying a restart each, so a reward broken everywhere reaches reward.max_failure_rate fast."""
+    from rlsys.rewards.scoring import MAX_LOST_IN_A_ROW
+
+    with RewardScorer(f"{FIX}:crashes", timeout_s=5.0) as scorer:
+        out = scorer.score([(str(i), str(i)) for i in range(64)])
+    assert all(o.failed for o in out)
+    crashed = [o for o in out if o.error.startswith("reward worker process crashed")]
+    assert len(crashed) == MAX_LOST_IN_A_ROW
+    unscored = out[MAX_LOST_IN_A_ROW:]
+    assert all(f"the {MAX_LOST_IN_A_ROW} rule calls before it in this reward call each crashed or hung" in o.error
+               for o in unscored), unscored[0].error
+
+
+def test_crashes_with_successes_between_them_are_each_retried():
+    """Only losses in a row count: a crash every other sample never stops the others being scored."""
+    from rlsys.rewards.scoring import MAX_LOST_IN_A_ROW
+
+    n = 4 * MAX_LOST_IN_A_ROW
+    items = [("crash" if i % 2 else str(i), str(i)) for i in range(n)]
+    with RewardScorer(f"{FIX}:misbehaves_on_command", timeout_s=5.0) as scorer:
+        out = scorer.score(items)
+    assert [o.failed for o in out] == [bool(i % 2) for i in range(n)]
+    assert all(o.reward == 1.0 for o in out[::2])
+    assert all("crashed" in o.error and "rule calls before it" not in o.error for o in out[1::2])

@@ -79,7 +79,8 @@ class RewardScorer:
     no further call starts and the items left fail with "not scored: …", so even a reward that hangs on every item
     returns after about that budget
     plus one call's deadline (and a first start of the child, if the last call's final item took it, which is
-    not charged). Model-based terms run here, in the caller's process, on ``device``
+    not charged). After ``MAX_LOST_IN_A_ROW`` calls in a row each lost the child, the calls left fail unscored
+    ("not scored: the … rule calls before it …") rather than paying a restart each. Model-based terms run here, in the caller's process, on ``device``
     (:mod:`rlsys.rewards.model_terms`). ``score`` never raises because of a reward function or a reward model.
     Unknown names raise ValueError here at construction, not at the first score, and a child process that cannot
     start raises RuntimeError. Thread-safe: calls are serialized.
@@ -198,11 +199,14 @@ class RewardScorer:
                     cut_short = isinstance(e.__cause__, TimeoutError) and left < _START_TIMEOUT_S
                     batch.fail_rest(out_of_time if cut_short else str(e))
                     break
-            left = batch.left
+            left, first = batch.left, batch.todo()[0]
             self._run(batch, seconds, call_deadline, out_of_time)
             if self._worker is not None or not batch.left:
                 continue
-            lost_in_a_row = lost_in_a_row + 1 if left - batch.left == 1 else 1  # only the lost call was made
+            # Lost on the first call it was given, with nothing else made: no call succeeded since the last loss.
+            # (A call that succeeded just before a crash may not have been reported yet: then ``first`` is still
+            # to do, and the count starts again.)
+            lost_in_a_row = lost_in_a_row + 1 if left - batch.left == 1 and batch.made[first] else 1
             if lost_in_a_row >= MAX_LOST_IN_A_ROW:
                 last = next(row.error for row in reversed([r for rs in batch.rows for r in rs if r is not None])
                             if row.failed)
