@@ -138,10 +138,9 @@ class Controller:
         self.retries = PromptRetries(self.stream)
         self.reward_failures = RewardFailureWindow(cfg.reward.max_failure_rate, cfg.reward.failure_window)
         # Actors that are not restarted: the run stops with ActorLost, naming the one that died.
-        essential = [(f"learner rank {i}", a) for i, a in enumerate(actors.learners)] + [("the buffer actor",
-                                                                                          actors.buffer)]
-        essential += [("the reference actor", actors.reference)] if actors.reference is not None else []
-        self.essential = {handle._actor_id.hex(): name for name, handle in essential}
+        essential = {f"learner rank {i}": a for i, a in enumerate(actors.learners)}
+        essential |= {"the buffer actor": actors.buffer, "the reference actor": actors.reference}
+        self.essential = {a._actor_id.hex(): name for name, a in essential.items() if a is not None}
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> RunSummary:
@@ -452,7 +451,9 @@ class Controller:
         rewards = np.array([s.reward for s in samples], dtype=np.float64)
         acc = accuracy(np.array([s.reward_components.get(term, np.nan) for s in samples], dtype=np.float64))
         self.eval_accuracy[p.payload["version"]] = acc
-        self.metrics.log(p.payload["version"], {"eval/accuracy": acc, "eval/reward_mean": float(np.nanmean(rewards))})
+        scored = rewards[~np.isnan(rewards)]  # NaN: the reward failed on that sample
+        self.metrics.log(p.payload["version"], {"eval/accuracy": acc,
+                                                "eval/reward_mean": float(scored.mean()) if scored.size else math.nan})
         if self.on_step:
             self.on_step(self.version, {"eval_acc": acc})
 
@@ -467,7 +468,7 @@ class Controller:
                 raise
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ActorLost(f"{name} died at version {self.version} ({type(e).__name__}: {first}); the run cannot go "
-                            "on without it. What it wrote so far is in the run directory.") from e
+                            "on without it") from e
 
     def _dispatch(self, ref: ray.ObjectRef, p: _Pending) -> None:
         if p.kind == "generate":

@@ -60,16 +60,14 @@ def _left_out(run_dir: Path) -> list[str]:
     if not path.is_file():
         return ["no summary.json: the run did not finish (it was stopped or killed)"]
     summary = json.loads(path.read_text())
-    lines = []
-    rows = summary.get("dropped_row_list", [])
-    if rows:
-        lines.append(f"data rows left out (task.bad_rows=drop): {len(rows)}")
-        lines += [f"  {r['file']} row {r['row']}: {r['detail']}" for r in rows[:_LISTED]]
-        lines += [f"  ... and {len(rows) - _LISTED} more (summary.json: dropped_row_list)"] if len(rows) > _LISTED else []
-    prompts = summary.get("failed_prompts", [])
-    if prompts:
-        lines.append(f"prompts dropped after failed requests: {len(prompts)}")
-        lines += [f"  {p['prompt_id']}: {p['error']}" for p in prompts[:_LISTED]]
-        lines += [f"  ... and {len(prompts) - _LISTED} more (summary.json: failed_prompts)"] \
-            if len(prompts) > _LISTED else []
-    return lines
+    rows = [f"{r['file']} row {r['row']}: {r['detail']}" for r in summary.get("dropped_row_list", [])]
+    prompts = [f"{p['prompt_id']}: {p['error']}" for p in summary.get("failed_prompts", [])]
+    return (_listed("data rows left out (task.bad_rows=drop)", rows, "dropped_row_list")
+            + _listed("prompts dropped after failed requests", prompts, "failed_prompts"))
+
+
+def _listed(title: str, entries: list[str], key: str) -> list[str]:
+    if not entries:
+        return []
+    more = [f"  ... and {len(entries) - _LISTED} more (summary.json: {key})"] if len(entries) > _LISTED else []
+    return [f"{title}: {len(entries)}", *(f"  {e}" for e in entries[:_LISTED]), *more]
