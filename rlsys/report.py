@@ -27,13 +27,13 @@ def inspect_run(run_dir: str | Path, num_examples: int = 3) -> str:
         lines.append("held-out accuracy by version: " + ", ".join(f"{v}: {a:.1%}" for v, a in curve))
     lines += _left_out(run_dir)
     samples_path = run_dir / "samples.parquet"
-    if not samples_path.is_file():
-        lines.append("no samples.parquet (output.save_samples=false, or the run did not finish)")
+    if not samples_path.exists():
+        lines.append("no samples.parquet (output.save_samples=false, or the run did not start)")
         return "\n".join(lines)
     try:
         rows = pq.read_table(samples_path).to_pylist()
-    except (pa.ArrowException, OSError) as e:  # a killed run never wrote the file's footer
-        lines.append(f"samples.parquet is unreadable ({e}): the run was killed before it could close the file")
+    except (pa.ArrowException, OSError) as e:  # a damaged part (a killed run leaves only whole ones)
+        lines.append(f"samples.parquet is unreadable: {e}")
         return "\n".join(lines)
     trained = [r for r in rows if not r["dropped"]]
     lines.append(f"samples: {len(rows)} logged, {len(trained)} trained")

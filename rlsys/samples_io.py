@@ -1,7 +1,16 @@
-"""Samples on disk: every group that leaves the buffer is appended to a Parquet file, one row per sample."""
+"""Samples on disk: every group that leaves the buffer is logged, one row per sample, in a Parquet dataset.
+
+The log is a directory (``samples.parquet/``) of complete Parquet files, ``part-00000.parquet``, … — each written
+whole to a hidden temporary name and renamed — so a run that is killed leaves every part it finished readable
+(``pyarrow.parquet.read_table(directory)`` reads them all; hidden files are skipped) and loses at most the rows
+buffered since the last part (``FLUSH_S`` seconds or ``FLUSH_ROWS`` rows). A single file written as it goes would
+be unreadable without the footer it gets at the very end.
+"""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -30,13 +39,23 @@ SCHEMA = pa.schema([
 ])
 
 
+FLUSH_S = 10.0  # a part is written once the oldest row buffered is this old ...
+FLUSH_ROWS = 8192  # ... or this many rows are buffered
+
+
 class SampleLog:
-    """Appends row groups to one Parquet file; ``close`` writes the footer (until then the file is unreadable)."""
+    """Buffers rows and writes them as the next complete part of the dataset directory ``path``; ``close`` writes
+    the rest (and one empty part if there was nothing, so the log always reads back)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = pq.ParquetWriter(self.path, SCHEMA)
+        if self.path.is_file():  # a log from before parts (a single file): never silently mixed with new parts
+            raise FileExistsError(f"{self.path} is a file; the sample log is a directory of parts")
+        self.path.mkdir(parents=True, exist_ok=True)
+        # A log continued in the same run directory appends after its parts.
+        self._parts = max((int(p.stem.split("-")[1]) + 1 for p in self.path.glob("part-*.parquet")), default=0)
+        self._rows: list[dict] = []
+        self._since = time.monotonic()
 
     def write(self, groups: list[Group], learner_version: int, dropped: str | list[str]) -> None:
         """Append ``groups``' samples; ``dropped`` is why none of them trained, or one reason per sample ("": it
@@ -58,8 +77,28 @@ class SampleLog:
             }
             for (g, s), why in zip(samples, reasons)
         ]
-        if rows:
-            self._writer.write_table(pa.Table.from_pylist(rows, schema=SCHEMA))
+        if not self._rows:
+            self._since = time.monotonic()
+        self._rows += rows
+        if len(self._rows) >= FLUSH_ROWS or time.monotonic() - self._since >= FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered rows as the next part (nothing if none are buffered)."""
+        if self._rows:
+            self._write_part(self._rows)
+            self._rows = []
 
     def close(self) -> None:
-        self._writer.close()
+        self.flush()
+        if not self._parts:
+            self._write_part([])
+
+    def _write_part(self, rows: list[dict]) -> None:
+        name = f"part-{self._parts:05d}.parquet"
+        tmp = self.path / f".{name}.tmp"
+        pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())  # the rename must not become visible before the data
+        tmp.replace(self.path / name)
+        self._parts += 1

@@ -157,3 +157,26 @@ def test_the_sample_log_says_why_each_sample_of_a_trained_group_did_not_train(tm
         "all rewards in the group are equal (algo.filter_zero_variance)", "reward failed",
         "all rewards in the group are equal (algo.filter_zero_variance)", "truncated (algo.overlong_filter)", ""]
     assert reasons == expected
+
+
+def test_the_sample_log_is_a_directory_of_whole_parts_readable_before_it_is_closed(tmp_path, groups, monkeypatch):
+    """Each flush writes a complete part, so what was flushed reads back even if the process dies before close;
+    a log continued in the same directory appends after the parts already there."""
+    import rlsys.samples_io as samples_io
+
+    monkeypatch.setattr(samples_io, "FLUSH_ROWS", 4)  # a part per 4 rows (the default is thousands)
+    path = tmp_path / "samples.parquet"
+    log = samples_io.SampleLog(path)
+    log.write(groups[:1], 0, "")  # 2 rows: buffered
+    assert not list(path.glob("part-*.parquet"))
+    log.write(groups[1:3], 0, "")  # 6 rows: written as part 0
+    assert [p.name for p in sorted(path.glob("part-*.parquet"))] == ["part-00000.parquet"]
+    assert pq.read_table(path).num_rows == 6  # readable without close()
+    log.write(groups[3:], 1, "")
+    log.close()
+    again = samples_io.SampleLog(path)
+    again.write(groups[:1], 2, "")
+    again.close()
+    rows = pq.read_table(path).to_pylist()
+    assert len(rows) == 10 and [r["learner_version"] for r in rows][-2:] == [2, 2]
+    assert [p.name for p in sorted(path.glob("part-*.parquet"))] == [f"part-0000{i}.parquet" for i in range(3)]

@@ -54,14 +54,24 @@ def test_inspect_lists_the_data_rows_and_prompts_a_run_left_out_and_its_untraine
         assert needle in out, out
 
 
-def test_inspect_of_a_killed_run_says_what_is_missing_instead_of_crashing(tmp_path, capsys):
+def test_inspect_of_a_killed_run_reads_the_parts_it_finished(tmp_path, capsys):
+    """Killed while writing a part: the part is still under its hidden temporary name, and is skipped."""
     run = _run_dir(tmp_path, None)
-    data = (run / "samples.parquet").read_bytes()
-    (run / "samples.parquet").write_bytes(data[: len(data) // 2])  # killed: the footer was never written
+    (part,) = (run / "samples.parquet").glob("part-*.parquet")
+    data = part.read_bytes()
+    (run / "samples.parquet" / ".part-00001.parquet.tmp").write_bytes(data[: len(data) // 2])
     assert main(["inspect", str(run)]) == 0
     out = capsys.readouterr().out
     assert "no summary.json: the run did not finish" in out
-    assert "samples.parquet is unreadable" in out and "killed before it could close the file" in out
+    assert "samples: 2 logged, 1 trained" in out
+
+
+def test_inspect_of_a_damaged_sample_log_says_so_instead_of_crashing(tmp_path, capsys):
+    run = _run_dir(tmp_path, {})
+    (part,) = (run / "samples.parquet").glob("part-*.parquet")
+    part.write_bytes(part.read_bytes()[:100])  # damaged after the run (a disk, a copy cut short)
+    assert main(["inspect", str(run)]) == 0
+    assert "samples.parquet is unreadable: " in capsys.readouterr().out
 
 
 def test_ctrl_c_during_training_exits_130_with_a_message(monkeypatch, capsys):
