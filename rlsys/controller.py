@@ -14,14 +14,10 @@ One loop iteration: admit → learn (if idle and enough is buffered) → wait fo
 reward workers whose call ran past ``reward.call_timeout_s``. Every wait has a timeout; a pipeline that makes no
 progress for ``STALL_TIMEOUT_S`` raises :class:`PipelineStalled` rather than hanging.
 
-The reward pool. Generated batches wait in a queue on the driver (as object refs) for a free reward worker; a
-free worker takes up to ``reward.max_batches_per_call`` of them in one call, so a reward model sees large
-batches. A rollout worker's request counts against its in-flight limit until its batch is *in the buffer*, so a
-slow reward slows admission instead of piling up generated data: the queue never holds more than
-``MAX_REQUESTS_PER_WORKER`` batches per rollout worker. A reward call that fails (its actor died) or runs too
-long (the actor is killed and Ray restarts it) is re-scored from the same generated batch, which stays in the
-object store, once a worker answers again; only after ``MAX_REWARD_ATTEMPTS`` lost calls are its prompts
-re-queued to be generated again.
+The reward pool (queue, calls, timeouts, re-scoring) is :mod:`rlsys.reward_pool`; every call in flight is a typed
+record of :mod:`rlsys.calls`. A rollout worker's request counts against its in-flight limit until its batch is *in
+the buffer*, so a slow reward slows admission instead of piling up generated data: the reward queue never holds
+more than ``MAX_REQUESTS_PER_WORKER`` batches per rollout worker.
 """
 
 from __future__ import annotations
@@ -30,7 +26,6 @@ import itertools
 import logging
 import math
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -41,11 +36,25 @@ from ray.exceptions import RayActorError, RayError, RayTaskError
 from rlsys.actors.buffer import PutSummary, TakeSummary
 from rlsys.actors.learner import StepResult, combine_rank_metrics
 from rlsys.actors.placement import ActorHandles
+from rlsys.calls import (
+    Call,
+    Evaluating,
+    GatheringWeights,
+    Generating,
+    Learning,
+    LoadingWeights,
+    Request,
+    RewardPing,
+    Scoring,
+    SyncRound,
+    Taking,
+)
 from rlsys.config import RLConfig
 from rlsys.data.tasks import PromptStream
 from rlsys.evaluate import accuracy
 from rlsys.failures import ActorLost, PromptRetries, RewardFailureWindow
 from rlsys.metrics import MetricsWriter, reward_scalars
+from rlsys.reward_pool import RewardPool
 from rlsys.staleness import AdmissionGate
 from rlsys.types import Prompt
 
@@ -56,17 +65,10 @@ MAX_REQUESTS_PER_WORKER = 2  # one generating, one queued behind it: the worker 
 RESULT_TIMEOUT_S = 300.0
 MAX_EVAL_ATTEMPTS = 3
 MAX_FILTERED_STEPS = 20  # dynamic sampling: give up after this many steps' worth of groups filtered in a row
-MAX_REWARD_ATTEMPTS = 3  # reward calls lost per generated batch before its prompts are generated again
 
 
 class PipelineStalled(RuntimeError):
     """Nothing completed for too long: a worker hangs or the cluster lost the resources the run needs."""
-
-
-@dataclass
-class _Pending:
-    kind: str  # generate | score | reward_ping | take | learn | weights | sync | eval
-    payload: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -81,7 +83,6 @@ class _Window:
     components: dict[str, list[float]] = field(default_factory=dict)  # reward term → values (NaN: failed)
     component_s: dict[str, float] = field(default_factory=dict)  # reward term → compute seconds
     reward_s: float = 0.0
-    reward_queue_max: int = 0  # most generated batches waiting for a reward worker
     response_lengths: list[int] = field(default_factory=list)
     generate_s: float = 0.0
     learner_s: float = 0.0
@@ -115,13 +116,10 @@ class Controller:
         self.stream = PromptStream(train_prompts, cfg.train.seed)
         self.eval_prompts = eval_prompts
         self.gate = AdmissionGate(cfg.train.groups_per_step, cfg.train.max_staleness)
-        self.pending: dict[ray.ObjectRef, _Pending] = {}
+        self.pending: dict[ray.ObjectRef, Call] = {}
         self.requests = itertools.count()
         self.inflight_per_worker = [0] * len(actors.rollouts)
-        self.reward_queue: deque[dict] = deque()  # generated batches (payloads with a "batch" ref) awaiting a scorer
-        self.reward_inflight = [0] * len(actors.rewards)  # batches in each reward worker's current call
-        self.reward_ready = [True] * len(actors.rewards)  # False from a lost call until it answers a ping
-        self.reward_ping_due: dict[int, float] = {}  # down reward worker → when to ping it next
+        self.rewards = RewardPool(actors.rewards, actors.buffer, cfg.reward, self.pending.__setitem__)
         self.version = 0  # learner's policy version = optimizer steps done
         self.rollout_version = 0  # version whose weights every rollout worker holds (or has queued to load)
         self.latest_weights: ray.ObjectRef | None = None  # None: the initial checkpoint is the latest policy
@@ -133,7 +131,7 @@ class Controller:
         self.sync_s: list[float] = []
         self.staleness_seen: list[int] = []
         self.totals = {"samples": 0, "tokens": 0, "dropped_stale": 0, "lost_requests": 0, "reward_failures": 0,
-                       "reward_retries": 0, "filtered_groups": 0, "learner_s": 0.0, "generate_s": 0.0}
+                       "filtered_groups": 0, "learner_s": 0.0, "generate_s": 0.0}
         self.filtered_in_a_row = 0
         self.retries = PromptRetries(self.stream)
         self.reward_failures = RewardFailureWindow(cfg.reward.max_failure_rate, cfg.reward.failure_window)
@@ -150,8 +148,8 @@ class Controller:
         while self.version < self.cfg.train.num_steps or self._finishing():
             self._admit()
             self._maybe_learn()
-            self._watch_rewards()
-            if not self.pending and self.reward_ping_due:  # only a restarting reward worker to wait for
+            self.rewards.watch()
+            if not self.pending and self.rewards.waiting_for_a_restart:  # only a restarting reward worker
                 time.sleep(0.1)
                 continue
             if not self.pending:
@@ -163,7 +161,7 @@ class Controller:
                 last_progress = time.monotonic()
             elif time.monotonic() - last_progress > STALL_TIMEOUT_S:
                 raise PipelineStalled(f"no rollout, reward or learner call finished for {STALL_TIMEOUT_S:.0f} s; "
-                                      f"waiting on {sorted(p.kind for p in self.pending.values())}")
+                                      f"waiting on {sorted(type(c).__name__ for c in self.pending.values())}")
             for ref in done:
                 self._handle(ref, self.pending.pop(ref))
         self._drain_rollouts()
@@ -172,22 +170,24 @@ class Controller:
     def _drain_rollouts(self) -> None:
         """Let requests still generating or being scored land in the buffer, so the sample log accounts for them."""
         deadline = time.monotonic() + RESULT_TIMEOUT_S
+        rollout = (Generating, Scoring, RewardPing)
         while time.monotonic() < deadline:
-            self._watch_rewards()
-            refs = [ref for ref, p in self.pending.items() if p.kind in ("generate", "score", "reward_ping")]
-            if not refs and not self.reward_queue:
+            self.rewards.watch()
+            refs = [ref for ref, c in self.pending.items() if isinstance(c, rollout)]
+            if not refs and not self.rewards.queue:
                 return
             done, _ = ray.wait(refs, num_returns=1, timeout=1.0) if refs else ([], [])
             for ref in done:
                 self._handle(ref, self.pending.pop(ref))
-        for p in self.pending.values():
-            if p.kind in ("generate", "score"):
+        for c in self.pending.values():
+            if isinstance(c, Generating | Scoring):
                 log.warning("a rollout request did not finish within %.0f s of the end of the run: prompts %s",
-                            RESULT_TIMEOUT_S, [q.prompt_id for q in p.payload["prompts"]])
+                            RESULT_TIMEOUT_S, [q.prompt_id for q in c.request.prompts])
 
     def _finishing(self) -> bool:
         """After the last step: wait for its weight sync and evaluation, not for surplus rollouts."""
-        return any(p.kind in ("learn", "weights", "sync", "eval") for p in self.pending.values())
+        return any(isinstance(c, Learning | GatheringWeights | LoadingWeights | Evaluating)
+                   for c in self.pending.values())
 
     # ------------------------------------------------------------------ admit → generate → score → buffer
     def _admit(self) -> None:
@@ -202,105 +202,34 @@ class Controller:
             self.gate.admit(len(prompts), self.rollout_version)
             rid = next(self.requests)
             batch, generated = self.actors.rollouts[worker].generate.options(num_returns=2).remote(rid, prompts)
-            self.pending[generated] = _Pending("generate", {"prompts": prompts, "worker": worker, "batch": batch,
-                                                            "request": rid, "attempts": 0})
+            self.pending[generated] = Generating(Request(rid, prompts, worker, batch))
             self.inflight_per_worker[worker] += 1
 
-    def _on_generated(self, p: _Pending, ref: ray.ObjectRef) -> None:
+    def _on_generated(self, call: Generating, ref: ray.ObjectRef) -> None:
         try:
             ray.get(ref, timeout=RESULT_TIMEOUT_S)
         except RayTaskError as e:  # generate() raised: the worker is alive, the request itself failed
-            self._requeue(p.payload, e, failed=True)
+            self._requeue(call.request, e, failed=True)
             return
         except RayError as e:
-            self._on_rollout_lost(p.payload, e)
+            self._on_rollout_lost(call.request, e)
             return
         self.retries.succeeded()
-        self.reward_queue.append(p.payload)
-        self.window.reward_queue_max = max(self.window.reward_queue_max, len(self.reward_queue))
-        self._dispatch_rewards()
+        self.rewards.submit(call.request)
 
-    def _dispatch_rewards(self) -> None:
-        """Give queued batches to idle reward workers, up to ``reward.max_batches_per_call`` per call."""
-        while self.reward_queue:
-            idle = [i for i, n in enumerate(self.reward_inflight) if n == 0 and self.reward_ready[i]]
-            if not idle:
-                return
-            worker = idle[0]
-            take = min(len(self.reward_queue), self.cfg.reward.max_batches_per_call)
-            payloads = [self.reward_queue.popleft() for _ in range(take)]
-            actor = self.actors.rewards[worker]
-            scored = actor.score.options(num_returns=take).remote(*[q["batch"] for q in payloads])
-            call = {"reward_worker": worker, "start": time.monotonic(), "timed_out": False}
-            for q, s in zip(payloads, [scored] if take == 1 else scored):
-                self.pending[self.actors.buffer.put.remote(s)] = _Pending("score", {**q, "call": call})
-            self.reward_inflight[worker] = take
-
-    def _watch_rewards(self) -> None:
-        """Kill (Ray restarts it) any reward worker whose current call has run past ``reward.call_timeout_s`` —
-        the call's batches then fail and are re-scored (:meth:`_on_reward_lost`) — and ping the workers that are
-        down: one is given work again once it answers."""
-        limit, now = self.cfg.reward.call_timeout_s, time.monotonic()
-        for p in list(self.pending.values()):
-            call = p.payload.get("call") if p.kind == "score" else None
-            if call and not call["timed_out"] and now - call["start"] > limit:
-                call["timed_out"] = True
-                log.warning("reward worker %d has been scoring for more than reward.call_timeout_s=%.0f s; "
-                            "restarting it", call["reward_worker"], limit)
-                ray.kill(self.actors.rewards[call["reward_worker"]], no_restart=False)
-                self._reward_down(call["reward_worker"])
-        for worker, due in list(self.reward_ping_due.items()):
-            if due <= now:
-                del self.reward_ping_due[worker]
-                self.pending[self.actors.rewards[worker].versions.remote()] = _Pending("reward_ping",
-                                                                                       {"worker": worker})
-
-    def _reward_down(self, worker: int) -> None:
-        if self.reward_ready[worker]:
-            self.reward_ready[worker] = False
-            self.reward_ping_due[worker] = time.monotonic()
-
-    def _on_reward_ping(self, p: _Pending, ref: ray.ObjectRef) -> None:
-        worker = p.payload["worker"]
-        try:
-            ray.get(ref, timeout=RESULT_TIMEOUT_S)
-        except RayError:  # still restarting: ask again in a second
-            self.reward_ping_due[worker] = time.monotonic() + 1.0
-            return
-        self.reward_ready[worker] = True
-        self._dispatch_rewards()
-
-    def _on_scored(self, p: _Pending, ref: ray.ObjectRef) -> None:
-        worker = p.payload["call"]["reward_worker"]
-        self.reward_inflight[worker] -= 1
+    def _on_scored(self, call: Scoring, ref: ray.ObjectRef) -> None:
+        self.rewards.scored(call)
         try:
             put = ray.get(ref, timeout=RESULT_TIMEOUT_S)
         except RayError as e:
             if isinstance(e, RayActorError) and e.actor_id in self.essential:
                 raise  # the buffer died, not the reward worker
-            self._reward_down(worker)
-            self._on_reward_lost(p.payload, e)
+            if (gave_up := self.rewards.lost(call, e)) is not None:  # the rollout worker is fine: it keeps its weights
+                self._requeue(call.request, RuntimeError(gave_up), failed=True)
         else:
-            self.inflight_per_worker[p.payload["worker"]] -= 1
+            self.inflight_per_worker[call.request.worker] -= 1
             self._on_put(put)
-        self._dispatch_rewards()
-
-    def _on_reward_lost(self, payload: dict, error: Exception) -> None:
-        """A reward call died or timed out: score the same generated batch again, at the front of the queue."""
-        attempts = payload["attempts"] + 1
-        call = payload["call"]
-        why = f"timed out after reward.call_timeout_s={self.cfg.reward.call_timeout_s:.0f} s" if call["timed_out"] \
-            else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        prompts = [q.prompt_id for q in payload["prompts"]]
-        self.totals["reward_retries"] += 1
-        if attempts < MAX_REWARD_ATTEMPTS:
-            log.warning("reward worker %d lost request %d (%s); re-scoring its prompts %s (attempt %d of %d)",
-                        call["reward_worker"], payload["request"], why, prompts, attempts + 1, MAX_REWARD_ATTEMPTS)
-            self.reward_queue.appendleft({**payload, "attempts": attempts})
-            return
-        log.error("request %d could not be scored in %d attempts (last: %s); generating its prompts again: %s",
-                  payload["request"], attempts, why, prompts)
-        self._requeue(payload, RuntimeError(why), failed=True)  # the rollout worker is fine: it keeps its weights
+        self.rewards.dispatch()
 
     def _on_put(self, put: PutSummary) -> None:
         self._buffer_report(put.depth, put.seq)
@@ -333,23 +262,22 @@ class Controller:
                 f"equal) at version {self.version}: the task is too easy or too hard for the policy. Turn off "
                 "algo.dynamic_sampling or raise rollout.group_size")
 
-    def _on_rollout_lost(self, payload: dict, error: Exception) -> None:
+    def _on_rollout_lost(self, request: Request, error: Exception) -> None:
         """A rollout worker died mid-request: its prompts are re-queued (:meth:`_requeue`).
 
         Ray restarts a dead rollout worker from its constructor, i.e. with the initial weights, so it is sent
         the latest weights again; being first in its queue, they are loaded before it generates anything."""
-        self._requeue(payload, error)
-        worker = payload["worker"]
+        self._requeue(request, error)
         if self.latest_weights is not None:
-            self.actors.rollouts[worker].update_weights.remote(self.latest_weights, self.rollout_version)
+            self.actors.rollouts[request.worker].update_weights.remote(self.latest_weights, self.rollout_version)
 
-    def _requeue(self, payload: dict, error: Exception, failed: bool = False) -> None:
+    def _requeue(self, request: Request, error: Exception, failed: bool = False) -> None:
         """A request whose batch was lost (not generated, or never scored): its prompts go back to the front of the
         queue, and its admission slot and its rollout worker's in-flight slot are freed.
 
         ``failed``: the request itself failed (generation raised, or scoring failed every attempt), as opposed to
         its worker dying: its prompts are retried alone and dropped after a few failures (:class:`PromptRetries`)."""
-        prompts, worker = payload["prompts"], payload["worker"]
+        prompts, worker = request.prompts, request.worker
         self.inflight_per_worker[worker] -= 1
         self.gate.discard(len(prompts))
         self.totals["lost_requests"] += 1
@@ -364,14 +292,14 @@ class Controller:
 
     # ------------------------------------------------------------------ learn → sync
     def _maybe_learn(self) -> None:
-        busy = self.learning or any(p.kind == "take" for p in self.pending.values())
+        busy = self.learning or any(isinstance(c, Taking) for c in self.pending.values())
         if busy or self.version >= self.cfg.train.num_steps or self.buffer_depth < self.cfg.train.groups_per_step:
             return
         batch, summary = self.actors.buffer.take.options(num_returns=2).remote(
             self.cfg.train.groups_per_step, self.version)
-        self.pending[summary] = _Pending("take", {"batch": batch})
+        self.pending[summary] = Taking(batch)
 
-    def _on_take(self, p: _Pending, take: TakeSummary) -> None:
+    def _on_take(self, call: Taking, take: TakeSummary) -> None:
         self._buffer_report(take.depth, take.seq)
         if take.dropped_keys:
             self.gate.discard(len(take.dropped_keys))
@@ -381,21 +309,21 @@ class Controller:
         if not take.taken:
             return
         staleness = [self.version - v for v in take.batch_versions]
-        batch = p.payload["batch"]
+        batch = call.batch
         ref = self.actors.reference.logprobs.remote(batch) if self.actors.reference is not None else None
         refs = [learner.train_step.remote(batch, ref) for learner in self.actors.learners]
-        self.pending[refs[0]] = _Pending("learn", {"refs": refs, "staleness": staleness})
+        self.pending[refs[0]] = Learning(refs, staleness)
         self.learning = True
 
-    def _on_learn(self, p: _Pending, results: list[StepResult]) -> None:
+    def _on_learn(self, call: Learning, results: list[StepResult]) -> None:
         self.learning = False
         self.version = results[0].version
         assert all(r.version == self.version for r in results), "learner ranks disagree on the policy version"
         step_s = max(r.seconds for r in results)
         self.window.learner_s += step_s
-        self.staleness_seen.extend(p.payload["staleness"])
+        self.staleness_seen.extend(call.staleness)
         train = combine_rank_metrics([r.metrics for r in results])
-        self._log_step(train, p.payload["staleness"], step_s)
+        self._log_step(train, call.staleness, step_s)
         last = self.version >= self.cfg.train.num_steps
         if last or self.version % self.cfg.train.sync_every == 0:
             self._sync()
@@ -406,32 +334,30 @@ class Controller:
         """Put the new weights in the object store once (rank 0's return value); every rollout worker fetches
         that one object. Rollout calls run in order, so whatever is submitted after this uses the new version."""
         refs = [learner.get_weights.remote() for learner in self.actors.learners]
-        self.pending[refs[0]] = _Pending("weights", {"refs": refs, "t0": time.perf_counter()})
+        self.pending[refs[0]] = GatheringWeights(refs, time.perf_counter())
 
-    def _on_weights(self, p: _Pending) -> None:
-        gather_s = time.perf_counter() - p.payload["t0"]
-        weights = self.latest_weights = p.payload["refs"][0]
+    def _on_weights(self, call: GatheringWeights) -> None:
+        weights = self.latest_weights = call.refs[0]
         self.rollout_version = self.version
-        sync = {"version": self.version, "gather_s": gather_s, "load_s": [], "waiting": len(self.actors.rollouts)}
+        sync = SyncRound(self.version, time.perf_counter() - call.start, waiting=len(self.actors.rollouts))
         for worker, actor in enumerate(self.actors.rollouts):  # each acks after its current generation batch
-            self.pending[actor.update_weights.remote(weights, self.version)] = _Pending("sync", {"sync": sync,
-                                                                                                 "worker": worker})
+            self.pending[actor.update_weights.remote(weights, self.version)] = LoadingWeights(sync, worker)
         if self._eval_due():
             self._evaluate()
 
-    def _on_sync_ack(self, p: _Pending, ref: ray.ObjectRef) -> None:
-        sync, worker = p.payload["sync"], p.payload["worker"]
-        sync["waiting"] -= 1
+    def _on_sync_ack(self, call: LoadingWeights, ref: ray.ObjectRef) -> None:
+        sync, worker = call.round, call.worker
+        sync.waiting -= 1
         try:
-            sync["load_s"].append(ray.get(ref, timeout=RESULT_TIMEOUT_S))
+            sync.load_s.append(ray.get(ref, timeout=RESULT_TIMEOUT_S))
         except RayError as e:  # died while loading: Ray restarts it with the initial weights, so resend
-            log.warning("rollout worker %d failed to load version %d, resending: %s", worker, sync["version"], e)
+            log.warning("rollout worker %d failed to load version %d, resending: %s", worker, sync.version, e)
             self.actors.rollouts[worker].update_weights.remote(self.latest_weights, self.rollout_version)
-        if sync["waiting"] == 0 and sync["load_s"]:
-            total = sync["gather_s"] + max(sync["load_s"])
+        if sync.waiting == 0 and sync.load_s:
+            total = sync.gather_s + max(sync.load_s)
             self.sync_s.append(total)
-            self.metrics.log(sync["version"], {"sync/seconds": total, "sync/gather_s": sync["gather_s"],
-                                               "sync/load_s": max(sync["load_s"])})
+            self.metrics.log(sync.version, {"sync/seconds": total, "sync/gather_s": sync.gather_s,
+                                            "sync/load_s": max(sync.load_s)})
 
     # ------------------------------------------------------------------ evaluation
     def _eval_due(self) -> bool:
@@ -443,25 +369,25 @@ class Controller:
         generated, _ = self.actors.rollouts[0].generate.options(num_returns=2).remote(-1, self.eval_prompts,
                                                                                       greedy=True)
         scored = self.actors.rewards[0].score.remote(generated)
-        self.pending[scored] = _Pending("eval", {"version": self.rollout_version, "attempt": attempt})
+        self.pending[scored] = Evaluating(self.rollout_version, attempt)
 
-    def _on_eval(self, p: _Pending, batch) -> None:
+    def _on_eval(self, call: Evaluating, batch) -> None:
         term = self.cfg.reward.accuracy_term
         samples = [s for g in batch.groups for s in g.samples]
         rewards = np.array([s.reward for s in samples], dtype=np.float64)
         acc = accuracy(np.array([s.reward_components.get(term, np.nan) for s in samples], dtype=np.float64))
-        self.eval_accuracy[p.payload["version"]] = acc
+        self.eval_accuracy[call.version] = acc
         scored = rewards[~np.isnan(rewards)]  # NaN: the reward failed on that sample
-        self.metrics.log(p.payload["version"], {"eval/accuracy": acc,
-                                                "eval/reward_mean": float(scored.mean()) if scored.size else math.nan})
+        self.metrics.log(call.version, {"eval/accuracy": acc,
+                                        "eval/reward_mean": float(scored.mean()) if scored.size else math.nan})
         if self.on_step:
             self.on_step(self.version, {"eval_acc": acc})
 
     # ------------------------------------------------------------------ dispatch
-    def _handle(self, ref: ray.ObjectRef, p: _Pending) -> None:
+    def _handle(self, ref: ray.ObjectRef, call: Call) -> None:
         """Act on a finished call; the death of an actor the run cannot go on without stops it with ActorLost."""
         try:
-            self._dispatch(ref, p)
+            self._dispatch(ref, call)
         except RayActorError as e:
             name = self.essential.get(e.actor_id or "")
             if name is None:
@@ -470,34 +396,39 @@ class Controller:
             raise ActorLost(f"{name} died at version {self.version} ({type(e).__name__}: {first}); the run cannot go "
                             "on without it") from e
 
-    def _dispatch(self, ref: ray.ObjectRef, p: _Pending) -> None:
-        if p.kind == "generate":
-            self._on_generated(p, ref)
-        elif p.kind == "score":
-            self._on_scored(p, ref)
-        elif p.kind == "reward_ping":
-            self._on_reward_ping(p, ref)
-        elif p.kind == "take":
-            self._on_take(p, ray.get(ref, timeout=RESULT_TIMEOUT_S))
-        elif p.kind == "learn":
-            self._on_learn(p, ray.get(p.payload["refs"], timeout=RESULT_TIMEOUT_S))
-        elif p.kind == "weights":
-            self._on_weights(p)
-        elif p.kind == "sync":
-            self._on_sync_ack(p, ref)
-        elif p.kind == "eval":
-            try:
-                self._on_eval(p, ray.get(ref, timeout=RESULT_TIMEOUT_S))
-            except RayError as e:  # the evaluating worker died; evaluate again on its restarted self
-                attempt = p.payload["attempt"] + 1
-                if attempt > MAX_EVAL_ATTEMPTS:
-                    log.error("evaluation at version %d failed %d times; skipping it: %s", p.payload["version"],
-                              attempt, e)
-                    return
-                log.warning("evaluation at version %d was lost, repeating it: %s", p.payload["version"], e)
-                self._evaluate(attempt)
-        else:
-            raise AssertionError(f"unknown pending kind {p.kind}")
+    def _dispatch(self, ref: ray.ObjectRef, call: Call) -> None:
+        match call:
+            case Generating():
+                self._on_generated(call, ref)
+            case Scoring():
+                self._on_scored(call, ref)
+            case RewardPing():
+                self.rewards.pinged(call, ref, RESULT_TIMEOUT_S)
+            case Taking():
+                self._on_take(call, ray.get(ref, timeout=RESULT_TIMEOUT_S))
+            case Learning():
+                self._on_learn(call, ray.get(call.refs, timeout=RESULT_TIMEOUT_S))
+            case GatheringWeights():
+                self._on_weights(call)
+            case LoadingWeights():
+                self._on_sync_ack(call, ref)
+            case Evaluating():
+                self._on_eval_done(call, ref)
+            case _:
+                raise AssertionError(f"unknown call {call!r}")
+
+    def _on_eval_done(self, call: Evaluating, ref: ray.ObjectRef) -> None:
+        try:
+            batch = ray.get(ref, timeout=RESULT_TIMEOUT_S)
+        except RayError as e:  # the evaluating worker died; evaluate again on its restarted self
+            if call.attempt + 1 > MAX_EVAL_ATTEMPTS:
+                log.error("evaluation at version %d failed %d times; skipping it: %s", call.version, call.attempt + 1,
+                          e)
+                return
+            log.warning("evaluation at version %d was lost, repeating it: %s", call.version, e)
+            self._evaluate(call.attempt + 1)
+            return
+        self._on_eval(call, batch)
 
     # ------------------------------------------------------------------ metrics
     def _log_step(self, train: dict[str, float], staleness: list[int], step_s: float) -> None:
@@ -519,8 +450,8 @@ class Controller:
             "pipeline/dropped_stale_total": float(self.totals["dropped_stale"]),
             "pipeline/lost_requests_total": float(self.totals["lost_requests"]),
             "pipeline/filtered_groups": float(w.filtered_groups),
-            "pipeline/reward_queue_max": float(w.reward_queue_max),
-            "pipeline/reward_retries_total": float(self.totals["reward_retries"]),
+            "pipeline/reward_queue_max": float(self.rewards.queue_max),
+            "pipeline/reward_retries_total": float(self.rewards.retries),
             "perf/reward_busy_frac": min(1.0, w.reward_s / (elapsed * len(self.actors.rewards))),
             **{f"reward_latency/{k}_ms_per_sample": 1e3 * v / max(1, w.samples) for k, v in w.component_s.items()},
         }
@@ -532,6 +463,7 @@ class Controller:
         if self.on_step:
             self.on_step(self.version, {"reward": scalars["reward/mean"], "stale": scalars["staleness/mean"]})
         self.window = _Window(start=now)
+        self.rewards.queue_max = len(self.rewards.queue)
 
     def _summary(self) -> RunSummary:
         wall = time.perf_counter() - self.t0
@@ -542,7 +474,7 @@ class Controller:
             learner_idle_frac=1.0 - t["learner_s"] / wall,
             rollout_idle_frac=1.0 - t["generate_s"] / (wall * len(self.actors.rollouts)),
             dropped_stale_groups=t["dropped_stale"], lost_requests=t["lost_requests"],
-            reward_failures=t["reward_failures"], reward_retries=t["reward_retries"],
+            reward_failures=t["reward_failures"], reward_retries=self.rewards.retries,
             filtered_groups=t["filtered_groups"],
             max_staleness_seen=max(self.staleness_seen, default=0),
             sync_s_mean=float(np.mean(self.sync_s)) if self.sync_s else math.nan,

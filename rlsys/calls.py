@@ -1,0 +1,98 @@
+"""The driver's calls in flight: one small record per kind, keyed by the object ref the controller waits on.
+
+A rollout :class:`Request` lives through three of them — :class:`Generating` (on a rollout worker),
+:class:`Scoring` (on a reward worker, then the buffer's ``put``) — and is re-queued or dropped if it is lost on the
+way. The learner's step is :class:`Taking` (the buffer's ``take``) → :class:`Learning` → :class:`GatheringWeights`
+→ one :class:`LoadingWeights` per rollout worker. :class:`Evaluating` and :class:`RewardPing` stand alone.
+Every field is plain data or an object ref, so the controller's state is explicit (and can be checkpointed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import ray
+
+from rlsys.types import Prompt
+
+
+@dataclass
+class Request:
+    """A rollout request: prompt groups generated together by one worker and scored together."""
+
+    id: int
+    prompts: list[Prompt]
+    worker: int  # the rollout worker that generates it
+    batch: ray.ObjectRef  # its RolloutBatch, once generated; kept in the object store until it is in the buffer
+    reward_attempts: int = 0  # reward calls lost so far (the actor died or ran too long)
+
+
+@dataclass
+class Generating:
+    request: Request
+
+
+@dataclass
+class RewardCall:
+    """One call of a reward worker, scoring up to ``reward.max_batches_per_call`` requests."""
+
+    worker: int
+    start: float  # time.monotonic() when it was sent
+    timed_out: bool = False  # ran past reward.call_timeout_s: its actor was killed
+
+
+@dataclass
+class Scoring:
+    """A request in a reward call; the ref waited on is the buffer's ``put`` of the scored batch."""
+
+    request: Request
+    call: RewardCall
+
+
+@dataclass
+class RewardPing:
+    """Asks a reward worker that lost a call whether it is back."""
+
+    worker: int
+
+
+@dataclass
+class Taking:
+    batch: ray.ObjectRef  # the groups taken (None when too few were fresh enough)
+
+
+@dataclass
+class Learning:
+    refs: list[ray.ObjectRef]  # one train_step per learner rank
+    staleness: list[int]  # of each group in the step
+
+
+@dataclass
+class GatheringWeights:
+    refs: list[ray.ObjectRef]  # get_weights on every rank (a collective under ZeRO-3); rank 0 returns them
+    start: float  # time.perf_counter()
+
+
+@dataclass
+class SyncRound:
+    """One weight sync to every rollout worker."""
+
+    version: int
+    gather_s: float
+    waiting: int  # workers that have not acknowledged yet
+    load_s: list[float] = field(default_factory=list)
+
+
+@dataclass
+class LoadingWeights:
+    round: SyncRound
+    worker: int
+
+
+@dataclass
+class Evaluating:
+    version: int
+    attempt: int = 0  # evaluations of this version lost before this one
+
+
+Call = Generating | Scoring | RewardPing | Taking | Learning | GatheringWeights | LoadingWeights | Evaluating

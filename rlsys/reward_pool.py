@@ -1,0 +1,124 @@
+"""The reward pool: generated batches waiting for a reward worker, the calls that score them, and their losses.
+
+Generated batches wait here (as object refs: the data stays in the object store) for a free reward worker, which
+takes up to ``reward.max_batches_per_call`` of them in one call, so a reward model sees large batches; each scored
+batch goes straight to the buffer's ``put``. A call that runs past ``reward.call_timeout_s`` gets its actor killed
+(Ray restarts it); a call whose actor died is scored again from the same generated batch, at the front of the
+queue, once a worker answers a ping — up to ``MAX_REWARD_ATTEMPTS`` lost calls per batch, after which the
+controller generates its prompts again. A worker that lost a call gets no work until it answers a ping.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+import ray
+from ray.exceptions import RayError
+
+from rlsys.calls import Call, Request, RewardCall, RewardPing, Scoring
+from rlsys.config import RewardConfig
+
+log = logging.getLogger(__name__)
+
+MAX_REWARD_ATTEMPTS = 3  # reward calls lost per generated batch before its prompts are generated again
+PING_EVERY_S = 1.0  # how often a worker that lost a call is asked whether it is back
+
+
+class RewardPool:
+    """``track(ref, call)`` registers a call with the controller, which hands it back to :meth:`scored` or
+    :meth:`pinged` when its ref is ready."""
+
+    def __init__(self, workers: list, buffer, cfg: RewardConfig, track: Callable[[ray.ObjectRef, Call], None]
+                 ) -> None:
+        self.workers, self.buffer, self.cfg, self.track = workers, buffer, cfg, track
+        self.queue: deque[Request] = deque()  # generated, waiting for a reward worker
+        self.inflight = [0] * len(workers)  # batches in each worker's current call
+        self.ready = [True] * len(workers)  # False from a lost call until the worker answers a ping
+        self.ping_due: dict[int, float] = {}  # down worker → when to ping it next
+        self.scoring: dict[int, Scoring] = {}  # id → each request in a call in flight
+        self.retries = 0  # reward calls lost and re-scored (or given up), over the run
+        self.queue_max = 0  # most batches waiting at once since the controller last reset it
+
+    @property
+    def waiting_for_a_restart(self) -> bool:
+        """A worker is down and will be pinged: the pool may have work although no call is in flight."""
+        return bool(self.ping_due)
+
+    def submit(self, request: Request) -> None:
+        self.queue.append(request)
+        self.queue_max = max(self.queue_max, len(self.queue))
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        """Give queued batches to idle workers, up to ``reward.max_batches_per_call`` per call."""
+        while self.queue:
+            idle = [i for i, n in enumerate(self.inflight) if n == 0 and self.ready[i]]
+            if not idle:
+                return
+            worker = idle[0]
+            take = min(len(self.queue), self.cfg.max_batches_per_call)
+            requests = [self.queue.popleft() for _ in range(take)]
+            scored = self.workers[worker].score.options(num_returns=take).remote(*[r.batch for r in requests])
+            call = RewardCall(worker, time.monotonic())
+            for request, batch in zip(requests, [scored] if take == 1 else scored):
+                scoring = Scoring(request, call)
+                self.scoring[id(scoring)] = scoring
+                self.track(self.buffer.put.remote(batch), scoring)
+            self.inflight[worker] = take
+
+    def watch(self) -> None:
+        """Kill (Ray restarts it) any worker whose call has run past ``reward.call_timeout_s`` — the call's batches
+        then fail and are scored again — and ping the workers that are down."""
+        limit, now = self.cfg.call_timeout_s, time.monotonic()
+        for call in {id(s.call): s.call for s in self.scoring.values()}.values():
+            if not call.timed_out and now - call.start > limit:
+                call.timed_out = True
+                log.warning("reward worker %d has been scoring for more than reward.call_timeout_s=%.0f s; "
+                            "restarting it", call.worker, limit)
+                ray.kill(self.workers[call.worker], no_restart=False)
+                self._down(call.worker)
+        for worker, due in list(self.ping_due.items()):
+            if due <= now:
+                del self.ping_due[worker]
+                self.track(self.workers[worker].versions.remote(), RewardPing(worker))
+
+    def pinged(self, ping: RewardPing, ref: ray.ObjectRef, timeout_s: float) -> None:
+        try:
+            ray.get(ref, timeout=timeout_s)
+        except RayError:  # still restarting: ask again later
+            self.ping_due[ping.worker] = time.monotonic() + PING_EVERY_S
+            return
+        self.ready[ping.worker] = True
+        self.dispatch()
+
+    def scored(self, scoring: Scoring) -> None:
+        """The request's call returned (scored, or lost: then :meth:`lost` says what happens to it)."""
+        self.inflight[scoring.call.worker] -= 1
+        del self.scoring[id(scoring)]
+
+    def lost(self, scoring: Scoring, error: Exception) -> str | None:
+        """The request's call died or timed out: queue it to be scored again (None), or, after
+        ``MAX_REWARD_ATTEMPTS`` lost calls, give up and return why (the controller re-generates its prompts)."""
+        self._down(scoring.call.worker)
+        request, call = scoring.request, scoring.call
+        request.reward_attempts += 1
+        self.retries += 1
+        why = f"timed out after reward.call_timeout_s={self.cfg.call_timeout_s:.0f} s" if call.timed_out \
+            else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        prompts = [q.prompt_id for q in request.prompts]
+        if request.reward_attempts < MAX_REWARD_ATTEMPTS:
+            log.warning("reward worker %d lost request %d (%s); re-scoring its prompts %s (attempt %d of %d)",
+                        call.worker, request.id, why, prompts, request.reward_attempts + 1, MAX_REWARD_ATTEMPTS)
+            self.queue.appendleft(request)
+            return None
+        log.error("request %d could not be scored in %d attempts (last: %s); generating its prompts again: %s",
+                  request.id, request.reward_attempts, why, prompts)
+        return why
+
+    def _down(self, worker: int) -> None:
+        if self.ready[worker]:
+            self.ready[worker] = False
+            self.ping_due[worker] = time.monotonic()
