@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         files = args.config if isinstance(args.config, list) or args.config is None else [args.config]
-        if getattr(args, "algo", None):
+        if getattr(args, "algo", None) is not None:  # --algo '' is an unknown recipe, not no recipe
             files = [*(files or [DEFAULT_CONFIG]), algo_recipe(args.algo)]
         cfg = load_config(files, args.overrides)
     except ConfigError as e:
@@ -95,7 +95,11 @@ def _evaluate(model_dir: str, cfg) -> int:
         print(f"rlsys: {e}", file=sys.stderr)
         return 2
     prompts, eval_file = data.eval_prompts, data.eval_file
-    acc, rows = evaluate_checkpoint(model_dir, prompts, cfg.reward, cfg.rollout.max_new_tokens)
+    try:
+        acc, rows = evaluate_checkpoint(model_dir, prompts, cfg.reward, cfg.rollout.max_new_tokens)
+    except ConfigError as e:  # weights that do not load or do not fit the config
+        print(f"rlsys: {e}", file=sys.stderr)
+        return 2
     for prompt, completion, reward in rows[:5]:
         print(f"  {prompt!r} → {completion!r} (reward {reward:.2f})")
     print(f"held-out accuracy of {model_dir} on {len(prompts)} prompts of {eval_file}: {acc:.1%}")

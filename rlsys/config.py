@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rlsys.algos.advantages import ESTIMATORS
@@ -254,11 +254,19 @@ def load_config(path: str | os.PathLike | list[str | os.PathLike] | None = None,
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist; pass an existing YAML file or omit it")
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(p))
+            loaded = OmegaConf.load(p)
+            if not isinstance(loaded, DictConfig):
+                raise ConfigError(f"{p}: the file must be a mapping of sections (model:, train:, ...), not a "
+                                  f"{type(OmegaConf.to_container(loaded)).__name__}")
+            cfg = OmegaConf.merge(cfg, loaded)
         except OmegaConfBaseException as e:
             raise ConfigError(f"in {p}: {_describe(e)}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{p} is not valid YAML: {str(e).splitlines()[0]} ({e})") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p} is not UTF-8 text ({e})") from None
+        except (OSError, TypeError, ValueError) as e:  # e.g. a file holding only a number, a list for a section
+            raise ConfigError(f"{p} does not fit the config: {type(e).__name__}: {str(e).splitlines()[0]}") from None
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.num_steps=20)")
@@ -266,6 +274,9 @@ def load_config(path: str | os.PathLike | list[str | os.PathLike] | None = None,
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as e:
             raise ConfigError(f"override {item!r}: {_describe(e)}") from None
+        except yaml.YAMLError as e:  # the value is read as YAML: "reward.fn=:" is not valid YAML
+            raise ConfigError(f"override {item!r}: its value is not valid YAML ({str(e).splitlines()[0]}); quote "
+                              "it, e.g. key='value'") from None
     config: RLConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     validate(config)
     return config
@@ -310,7 +321,8 @@ _BOUNDS = [
     (("train.max_staleness", "train.eval_every", "warmup.steps", "algo.kl_coef", "learner.weight_decay",
       "rollout.num_gpus", "learner.num_gpus", "reward.num_gpus", "learner.grad_clip", "algo.entropy_coef",
       "algo.adv_bound", "algo.value_clip", "algo.overlong_buffer", "algo.clip_eps_low"), lambda v: v >= 0, "≥ 0"),
-    (("learner.lr", "warmup.lr", "rollout.temperature", "reward.timeout_s", "reward.call_timeout_s", "ray.placement_timeout_s",
+    (("learner.lr", "warmup.lr", "rollout.temperature", "reward.timeout_s", "reward.call_timeout_s",
+      "ray.placement_timeout_s",
       "algo.clip_eps_high", "algo.critic_lr", "algo.adv_eps", "learner.adam_eps", "rollout.num_cpus",
       "reward.num_cpus", "learner.num_cpus"), lambda v: v > 0, "> 0"),
 ]
@@ -338,9 +350,19 @@ _ACTS_WHEN = [
       for k in ("train_file", "eval_file")),
     *((f"task.{k}", lambda c: c.task.name == "synthetic_addition", "with task.name=synthetic_addition")
       for k in ("num_digits", "num_train")),
+    ("task.num_eval", lambda c: not (c.task.name == "parquet" and c.task.eval_file),
+     "without task.eval_file (it is how many rows are held out; an eval file is used whole)"),
     ("warmup.check_every", lambda c: c.warmup.target_accuracy > 0, "with warmup.target_accuracy > 0"),
     ("reward.fn", lambda c: not c.reward.components, "without reward.components (the components replace it)"),
-    *((f"algo.{k}", lambda c: c.algo.decoupled, "with algo.decoupled=true") for k in ("is_mode", "is_level", "is_cap")),
+    *((f"algo.{k}", lambda c: c.algo.decoupled, "with algo.decoupled=true") for k in ("is_mode", "is_level")),
+    ("algo.is_cap", lambda c: c.algo.decoupled and c.algo.is_mode != "plain",
+     "with algo.decoupled=true and algo.is_mode=tis or mis"),
+    ("algo.adv_eps", lambda c: c.algo.advantage not in ("dr_grpo", "rloo"),
+     "where advantages are divided by a std (not dr_grpo or rloo)"),
+    ("algo.filter_zero_variance", lambda c: not c.algo.dynamic_sampling,
+     "without algo.dynamic_sampling (which drops such groups before they reach the learner)"),
+    ("reward.num_gpus", lambda c: any(t.model is not None for t in c.reward.terms),
+     "with a model-based reward component (rule rewards run on the CPU)"),
     *((f"algo.{k}", lambda c: c.algo.advantage == "gae", "with algo.advantage=gae (the critic's settings)")
       for k in ("gamma", "lam", "value_clip", "critic_lr")),
     ("algo.dual_clip_c", lambda c: c.algo.policy_loss == "dual_clip", "with algo.policy_loss=dual_clip"),
@@ -369,7 +391,8 @@ def checkpoint_problem(key: str, path: str) -> str | None:
     if not root.is_dir():
         return (f"{key}={path!r} is not a directory; give a local Hugging Face checkpoint (rlsys never downloads from "
                 "a hub)")
-    holds = "a checkpoint directory holds config.json, the weights and the tokenizer files, as save_pretrained writes them"
+    holds = ("a checkpoint directory holds config.json, the weights and the tokenizer files, as save_pretrained "
+             "writes them")
     if not (root / "config.json").is_file():
         return f"{key}={path!r}: no config.json — not a Hugging Face checkpoint ({holds})"
     if not any(next(root.glob(pattern), None) for pattern in _WEIGHT_FILES):
@@ -421,7 +444,11 @@ def _params_problem(c: RewardComponent, where: str) -> str | None:
     takes = f"it takes {', '.join(p.name for p in named)}" if named else "it takes no params"
     why = [f"unknown key(s) {', '.join(map(repr, unknown))}"] if unknown else []
     why += [f"missing required key(s) {', '.join(map(repr, missing))}"] if missing else []
-    return f"{where}params of fn={c.fn!r}: {' and '.join(why) or 'they do not fit its signature'} ({takes})"
+    message = f"{where}params of fn={c.fn!r}: {' and '.join(why) or 'they do not fit its signature'} ({takes})"
+    if where == "reward.":  # reward.fn has no params key: they are given with the fn as a component
+        message += (f"; give them as a component: reward.components=[{{name: {c.name}, fn: {c.fn}, params: "
+                    "{...}}]")
+    return message
 
 
 def _check_params_problem(fn: Any, signature: Any, c: RewardComponent, where: str) -> str | None:
@@ -534,6 +561,10 @@ def validate(cfg: RLConfig) -> None:
     need(0 < cfg.reward.max_failure_rate <= 1, f"reward.max_failure_rate={cfg.reward.max_failure_rate} must be in "
          "(0, 1]")
     need(a.dual_clip_c > 1, f"algo.dual_clip_c={a.dual_clip_c} must be > 1")
+    need(a.clip_eps_low <= 1, f"algo.clip_eps_low={a.clip_eps_low} must be ≤ 1 (the ratio's lower bound 1 − ε_low is "
+         "then ≥ 0; 1 already means no lower bound)")
+    need(cfg.reward.call_timeout_s > cfg.reward.timeout_s, f"reward.call_timeout_s={cfg.reward.call_timeout_s} must "
+         f"be more than reward.timeout_s={cfg.reward.timeout_s}: a whole reward call must outlast one sample's limit")
     need(a.is_cap > 1, f"algo.is_cap={a.is_cap} must be > 1")
     need(a.overlong_buffer <= cfg.rollout.max_new_tokens, f"algo.overlong_buffer={a.overlong_buffer} must be ≤ "
          f"rollout.max_new_tokens={cfg.rollout.max_new_tokens}")
@@ -562,8 +593,15 @@ def validate(cfg: RLConfig) -> None:
             problems.append("task.train_file must be set when task.name=parquet")
         for key in ("train_file", "eval_file"):
             value = getattr(cfg.task, key)
-            if value and not Path(value).expanduser().is_file():
+            if value and Path(value).expanduser().is_dir():
+                problems.append(f"task.{key}={value!r} is a directory; give the path of one Parquet file")
+            elif value and not Path(value).expanduser().is_file():
                 problems.append(f"task.{key}={value!r} does not exist; give the path of a Parquet file")
+        files = [Path(f).expanduser() for f in (cfg.task.train_file, cfg.task.eval_file) if f]
+        if len(files) == 2 and all(f.is_file() for f in files) and os.path.samefile(*files):
+            problems.append(f"task.eval_file={cfg.task.eval_file!r} is the training file: held-out accuracy would be "
+                            "accuracy on the training data; give a separate file, or leave task.eval_file unset to "
+                            "hold out task.num_eval rows of the training file")
     problems += _reward_problems(cfg.reward)
     if cfg.model.path:
         need((why := checkpoint_problem("model.path", cfg.model.path)) is None, why)

@@ -165,6 +165,7 @@ class Controller:
             for ref in done:
                 self._handle(ref, self.pending.pop(ref))
         self._drain_rollouts()
+        self.reward_failures.check(final=True)  # a run shorter than the window is held to the same rate
         return self._summary()
 
     def _drain_rollouts(self) -> None:
@@ -235,6 +236,7 @@ class Controller:
         self._buffer_report(put.depth, put.seq)
         self.reward_failures.observe(put.rewards, put.components, put.failed_example)
         self.reward_failures.check()
+        self.totals["reward_failures"] += sum(math.isnan(r) for r in put.rewards)  # every put: the sample log's count
         w = self.window
         w.samples += put.num_samples
         w.tokens += put.num_tokens
@@ -456,9 +458,8 @@ class Controller:
             **{f"reward_latency/{k}_ms_per_sample": 1e3 * v / max(1, w.samples) for k, v in w.component_s.items()},
         }
         self.metrics.log(self.version, scalars, {"staleness": staleness})
-        for key, value in (("samples", w.samples), ("tokens", w.tokens),
-                           ("reward_failures", int(scalars["reward/failures"])),
-                           ("learner_s", w.learner_s), ("generate_s", w.generate_s)):
+        for key, value in (("samples", w.samples), ("tokens", w.tokens), ("learner_s", w.learner_s),
+                           ("generate_s", w.generate_s)):
             self.totals[key] += value
         if self.on_step:
             self.on_step(self.version, {"reward": scalars["reward/mean"], "stale": scalars["staleness/mean"]})

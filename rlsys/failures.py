@@ -125,12 +125,15 @@ class RewardFailureWindow:
     def rate(self) -> float:
         return sum(self._failed) / len(self._failed) if self._failed else 0.0
 
-    def check(self) -> None:
+    def check(self, final: bool = False) -> None:
         """Raise :class:`RewardsFailing` once a full window fails at more than ``max_rate`` — or earlier, as soon as
         the failures seen already exceed what a full window may hold (``max_rate`` × ``window``): whatever the next
-        samples do, the window will fail, so a reward failing on every sample stops after about half a window."""
+        samples do, the window will fail, so a reward failing on every sample stops after about half a window.
+        ``final``: the run has ended, so the samples seen are all there will be: a window not filled is held to the
+        same rate."""
         failed = sum(self._failed)
-        if failed <= self.max_rate * self.window and (len(self._failed) < self.window or self.rate <= self.max_rate):
+        full = len(self._failed) >= self.window or final
+        if failed <= self.max_rate * self.window and (not full or self.rate <= self.max_rate):
             return
         terms = sorted(((sum(q), name) for name, q in self._terms.items() if sum(q)), reverse=True)
         by_term = ", ".join(f"{name!r} on {n}" for n, name in terms) or "no single term (the whole call failed)"

@@ -12,8 +12,19 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The records a run's :class:`MetricsWriter` wrote, in order (``step`` plus its scalars; non-finite → None)."""
-    return [json.loads(line) for line in (Path(run_dir) / METRICS_FILE).read_text().splitlines()]
+    """The records a run's :class:`MetricsWriter` wrote, in order (``step`` plus its scalars; non-finite → None).
+
+    A last line without its newline is a record cut short by a killed run, and is left out; any other line that
+    is not a JSON object raises ValueError naming it."""
+    path = Path(run_dir) / METRICS_FILE
+    lines = path.read_text().split("\n")
+    records = []
+    for number, line in enumerate(lines[:-1], 1):  # lines[-1]: "" after the last newline, or a cut record
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} line {number} is not a JSON record: {e}") from None
+    return records
 
 
 class MetricsWriter:

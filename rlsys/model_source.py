@@ -1,4 +1,4 @@
-"""Getting the initial checkpoint to actors on any node.
+"""Getting the initial checkpoint to actors on any node, and loading a checkpoint with errors that name it.
 
 The driver prepares the checkpoint on its own disk. Actors on the same node (or on shared storage) read that
 path; an actor on a node where the path does not exist materialises the files from the object store, where
@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 
 import ray
+
+from rlsys.config import ConfigError
 
 PACK_LIMIT_BYTES = 2 << 30  # larger checkpoints must be on storage every node mounts
 
@@ -40,3 +42,24 @@ def local_model_dir(model_dir: str, packed: list) -> str:
         (target / rel).parent.mkdir(parents=True, exist_ok=True)
         (target / rel).write_bytes(data)
     return str(target)
+
+
+def load_checkpoint_part(auto: type, key: str, path: str, part: str, **kwargs):
+    """``auto.from_pretrained(path)``; a checkpoint that does not load is a :class:`ConfigError` naming ``key``,
+    the path and the part (tokenizer, config.json, weights) rather than a traceback from deep in transformers.
+    For the weights, parameters the files do not hold (which transformers would leave randomly initialised, e.g.
+    for a config.json naming another architecture) are an error too."""
+    weights = part == "weights"
+    try:
+        loaded = auto.from_pretrained(path, **kwargs, **({"output_loading_info": True} if weights else {}))
+    except Exception as e:  # transformers raises OSError, ValueError, KeyError, json errors... for a broken file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ConfigError(f"{key}={path!r}: its {part} could not be loaded ({type(e).__name__}: {first[:300]})") from e
+    if not weights:
+        return loaded
+    model, info = loaded
+    if info["missing_keys"]:
+        missing = sorted(info["missing_keys"])
+        raise ConfigError(f"{key}={path!r}: its weights do not fit its config.json ({model.config.model_type}): "
+                          f"{len(missing)} parameters are missing from the files, e.g. {', '.join(missing[:3])}")
+    return model

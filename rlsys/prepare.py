@@ -28,6 +28,7 @@ from rlsys.data.model import build_tiny_llama
 from rlsys.data.tasks import Rows, make_addition_rows, read_rows, write_parquet
 from rlsys.data.tokenizer import DEFAULT_ALPHABET, build_char_tokenizer
 from rlsys.data.warmup import supervised_warmup
+from rlsys.model_source import load_checkpoint_part
 from rlsys.types import Prompt
 
 log = logging.getLogger(__name__)
@@ -124,16 +125,6 @@ def _settle(cfg: RLConfig, splits: tuple[_Split, ...], bad: list[BadRow]) -> tup
     return kept, counts
 
 
-def load_checkpoint_part(auto: type, key: str, path: str, part: str, **kwargs):
-    """``auto.from_pretrained(path)``; a checkpoint that does not load is a :class:`ConfigError` naming ``key``,
-    the path and the part (tokenizer, config.json, weights) rather than a traceback from deep in transformers."""
-    try:
-        return auto.from_pretrained(path, **kwargs)
-    except Exception as e:  # transformers raises OSError, ValueError, KeyError, json errors... for a broken file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ConfigError(f"{key}={path!r}: its {part} does not load ({type(e).__name__}: {first[:300]})") from e
-
-
 def _policy_tokenizer(cfg: RLConfig, train_prompts: list[Prompt]) -> tuple[PreTrainedTokenizerBase, int | None, str]:
     """The policy's tokenizer, its context length (None if its config names none) and where that comes from."""
     if cfg.model.path:
@@ -186,6 +177,10 @@ def load_datasets(cfg: RLConfig) -> Datasets:
     cell_bad = [b for s in splits for b in s.data.bad]
     bad = in_file_order(cell_bad + _token_checks(cfg, splits, tokenizer, context, source))
     (train_prompts, eval_prompts), dropped_rows = _settle(cfg, splits, bad)
+    seen = {p.text for p in train_prompts}
+    if overlap := sum(p.text in seen for p in eval_prompts):
+        log.warning("%d of the %d held-out prompts (%s) also occur in the training data (%s): held-out accuracy "
+                    "partly measures the training data", overlap, len(eval_prompts), splits[1].label, splits[0].label)
     return Datasets(str(splits[0].path), str(splits[1].path), train_prompts, eval_prompts, tokenizer, dropped_rows,
                     bad, sorted(b.row for b in splits[0].bad_of(bad)))
 

@@ -21,7 +21,11 @@ def inspect_run(run_dir: str | Path, num_examples: int = 3) -> str:
         raise FileNotFoundError(f"{run_dir} has no {METRICS_FILE}; give the directory of an rlsys run "
                                 "(<output.root>/<run_name>)")
     lines = [f"run {run_dir}"]
-    metrics = read_metrics(run_dir)
+    try:
+        metrics = read_metrics(run_dir)
+    except (ValueError, OSError) as e:
+        metrics = []
+        lines.append(f"metrics.jsonl is unreadable: {e}")
     curve = [(m["step"], m["eval/accuracy"]) for m in metrics if m.get("eval/accuracy") is not None]
     if curve:
         lines.append("held-out accuracy by version: " + ", ".join(f"{v}: {a:.1%}" for v, a in curve))
@@ -59,7 +63,12 @@ def _left_out(run_dir: Path) -> list[str]:
     path = run_dir / "summary.json"
     if not path.is_file():
         return ["no summary.json: the run did not finish (it was stopped or killed)"]
-    summary = json.loads(path.read_text())
+    try:
+        summary = json.loads(path.read_text())
+        if not isinstance(summary, dict):
+            raise ValueError(f"it holds a {type(summary).__name__}, not an object")
+    except (ValueError, OSError) as e:  # a run killed while writing it, a full disk
+        return [f"summary.json is unreadable ({e}): the data rows and prompts the run left out are not known"]
     rows = [f"{r['file']} row {r['row']}: {r['detail']}" for r in summary.get("dropped_row_list", [])]
     prompts = [f"{p['prompt_id']}: {p['error']}" for p in summary.get("failed_prompts", [])]
     return (_listed("data rows left out (task.bad_rows=drop)", rows, "dropped_row_list")

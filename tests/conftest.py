@@ -13,11 +13,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def tiny_overrides(tmp_path, *extra: str) -> list[str]:
     """A configuration small enough for a test run on 2 cores (cache shared across the session's runs). The
-    synthetic task's size is left out for a Parquet task, where the config check refuses it as doing nothing."""
+    synthetic task's size is left out for a Parquet task, and the held-out size with an eval file, where the config
+    check refuses them as doing nothing."""
     synthetic = "task.name=parquet" not in extra
+    held_out = not any(e.startswith("task.eval_file=") for e in extra)
     return [
         f"output.root={tmp_path}/runs", f"output.cache_dir={tmp_path.parent}/rlsys-cache",
-        "output.progress_bar=false", *(["task.num_train=400"] if synthetic else []), "task.num_eval=40",
+        "output.progress_bar=false", *(["task.num_train=400"] if synthetic else []),
+        *(["task.num_eval=40"] if held_out else []),
         "warmup.steps=300",
         "train.groups_per_step=4", "rollout.group_size=4", "rollout.groups_per_request=2", "learner.micro_batch_size=8",
         "train.eval_every=0", *extra,

@@ -159,3 +159,12 @@ needs_a_positive_scale.check_params = _positive_scale
 
 def takes_one_argument(completion: str) -> float:
     return 0.0
+
+
+def needs_a_scale(completion: str, reference: str, *, scale: float) -> float:
+    return scale * float(completion.strip() == reference.strip())
+
+
+def huge_when_right(completion: str, reference: str) -> float:
+    """A finite float that float32 cannot hold."""
+    return 1e39 if completion.strip() == reference.strip() else 0.0

@@ -1,5 +1,7 @@
 """`rlsys eval` and `rlsys inspect` refuse what they cannot read, with the reason."""
 
+import pytest
+
 from rlsys.cli import main
 
 
@@ -105,3 +107,49 @@ def test_eval_runs_the_token_checks_with_the_checkpoints_tokenizer(tmp_path, cap
     assert main(["eval", str(ckpt), "task.name=parquet", f"task.train_file={train}", f"task.eval_file={held_out}",
                  "rollout.max_new_tokens=5", f"output.cache_dir={tmp_path / 'cache'}"]) == 2
     assert "(id 'long'): prompt is 8 tokens; at most 7 fit" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("name", "content", "expected"), [
+    ("summary.json", '{"steps": 3, "dropped_row', "summary.json is unreadable"),
+    ("summary.json", "[1, 2]", "summary.json is unreadable (it holds a list"),
+    ("metrics.jsonl", '{"step": 0}\n{"st', None),  # a record cut short by a kill: left out
+    ("metrics.jsonl", '{"step": 0}\nnot json\n{"step": 1}\n', "metrics.jsonl line 2 is not a JSON record"),
+])
+def test_inspect_of_a_run_with_a_cut_or_damaged_file_names_it(tmp_path, capsys, name, content, expected):
+    run = _run_dir(tmp_path, {})
+    (run / name).write_text(content)
+    assert main(["inspect", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "samples: 2 logged, 1 trained" in out  # what can be read still is
+    if expected:
+        assert expected in out, out
+
+
+def _saved_tiny_checkpoint(directory):
+    from rlsys.config import ModelConfig
+    from rlsys.data.model import build_tiny_llama
+    from rlsys.data.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    build_tiny_llama(ModelConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2), tok
+                     ).save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory
+
+
+def test_eval_of_a_checkpoint_whose_weights_do_not_load_or_fit_is_refused(tmp_path, capsys):
+    import json
+
+    truncated = _saved_tiny_checkpoint(tmp_path / "truncated")
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:64])
+    other = _saved_tiny_checkpoint(tmp_path / "other")  # config.json names another architecture
+    config = json.loads((other / "config.json").read_text())
+    config.update(model_type="gpt2", architectures=["GPT2LMHeadModel"], n_embd=32, n_layer=1, n_head=2)
+    (other / "config.json").write_text(json.dumps(config))
+    for ckpt, expected in ((truncated, "its weights could not be loaded"), (other, "its weights do not fit its "
+                                                                             "config.json (gpt2)")):
+        assert main(["eval", str(ckpt), f"output.cache_dir={tmp_path / 'cache'}", "task.num_train=100",
+                     "task.num_eval=10"]) == 2
+        err = capsys.readouterr().err
+        assert f"MODEL_DIR='{ckpt}'" in err and expected in err, err

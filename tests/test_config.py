@@ -6,6 +6,7 @@ message names the offending key and says what to change, never as a raw OmegaCon
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -350,8 +351,9 @@ def test_every_setting_that_acts_only_with_another_is_refused_without_it_and_acc
     config is refused naming the key and what it needs; where it acts, the same value is accepted."""
     from rlsys.config import _ACTS_WHEN
 
-    ckpt, data = _checkpoint_stub(tmp_path / "ckpt"), str(tmp_path / "d.parquet")
-    Path(data).write_text("")  # exists: what is in it is checked at load time, not here
+    ckpt, data, other = _checkpoint_stub(tmp_path / "ckpt"), str(tmp_path / "d.parquet"), str(tmp_path / "e.parquet")
+    for path in (data, other):
+        Path(path).write_text("")  # exists: what is in it is checked at load time, not here
     parquet = ["task.name=parquet", f"task.train_file={data}"]
     components = ["reward.components=[{name: a, fn: addition_exact}]"]
     cases = {  # key: (value, a config where it cannot act, one where it acts)
@@ -359,17 +361,22 @@ def test_every_setting_that_acts_only_with_another_is_refused_without_it_and_acc
             ("hidden_size", 64), ("intermediate_size", 96), ("num_layers", 3), ("num_heads", 8),
             ("max_position_embeddings", 32))},
         "task.train_file": (data, [], ["task.name=parquet"]),
-        "task.eval_file": (data, [], parquet),
+        "task.eval_file": (other, [], parquet),
         "task.num_digits": (3, parquet, []),
+        "task.num_eval": (10, [*parquet, f"task.eval_file={other}"], parquet),
         "task.num_train": (300, parquet, []),
         "warmup.check_every": (10, ["warmup.target_accuracy=0"], []),
         "reward.fn": ("exact_match", components, []),
         "algo.is_mode": ("mis", [], ["algo.decoupled=true"]),
         "algo.is_level": ("sequence", [], ["algo.decoupled=true"]),
-        "algo.is_cap": (3.0, [], ["algo.decoupled=true"]),
+        "algo.is_cap": (3.0, ["algo.decoupled=true", "algo.is_mode=plain"], ["algo.decoupled=true"]),
         **{f"algo.{k}": (v, [], ["algo.advantage=gae"]) for k, v in (
             ("gamma", 0.9), ("lam", 0.95), ("value_clip", 0.5), ("critic_lr", 0.01))},
         "algo.dual_clip_c": (4.0, [], ["algo.policy_loss=dual_clip"]),
+        "algo.adv_eps": (0.01, ["algo.advantage=rloo"], ["algo.advantage=reinforce_pp"]),
+        "algo.filter_zero_variance": (True, ["algo.dynamic_sampling=true"], []),
+        "reward.num_gpus": (1.0, [], [f"reward.components=[{{name: rm, model: {{kind: classifier, paths: "
+                                      f"['{ckpt}']}}}}]"]),
         "algo.clip_eps_low": (0.1, ["algo.policy_loss=reinforce"], []),
         "algo.clip_eps_high": (0.28, ["algo.policy_loss=reinforce"], []),
         "ray.num_cpus": (4, ["ray.address=auto"], []),
@@ -425,6 +432,16 @@ def test_other_settings_that_cannot_work_are_refused_naming_the_key():
         (["warmup.batch_size=0"], "warmup.batch_size=0 must be a positive integer"),
         (["warmup.lr=0"], "warmup.lr=0.0 must be > 0"),
         (["task.num_eval=0"], "task.num_eval=0 must be a positive integer"),
+        (["algo.clip_eps_low=1.5"], "algo.clip_eps_low=1.5 must be ≤ 1"),
+        (["reward.call_timeout_s=1", "reward.timeout_s=5"], "reward.call_timeout_s=1.0 must be more than "
+         "reward.timeout_s=5.0"),
+        (["task.name=parquet", "task.train_file=/"], "task.train_file='/' is a directory; give the path of one "
+         "Parquet file"),
+        (["task.name=parquet", f"task.train_file={__file__}", f"task.eval_file={__file__}"],
+         "is the training file: held-out accuracy would be accuracy on the training data"),
+        (["reward.fn=reward_fixtures:needs_a_scale"], "missing required key(s) 'scale'"),
+        (["reward.fn=reward_fixtures:needs_a_scale"], "give them as a component: reward.components=[{name: "
+         "needs_a_scale, fn: reward_fixtures:needs_a_scale, params: {...}}]"),
     ]
     for overrides, expected in cases:
         with pytest.raises(ConfigError) as e:
@@ -457,7 +474,7 @@ def test_a_checkpoint_whose_files_do_not_load_is_a_config_error_naming_the_part(
                              f"output.cache_dir={tmp_path / 'cache'}"])
     from rlsys.prepare import load_datasets
 
-    with pytest.raises(ConfigError, match=rf"model.path='{tmp_path}': its (tokenizer|config.json) does not load"):
+    with pytest.raises(ConfigError, match=rf"model.path='{tmp_path}': its (tokenizer|config.json) could not be loaded"):
         load_datasets(cfg)
 
 
@@ -470,3 +487,35 @@ def test_a_reward_function_that_does_not_import_is_refused_at_start_up(tmp_path)
     bad.write_text("train:\n  num_steps: 3\n   bad_indent: [\n")
     with pytest.raises(ConfigError, match="is not valid YAML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (b"- a\n- b\n", "the file must be a mapping of sections (model:, train:, ...), not a list"),
+    (b"42\n", "does not fit the config"),
+    (b"\xff\xfe bad", "is not UTF-8 text"),
+    (b"reward:\n  components: {}\n", "does not fit the config"),
+])
+def test_a_config_file_of_the_wrong_shape_is_a_config_error(tmp_path, content, expected, capsys):
+    path = tmp_path / "odd.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_config([path])
+    assert main(["train", "--config", str(path), "--print-config"]) == 2
+
+
+def test_an_override_whose_value_is_not_yaml_is_a_config_error(capsys):
+    with pytest.raises(ConfigError, match=r"override 'reward.fn=:': its value is not valid YAML .*quote it"):
+        load_config(None, ["reward.fn=:"])
+    assert main(["train", "--print-config", "train.num_steps=:"]) == 2
+
+
+def test_an_empty_algo_name_is_refused(capsys):
+    assert main(["train", "--algo", "", "--print-config"]) == 2
+    assert "unknown algorithm ''" in capsys.readouterr().err
+
+
+def test_a_reward_module_that_exits_on_import_is_a_config_error(tmp_path, monkeypatch):
+    (tmp_path / "exits_on_import.py").write_text("raise SystemExit(3)\ndef f(c, r):\n    return 0.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"could not import reward function 'exits_on_import:f': SystemExit: 3"):
+        load_config(None, ["reward.fn=exits_on_import:f"])

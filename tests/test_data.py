@@ -210,12 +210,13 @@ def _small(tmp_path: Path, *extra: str):
     """A small config; the synthetic task's size and the tiny model's shape only where they act (else refused)."""
     synthetic = not any(e == "task.name=parquet" for e in extra)
     tiny = not any(e.startswith("model.path=") for e in extra)
+    held_out = not any(e.startswith("task.eval_file=") for e in extra)
     return load_config(None, [
         f"output.cache_dir={tmp_path / 'cache'}",
         "warmup.steps=20",
         "warmup.batch_size=16",
         *(["task.num_train=200"] if synthetic else []),
-        "task.num_eval=20",
+        *(["task.num_eval=20"] if held_out else []),
         *(["model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=1", "model.num_heads=2"]
           if tiny else []),
         *extra,

@@ -86,3 +86,14 @@ def test_a_reward_failing_at_exactly_the_rate_or_below_goes_on():
     window = RewardFailureWindow(max_rate=0.5, window=4)
     window.observe([math.nan, 1.0, math.nan, 0.0], {})
     window.check()
+
+
+def test_at_the_end_of_a_run_shorter_than_the_window_the_same_rate_applies():
+    window = RewardFailureWindow(max_rate=0.5, window=1024)
+    window.observe([math.nan] * 73 + [1.0] * 23, {"r": [math.nan] * 73 + [1.0] * 23})
+    window.check()  # 73 failures: a full window of 1024 might still come out below 0.5
+    with pytest.raises(RewardsFailing, match=r"failed on 73 of the last 96 samples \(76%\)"):
+        window.check(final=True)  # the run is over: 96 samples are all there are
+    fine = RewardFailureWindow(max_rate=0.5, window=1024)
+    fine.observe([math.nan] * 48 + [1.0] * 48, {})
+    fine.check(final=True)  # exactly the rate: goes on

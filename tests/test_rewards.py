@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rlsys.rewards import RewardOutcome, RewardScorer, get_reward_fn, register_reward, reward_names
+from rlsys.rewards import RewardComponent, RewardOutcome, RewardScorer, get_reward_fn, register_reward, reward_names
+from rlsys.rewards.components import TermRow
 from rlsys.rewards.rules import addition_exact, math_verify_reward
 
 FIX = "reward_fixtures"  # tests/reward_fixtures.py, importable once tests/ is on sys.path
@@ -164,10 +165,12 @@ def test_scorer_timeout_then_recovers() -> None:
         elapsed = time.monotonic() - start
         assert plain([out]) == [RewardOutcome(0.0, True, "timed out after 0.5 s")]
         assert elapsed < 8.0  # far below the 10 s sleep: the child was killed, not waited for
-    with RewardScorer(f"{FIX}:misbehaves_on_command", timeout_s=0.5) as scorer:
+    # The call's budget is timeout_s × items, restarts included: 2 s × 3 leaves room for restarting the child on a
+    # loaded machine (with 0.5 s × 3 a slow restart used it up, and the items left failed "not scored").
+    with RewardScorer(f"{FIX}:misbehaves_on_command", timeout_s=2.0) as scorer:
         out = scorer.score([("a", "a"), ("sleep", "x"), ("b", "c")])
-        assert [(o.reward, o.failed) for o in out] == [(1.0, False), (0.0, True), (0.0, False)]
-        assert out[1].error == "timed out after 0.5 s"
+        assert [(o.reward, o.failed) for o in out] == [(1.0, False), (0.0, True), (0.0, False)], out
+        assert out[1].error == "timed out after 2.0 s"
         assert plain(scorer.score([("ok", "ok")])) == [RewardOutcome(1.0, False)]  # a fresh child after the kill
 
 
@@ -244,3 +247,16 @@ def test_reward_scalars_log_each_term_and_the_length_correlation() -> None:
     assert out["reward/length_corr"] == pytest.approx(expected)
     single = reward_scalars([1.0, 1.0], [1, 2], {"correct": [1.0, 1.0]})
     assert math.isnan(single["reward/length_corr"]) and "reward/correct" not in single  # constant reward
+
+
+def test_a_reward_beyond_float32_is_a_failure_not_an_infinity():
+    """Rewards are float32 from the buffer on: 1e39 would become inf there and the step's loss NaN."""
+    from rlsys.rewards.components import combine
+
+    with RewardScorer(f"{FIX}:huge_when_right", timeout_s=5.0) as scorer:
+        right, wrong = scorer.score([("1", "1"), ("1", "2")])
+    assert right.failed and "within float32's range" in right.error
+    assert not wrong.failed and wrong.reward == 0.0
+    terms = (RewardComponent(name="a", fn="exact_match", weight=10.0), RewardComponent(name="b", fn="exact_match"))
+    total = combine(terms, [TermRow(3e38, False), TermRow(0.0, False)])  # each term fits; the weighted sum does not
+    assert total.failed and "outside float32's range" in total.error

@@ -115,7 +115,10 @@ def duplicate_ids(file: str, ids: list[str], rows: list[int]) -> None:
         where.setdefault(i, []).append(row)
     dups = {i: r for i, r in where.items() if len(r) > 1}
     if dups:
-        listed = [f"{i!r} (rows {', '.join(map(str, r))})" for i, r in list(dups.items())[:MAX_LISTED]]
+        def rows_of(r: list[int]) -> str:
+            return ", ".join(map(str, r[:MAX_LISTED])) + (f", … ({len(r)} rows)" if len(r) > MAX_LISTED else "")
+
+        listed = [f"{i!r} (rows {rows_of(r)})" for i, r in list(dups.items())[:MAX_LISTED]]
         more = f" and {len(dups) - MAX_LISTED} more" if len(dups) > MAX_LISTED else ""
         raise DatasetError(f"{file}: column 'id' has duplicates; prompt ids must be unique: {', '.join(listed)}{more}"
                            " (task.bad_rows=drop does not drop duplicates: which row is meant is unclear)")

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from rlsys.algos import token_logprobs
 from rlsys.engines.padding import pad_sequences
+from rlsys.model_source import load_checkpoint_part
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,12 @@ class GenerationEngine(Protocol):
 class HFEngine:
     """Batched ``generate`` of a transformers causal LM, on CPU or CUDA, with full-vocabulary sampling."""
 
-    def __init__(self, model_dir: str, pad_token_id: int, eos_token_id: int, device: str = "cpu") -> None:
+    def __init__(self, model_dir: str, pad_token_id: int, eos_token_id: int, device: str = "cpu",
+                 key: str = "checkpoint") -> None:
         self.device = torch.device(device)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(self.device).eval()
+        # key: what the user called the checkpoint, for the error if it does not load (model.path, MODEL_DIR, ...)
+        model = load_checkpoint_part(AutoModelForCausalLM, key, model_dir, "weights", dtype=torch.float32)
+        self.model = model.to(self.device).eval()
         self.pad_token_id = pad_token_id
         self.eos_token_id = eos_token_id
         self.version = 0

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 SCOPES = ("sample", "group", "process")
 MODEL_KINDS = ("classifier", "judge")
 ENSEMBLE_MODES = ("mean", "min", "mean_minus_std")
+FLOAT32_MAX = 3.4028234663852886e38  # rewards are float32 from the buffer on: a larger one would become inf
 JUDGE_TEMPLATE_FIELDS = ("prompt", "response", "reference", "low", "high")
 
 
@@ -140,6 +141,9 @@ def combine(terms: tuple[RewardComponent, ...], rows: list[TermRow], versions: d
         error = failed[0][1] if len(terms) == 1 else "; ".join(f"{t.name}: {e}" for t, e in failed)
         return RewardOutcome(0.0, True, error, components, notes, versions)
     total = sum(t.weight * r.value for t, r in zip(terms, rows) if t.weight != 0)
+    if not abs(total) <= FLOAT32_MAX:  # inf or NaN too: rewards are stored and trained as float32
+        return RewardOutcome(0.0, True, f"the weighted sum of the terms, {total!r}, is outside float32's range "
+                             f"(|x| ≤ {FLOAT32_MAX:.3g})", components, notes, versions)
     return RewardOutcome(float(total), False, None, components, notes, versions)
 
 

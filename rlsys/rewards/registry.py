@@ -89,7 +89,7 @@ def _import_reward(path: str) -> RewardFn:
         raise ValueError(f"invalid reward import path {path!r}: expected 'package.module:function'")
     try:
         obj: object = importlib.import_module(module_name)
-    except Exception as e:  # any error raised while importing user code, not just ImportError
+    except (Exception, SystemExit) as e:  # anything user code raises on import, sys.exit() included
         raise ValueError(f"could not import reward function {path!r}: {type(e).__name__}: {e}") from e
     for attr in attr_path.split("."):
         try:

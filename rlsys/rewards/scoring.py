@@ -34,7 +34,15 @@ from multiprocessing.reduction import ForkingPickler
 from types import TracebackType
 from typing import Any
 
-from rlsys.rewards.components import RewardComponent, RewardItem, RewardOutcome, TermRow, combine, group_slices
+from rlsys.rewards.components import (
+    FLOAT32_MAX,
+    RewardComponent,
+    RewardItem,
+    RewardOutcome,
+    TermRow,
+    combine,
+    group_slices,
+)
 from rlsys.rewards.process import split_steps, summarize_steps
 from rlsys.rewards.registry import RewardFn, Scored, get_reward_fn
 
@@ -77,11 +85,11 @@ class RewardScorer:
     ``score()`` call share a budget of ``timeout_s`` × items × rule terms (what every call using its whole
     deadline would take), or ``max_call_s`` if that is smaller, restarts after hangs included: once it is used up
     no further call starts and the items left fail with "not scored: …", so even a reward that hangs on every item
-    returns after about that budget
-    plus one call's deadline (and a first start of the child, if the last call's final item took it, which is
-    not charged). After ``MAX_LOST_IN_A_ROW`` calls in a row each lost the child, the calls left fail unscored
-    ("not scored: the … rule calls before it …") rather than paying a restart each. Model-based terms run here, in the caller's process, on ``device``
-    (:mod:`rlsys.rewards.model_terms`). ``score`` never raises because of a reward function or a reward model.
+    returns after about that budget plus one call's deadline (and a first start of the child, if the last call's
+    final item took it, which is not charged). After ``MAX_LOST_IN_A_ROW`` calls in a row each lost the child, the
+    calls left fail unscored ("not scored: the … rule calls before it …") rather than paying a restart each.
+    Model-based terms run here, in the caller's process, on ``device`` (:mod:`rlsys.rewards.model_terms`).
+    ``score`` never raises because of a reward function or a reward model.
     Unknown names raise ValueError here at construction, not at the first score, and a child process that cannot
     start raises RuntimeError. Thread-safe: calls are serialized.
     """
@@ -532,6 +540,8 @@ def _as_row(value: Any) -> TermRow:
         return TermRow(0.0, True, bad, note)
     if not math.isfinite(reward):
         return TermRow(0.0, True, bad, note)
+    if abs(reward) > FLOAT32_MAX:  # rewards are stored and trained as float32: it would become inf there
+        return TermRow(0.0, True, f"{bad} within float32's range (|x| ≤ {FLOAT32_MAX:.3g})", note)
     return TermRow(reward, False, None, note)
 
 
