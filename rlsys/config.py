@@ -550,6 +550,9 @@ def validate(cfg: RLConfig) -> None:
             section, name = key.split(".")
             value = getattr(getattr(cfg, section), name)
             need(ok(value), f"{key}={value} must be {rule}")
+            # inf passes a lower bound; only a time limit may be unlimited (an infinite lr gives NaN weights)
+            need(math.isfinite(value) or not ok(value) or key.endswith("timeout_s"),
+                 f"{key}={value} must be a finite number")
     for key, choices in _CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
