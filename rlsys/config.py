@@ -421,6 +421,9 @@ def _params_problem(c: RewardComponent, where: str) -> str | None:
         fn = get_reward_fn(c.fn)
     except ValueError as e:  # a 'module:function' that does not import: every reward worker would fail to start
         return f"{where}fn={c.fn!r}: {e}"
+    if getattr(fn, "scope", c.scope) != c.scope:
+        return (f"{where}scope={c.scope!r}: fn={c.fn!r} is a {fn.scope}-scope reward (see the README's reward "
+                f"scopes), so every call would fail; use scope: {fn.scope}")
     try:
         signature = inspect.signature(fn)
     except (ValueError, TypeError):
@@ -623,6 +626,9 @@ def validate(cfg: RLConfig) -> None:
     need(t.name != "synthetic_addition" or t.num_train + t.num_eval <= distinct,
          f"task.num_train={t.num_train} + task.num_eval={t.num_eval} is more than the {distinct} distinct "
          f"{t.num_digits}-digit additions; lower them or raise task.num_digits")
+    for key in ("root", "cache_dir"):
+        value = Path(getattr(cfg.output, key)).expanduser()
+        need(not value.exists() or value.is_dir(), f"output.{key}={str(value)!r} is a file; give a directory")
     problems += _inert_settings(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))

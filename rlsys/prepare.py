@@ -196,7 +196,11 @@ def prepare(cfg: RLConfig, data: Datasets | None = None) -> Prepared:
     # A target accuracy is checked on the held-out prompts with rollout.max_new_tokens: both shape the result.
     target = [data.eval_file, os.path.getmtime(data.eval_file), cfg.rollout.max_new_tokens] \
         if cfg.warmup.target_accuracy > 0 else []
-    key = _digest(asdict(cfg.model), asdict(cfg.warmup), train_file, os.path.getmtime(train_file),
+    # A checkpoint at model.path is named by its files too: overwritten in place, it is a different start.
+    root = Path(cfg.model.path).expanduser() if cfg.model.path else None
+    source = [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
+              for p in sorted(root.rglob("*")) if p.is_file()] if root else []
+    key = _digest(asdict(cfg.model), asdict(cfg.warmup), train_file, os.path.getmtime(train_file), *source,
                   rlsys.__version__, transformers.__version__, torch.__version__, *left_out, *target)
     model_dir = cache / "models" / key
     done = partial(Prepared, str(model_dir), train_file, data.eval_file, train_prompts, data.eval_prompts,

@@ -16,7 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from rlsys.actors.placement import create_actors, setup_learners, shutdown_actors
 from rlsys.actors.resources import check_cluster, check_local_cpus, total_demand
-from rlsys.config import RLConfig, to_yaml
+from rlsys.config import ConfigError, RLConfig, to_yaml
 from rlsys.controller import Controller, RunSummary
 from rlsys.engines.generation import tensors_from_numpy
 from rlsys.metrics import MetricsWriter
@@ -30,10 +30,17 @@ ACTOR_ENV = {"DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false", "OMP_NU
              "HF_HUB_DISABLE_PROGRESS_BARS": "1"}  # per-checkpoint-load bars would drown the run's own
 
 
+RUN_FILES = ("metrics.jsonl", "samples.parquet", "summary.json")  # what a run writes into its directory
+
+
 def run_dir_for(cfg: RLConfig) -> Path:
+    """The run's directory (not created yet). One that already holds a run is refused: a second run writing there
+    would mix its metrics and samples with the first one's."""
     name = cfg.output.run_name or time.strftime("%Y%m%d-%H%M%S")
     path = Path(cfg.output.root).expanduser().resolve() / name
-    path.mkdir(parents=True, exist_ok=True)
+    if found := [f for f in RUN_FILES if (path / f).exists()]:
+        raise ConfigError(f"output.run_name={name!r}: {path} already holds a run ({', '.join(found)}); choose another "
+                          "output.run_name, or move that directory away")
     return path
 
 
@@ -65,8 +72,9 @@ def train(cfg: RLConfig) -> tuple[RunSummary, Path]:
     t_prep = time.perf_counter()
     # Bad data, then a cluster too small for the config, fail in seconds: before Ray starts, and before the warm-up.
     data = load_datasets(cfg)
-    init_ray(cfg)
     run_dir = run_dir_for(cfg)
+    init_ray(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     prepared = prepare(cfg, data)
     print(f"initial policy: {prepared.model_dir} "

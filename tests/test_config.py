@@ -276,13 +276,14 @@ def test_reward_components_are_checked_scope_step_and_model(tmp_path) -> None:
         f"{{name: rm, weight: 0.5, model: {{kind: classifier, paths: ['{tmp_path}'], ensemble: min}}}}, "
         f"{{name: j, model: {{kind: judge, paths: ['{tmp_path}'], "
         "template: 'rate {response} from {low} to {high}'}}, "
-        "{name: p, fn: addition_exact, scope: process, step_split: ' then ', step_aggregate: min_form}]"])
+        "{name: p, fn: 'reward_fixtures:step_has_digit', scope: process, step_split: ' then ', "
+        "step_aggregate: min_form}]"])
     assert [c.name for c in good.reward.terms] == ["c", "rm", "j", "p"]
     assert good.reward.terms[1].model.paths == [str(tmp_path)] and good.reward.terms[3].scope == "process"
     with pytest.raises(ConfigError) as info:
         load_config(None, [
             "reward.components=[{name: a, fn: addition_exact, scope: batch}, "
-            "{name: b, fn: addition_exact, scope: process, step_aggregate: max, step_split: '('}, "
+            "{name: b, fn: 'reward_fixtures:step_has_digit', scope: process, step_aggregate: max, step_split: '('}, "
             "{name: c, fn: addition_exact, model: {paths: []}}, "
             "{name: d, scope: group, model: {kind: judge, paths: ['/no/such/dir'], template: '{prompt}'}}, "
             f"{{name: e, scope: process, model: {{kind: classifier, paths: ['{tmp_path}'], ensemble: median, "
@@ -521,3 +522,26 @@ def test_a_reward_module_that_exits_on_import_is_a_config_error(tmp_path, monkey
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ConfigError, match=r"could not import reward function 'exits_on_import:f': SystemExit: 3"):
         load_config(None, ["reward.fn=exits_on_import:f"])
+
+
+def test_a_built_in_reward_in_a_scope_it_does_not_score_is_refused():
+    with pytest.raises(ConfigError, match=r"scope='group': fn='addition_exact' is a sample-scope reward"):
+        load_config(None, ["reward.components=[{name: correct, fn: addition_exact, scope: group}]"])
+
+
+def test_output_directories_that_are_files_are_refused(tmp_path):
+    (tmp_path / "f").write_text("")
+    for key in ("root", "cache_dir"):
+        with pytest.raises(ConfigError, match=rf"output.{key}='{tmp_path / 'f'}' is a file; give a directory"):
+            load_config(None, [f"output.{key}={tmp_path / 'f'}"])
+
+
+def test_a_run_directory_that_holds_a_run_is_refused_before_anything_starts(tmp_path):
+    from rlsys.train import run_dir_for
+
+    cfg = load_config(None, [f"output.root={tmp_path}", "output.run_name=r"])
+    assert run_dir_for(cfg) == tmp_path / "r"  # not there yet: fine
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "metrics.jsonl").write_text("")
+    with pytest.raises(ConfigError, match=r"output.run_name='r': .* already holds a run \(metrics.jsonl\)"):
+        run_dir_for(cfg)

@@ -33,9 +33,14 @@ RewardFn = Callable[..., "float | Scored"]  # (completion: str, reference: str, 
 _REGISTRY: dict[str, RewardFn] = {}
 
 
-def register_reward(name: str, check_params: Callable[..., object] | None = None
+def register_reward(name: str, check_params: Callable[..., object] | None = None, scope: str = "sample"
                     ) -> Callable[[RewardFn], RewardFn]:
-    """Decorator that registers a reward function under ``name`` and returns it, with ``check_params`` attached.
+    """Decorator that registers a reward function under ``name`` and returns it, with ``check_params`` and
+    ``scope`` attached.
+
+    ``scope`` is what the function scores (:data:`rlsys.rewards.components.SCOPES`): ``sample`` takes one
+    completion, ``group`` a prompt's list of completions, ``process`` a completion's list of steps. The config
+    check refuses a component that uses the function in another scope (every call would fail).
 
     ``check_params(**params)`` — called at start-up with every param of a component (its defaults filled in) —
     raises ValueError for values the function would reject on every sample (a regex that does not compile, a
@@ -57,6 +62,7 @@ def register_reward(name: str, check_params: Callable[..., object] | None = None
         _REGISTRY[name] = fn
         if check_params is not None:
             fn.check_params = check_params  # type: ignore[attr-defined]
+        fn.scope = scope  # type: ignore[attr-defined]
         return fn
 
     return decorator
