@@ -230,6 +230,7 @@ def test_cli_invalid_value_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "train.groups_per_step=3" in err and "divisible" in err
 
 
+@pytest.mark.slow  # waits on real timeouts or child processes (seconds)
 def test_console_script_print_config() -> None:
     script = Path(sys.executable).parent / "rlsys"
     assert script.exists(), f"console script not installed at {script}"

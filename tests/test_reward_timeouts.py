@@ -15,6 +15,8 @@ from rlsys.rewards import RewardComponent, RewardItem, RewardScorer
 
 FIX = "reward_fixtures"  # tests/reward_fixtures.py
 
+pytestmark = pytest.mark.slow  # every test here waits out real per-item timeouts in child processes
+
 
 @pytest.fixture(autouse=True)
 def _fixtures_importable(monkeypatch: pytest.MonkeyPatch) -> None:

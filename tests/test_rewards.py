@@ -129,6 +129,7 @@ def test_scorer_builtin_batch() -> None:
         assert scorer.score([]) == []
 
 
+@pytest.mark.slow  # waits on real timeouts or child processes (seconds)
 def test_scorer_math_verify_in_child() -> None:
     with RewardScorer("math_verify", timeout_s=10.0) as scorer:
         out = scorer.score([("The answer is $\\boxed{42}$", "42"), ("$\\boxed{0.5}$", "\\frac{1}{3}")])
@@ -158,6 +159,7 @@ def test_scorer_checks_return_value(fn: str, ok: bool, reward: float, needle: st
         assert needle in (out.error or "") and "finite real number" in (out.error or "")
 
 
+@pytest.mark.slow  # waits on real timeouts or child processes (seconds)
 def test_scorer_timeout_then_recovers() -> None:
     with RewardScorer(f"{FIX}:sleeps", timeout_s=0.5) as scorer:
         start = time.monotonic()

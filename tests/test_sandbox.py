@@ -161,6 +161,7 @@ def test_partial_credit_is_the_fraction_passed():
     assert reason == "2/4 tests passed; test 1 failed: AssertionError (line 1)"
 
 
+@pytest.mark.slow  # waits on real timeouts or child processes (seconds)
 def test_a_raising_or_hanging_test_does_not_stop_the_others():
     reference = json.dumps([
         "assert add(1, 2) == 3",
@@ -267,6 +268,7 @@ def test_a_wrong_solution_cannot_forge_a_pass(trick):
 # ---- hostile code, through the reward (default sandbox, audit hook on) ----
 
 
+@pytest.mark.slow  # waits on real timeouts or child processes (seconds)
 def test_infinite_loop_is_killed_at_the_cpu_limit(sandbox_tmp):
     start = time.monotonic()
     value, reason = _score("```python\nwhile True:\n    pass\n```", cpu_s=1, wall_s=10)
@@ -275,6 +277,7 @@ def test_infinite_loop_is_killed_at_the_cpu_limit(sandbox_tmp):
     _assert_still_works(sandbox_tmp)
 
 
+@pytest.mark.slow  # waits on real timeouts or child processes (seconds)
 def test_sleeping_forever_is_killed_at_the_wall_time_limit(sandbox_tmp):
     start = time.monotonic()
     value, reason = _score("import time\ntime.sleep(600)", wall_s=1)
@@ -283,6 +286,7 @@ def test_sleeping_forever_is_killed_at_the_wall_time_limit(sandbox_tmp):
     _assert_still_works(sandbox_tmp)
 
 
+@pytest.mark.slow  # waits on real timeouts or child processes (seconds)
 def test_a_hanging_function_under_test_is_stopped(sandbox_tmp):
     value, reason = _score("def add(a, b):\n    while True:\n        pass\n", test_timeout_s=0.3, cpu_s=10)
     assert value == 0.0
@@ -404,6 +408,7 @@ def test_os_layers_contain_a_fork_bomb(sandbox_tmp):
     _assert_still_works(sandbox_tmp)
 
 
+@pytest.mark.slow  # waits on real timeouts or child processes (seconds)
 def test_os_layers_contain_cpu_wall_and_memory(sandbox_tmp):
     result = run_sandboxed("while True:\n    pass", _bare(cpu_s=1))
     assert (result.killed_by, result.signal, result.reason) == ("cpu_time", "SIGKILL",
@@ -542,6 +547,7 @@ def _python_for(uid: int) -> str | None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="already not root: every other test here runs the non-root path")
+@pytest.mark.slow  # waits on real timeouts or child processes (seconds)
 def test_as_a_non_root_user():
     """The non-root path (user namespace, or the relative process limit without one), driven by a copy of the
     sandbox module run as uid 65534."""
@@ -603,6 +609,7 @@ print(json.dumps(out))
 # ---- through the real scorer (a spawned child process) ----
 
 
+@pytest.mark.slow  # waits on real timeouts or child processes (seconds)
 def test_through_the_reward_scorer(sandbox_tmp):
     term = RewardComponent(name="code_tests", fn="code_tests", params={"cpu_s": 1, "wall_s": 3})
     hostile = [
