@@ -65,6 +65,12 @@ MAX_REQUESTS_PER_WORKER = 2  # one generating, one queued behind it: the worker 
 RESULT_TIMEOUT_S = 300.0
 MAX_EVAL_ATTEMPTS = 3
 MAX_FILTERED_STEPS = 20  # dynamic sampling: give up after this many steps' worth of groups filtered in a row
+# A rollout worker that lost this many requests in a row (no request finished in between) is dead for good (killed,
+# out of Ray's restarts, or failing in its constructor): it is replaced by a new actor in its bundle, at most
+# MAX_REPLACEMENTS times per worker, after which the run stops with ActorLost. One crash loses at most
+# MAX_REQUESTS_PER_WORKER requests, so two crashes in a row do not count as dead.
+LOSSES_BEFORE_REPLACING = 2 * MAX_REQUESTS_PER_WORKER + 1
+MAX_REPLACEMENTS = 3
 
 
 class PipelineStalled(RuntimeError):
@@ -105,6 +111,7 @@ class RunSummary:
     max_staleness_seen: int
     sync_s_mean: float
     failed_prompts: list[dict] = field(default_factory=list)  # dropped after failed requests (PromptRetries)
+    replaced_workers: int = 0  # rollout and reward actors found dead for good and replaced by new ones
 
 
 class Controller:
@@ -119,7 +126,10 @@ class Controller:
         self.pending: dict[ray.ObjectRef, Call] = {}
         self.requests = itertools.count()
         self.inflight_per_worker = [0] * len(actors.rollouts)
-        self.rewards = RewardPool(actors.rewards, actors.buffer, cfg.reward, self.pending.__setitem__)
+        self.rewards = RewardPool(actors.rewards, actors.buffer, cfg.reward, self.pending.__setitem__,
+                                  lambda i: actors.replace("reward worker", i))
+        self.rollout_losses = [0] * len(actors.rollouts)  # requests lost in a row, per worker
+        self.rollout_replaced = [0] * len(actors.rollouts)  # new actors put in each worker's place
         self.version = 0  # learner's policy version = optimizer steps done
         self.rollout_version = 0  # version whose weights every rollout worker holds (or has queued to load)
         self.latest_weights: ray.ObjectRef | None = None  # None: the initial checkpoint is the latest policy
@@ -216,6 +226,7 @@ class Controller:
             self._on_rollout_lost(call.request, e)
             return
         self.retries.succeeded()
+        self.rollout_losses[call.request.worker] = 0
         self.rewards.submit(call.request)
 
     def _on_scored(self, call: Scoring, ref: ray.ObjectRef) -> None:
@@ -270,8 +281,26 @@ class Controller:
         Ray restarts a dead rollout worker from its constructor, i.e. with the initial weights, so it is sent
         the latest weights again; being first in its queue, they are loaded before it generates anything."""
         self._requeue(request, error)
+        worker = request.worker
+        self.rollout_losses[worker] += 1
+        if self.rollout_losses[worker] >= LOSSES_BEFORE_REPLACING:
+            self._replace_rollout(worker, error)
+        elif self.latest_weights is not None:
+            self.actors.rollouts[worker].update_weights.remote(self.latest_weights, self.rollout_version)
+
+    def _replace_rollout(self, worker: int, error: Exception) -> None:
+        """A new actor in place of a rollout worker that is dead for good; it is sent the latest weights first."""
+        why = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        if self.rollout_replaced[worker] >= MAX_REPLACEMENTS:
+            raise ActorLost(f"rollout worker {worker} lost {self.rollout_losses[worker]} requests in a row again after "
+                            f"{MAX_REPLACEMENTS} replacements ({why}); no rollout worker can be had in its place")
+        log.error("rollout worker %d lost %d requests in a row (last: %s): replacing it with a new actor", worker,
+                  self.rollout_losses[worker], why)
+        actor = self.actors.replace("rollout worker", worker)
+        self.rollout_replaced[worker] += 1
+        self.rollout_losses[worker] = 0
         if self.latest_weights is not None:
-            self.actors.rollouts[request.worker].update_weights.remote(self.latest_weights, self.rollout_version)
+            actor.update_weights.remote(self.latest_weights, self.rollout_version)
 
     def _requeue(self, request: Request, error: Exception, failed: bool = False) -> None:
         """A request whose batch was lost (not generated, or never scored): its prompts go back to the front of the
@@ -480,4 +509,5 @@ class Controller:
             max_staleness_seen=max(self.staleness_seen, default=0),
             sync_s_mean=float(np.mean(self.sync_s)) if self.sync_s else math.nan,
             failed_prompts=list(self.retries.dropped),
+            replaced_workers=sum(self.rollout_replaced) + sum(self.rewards.replaced),
         )

@@ -20,20 +20,27 @@ from ray.exceptions import RayError
 
 from rlsys.calls import Call, Request, RewardCall, RewardPing, Scoring
 from rlsys.config import RewardConfig
+from rlsys.failures import ActorLost
 
 log = logging.getLogger(__name__)
 
 MAX_REWARD_ATTEMPTS = 3  # reward calls lost per generated batch before its prompts are generated again
 PING_EVERY_S = 1.0  # how often a worker that lost a call is asked whether it is back
+# A ping to a worker Ray is restarting waits until it is up; one that fails this many times in a row is to an
+# actor that is dead for good (killed, or out of restarts): it is replaced by a new actor, at most MAX_REPLACEMENTS
+# times per worker, after which the run stops.
+FAILED_PINGS_BEFORE_REPLACING = 3
+MAX_REPLACEMENTS = 3
 
 
 class RewardPool:
     """``track(ref, call)`` registers a call with the controller, which hands it back to :meth:`scored` or
-    :meth:`pinged` when its ref is ready."""
+    :meth:`pinged` when its ref is ready; ``replace(i)`` puts a new actor in place of worker ``i`` (in
+    ``workers``, which it updates)."""
 
-    def __init__(self, workers: list, buffer, cfg: RewardConfig, track: Callable[[ray.ObjectRef, Call], None]
-                 ) -> None:
-        self.workers, self.buffer, self.cfg, self.track = workers, buffer, cfg, track
+    def __init__(self, workers: list, buffer, cfg: RewardConfig, track: Callable[[ray.ObjectRef, Call], None],
+                 replace: Callable[[int], object] | None = None) -> None:
+        self.workers, self.buffer, self.cfg, self.track, self.replace = workers, buffer, cfg, track, replace
         self.queue: deque[Request] = deque()  # generated, waiting for a reward worker
         self.inflight = [0] * len(workers)  # batches in each worker's current call
         self.ready = [True] * len(workers)  # False from a lost call until the worker answers a ping
@@ -41,6 +48,8 @@ class RewardPool:
         self.scoring: dict[int, Scoring] = {}  # id → each request in a call in flight
         self.retries = 0  # reward calls lost and re-scored (or given up), over the run
         self.queue_max = 0  # most batches waiting at once since the controller last reset it
+        self.failed_pings = [0] * len(workers)  # in a row, per worker
+        self.replaced = [0] * len(workers)  # new actors put in each worker's place
 
     @property
     def waiting_for_a_restart(self) -> bool:
@@ -86,13 +95,29 @@ class RewardPool:
                 self.track(self.workers[worker].versions.remote(), RewardPing(worker))
 
     def pinged(self, ping: RewardPing, ref: ray.ObjectRef, timeout_s: float) -> None:
+        worker = ping.worker
         try:
             ray.get(ref, timeout=timeout_s)
-        except RayError:  # still restarting: ask again later
-            self.ping_due[ping.worker] = time.monotonic() + PING_EVERY_S
+        except RayError as e:  # still restarting, or dead for good
+            self.failed_pings[worker] += 1
+            if self.failed_pings[worker] >= FAILED_PINGS_BEFORE_REPLACING and self.replace is not None:
+                self._replace(worker, e)
+            self.ping_due[worker] = time.monotonic() + PING_EVERY_S
             return
-        self.ready[ping.worker] = True
+        self.failed_pings[worker] = 0
+        self.ready[worker] = True
         self.dispatch()
+
+    def _replace(self, worker: int, error: Exception) -> None:
+        why = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        if self.replaced[worker] >= MAX_REPLACEMENTS:
+            raise ActorLost(f"reward worker {worker} is dead for good again after {MAX_REPLACEMENTS} replacements "
+                            f"({why}); no reward worker can be had in its place")
+        log.error("reward worker %d did not answer %d pings in a row (%s): replacing it with a new actor", worker,
+                  self.failed_pings[worker], why)
+        self.replace(worker)
+        self.replaced[worker] += 1
+        self.failed_pings[worker] = 0
 
     def scored(self, scoring: Scoring) -> None:
         """The request's call returned (scored, or lost: then :meth:`lost` says what happens to it)."""

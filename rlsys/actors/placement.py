@@ -2,8 +2,9 @@
 
 Learners share one placement group (PACK: data-parallel ranks as close together as the cluster allows); the
 rollout and reward workers and the reference actor reserve their resources in a second one (PACK) and are
-restarted by Ray when they die, in their own bundle (the controller re-queues what they had in flight); the
-buffer is pinned to the driver's node, so its sample log lands in the run directory.
+restarted by Ray when they die, in their own bundle (the controller re-queues what they had in flight) — and
+replaced by a new actor in that bundle (:meth:`ActorHandles.replace`) when the controller finds one dead for good;
+the buffer is pinned to the driver's node, so its sample log lands in the run directory.
 
 What the cluster must have for them is checked first: :mod:`rlsys.actors.resources`.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
@@ -42,6 +43,16 @@ class ActorHandles:
     learner_group: object
     packed_model: list  # keeps the checkpoint in the object store while restartable actors may need it
     worker_group: object | None = None  # the rollout/reward/reference actors' bundles
+    # kind ("rollout worker", "reward worker") → make worker i again, in its own bundle: a worker that died for good
+    # is replaced (the caller kills the old handle and sends the new one the current weights)
+    factories: dict[str, Callable[[int], object]] = field(default_factory=dict)
+
+    def replace(self, kind: str, i: int) -> object:
+        """Kill worker ``i`` of ``kind`` for good and put a new one in its place (and in its bundle)."""
+        workers = self.rollouts if kind == "rollout worker" else self.rewards
+        ray.kill(workers[i], no_restart=True)
+        workers[i] = self.factories[kind](i)
+        return workers[i]
 
     def all(self) -> list:
         return [*self.learners, *self.rollouts, *self.rewards, self.buffer,
@@ -95,20 +106,21 @@ def _create(cfg: RLConfig, model_dir: str, sample_log_path: str | None, runtime_
         for rank in range(n_learn)
     ]
     rc = cfg.rollout
-    rollouts = [
-        ray.remote(RolloutWorker).options(
+
+    def rollout(i: int):
+        return ray.remote(RolloutWorker).options(
             num_cpus=rc.num_cpus, num_gpus=rc.num_gpus, max_restarts=WORKER_MAX_RESTARTS, runtime_env=runtime_env,
             scheduling_strategy=in_bundle("rollout worker", i),
         ).remote(i, model_dir, rc, packed)
-        for i in range(rc.num_workers)
-    ]
-    rewards = [  # restarted without limit: the controller kills one whose call runs past reward.call_timeout_s
-        ray.remote(RewardWorker).options(
+
+    def reward(i: int):  # restarted without limit: the controller kills one whose call runs past call_timeout_s
+        return ray.remote(RewardWorker).options(
             num_cpus=cfg.reward.num_cpus, num_gpus=cfg.reward.num_gpus, max_restarts=-1, runtime_env=runtime_env,
             scheduling_strategy=in_bundle("reward worker", i),
         ).remote(cfg.reward)
-        for i in range(cfg.reward.num_workers)
-    ]
+
+    rollouts = [rollout(i) for i in range(rc.num_workers)]
+    rewards = [reward(i) for i in range(cfg.reward.num_workers)]
     buffer = ray.remote(BufferActor).options(
         num_cpus=0, runtime_env=runtime_env,
         scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
@@ -120,7 +132,8 @@ def _create(cfg: RLConfig, model_dir: str, sample_log_path: str | None, runtime_
             num_cpus=lc.num_cpus, num_gpus=lc.num_gpus, max_restarts=WORKER_MAX_RESTARTS, runtime_env=runtime_env,
             scheduling_strategy=in_bundle("reference actor", 0),
         ).remote(model_dir, rc.temperature, lc.num_cpus, lc.num_gpus, packed)
-    return ActorHandles(learners, rollouts, rewards, buffer, reference, group, packed, worker_group)
+    return ActorHandles(learners, rollouts, rewards, buffer, reference, group, packed, worker_group,
+                        {"rollout worker": rollout, "reward worker": reward})
 
 
 def setup_learners(learners: list, timeout_s: float = 600.0) -> None:
