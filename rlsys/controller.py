@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import ray
-from ray.exceptions import RayActorError, RayError, RayTaskError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayError, RayTaskError
 
 from rlsys.actors.buffer import PutSummary, TakeSummary
 from rlsys.actors.learner import StepResult, combine_rank_metrics
@@ -282,7 +282,8 @@ class Controller:
         the latest weights again; being first in its queue, they are loaded before it generates anything."""
         self._requeue(request, error)
         worker = request.worker
-        self.rollout_losses[worker] += 1
+        if not isinstance(error, ActorUnavailableError):  # that one: Ray is restarting it, it is not dead
+            self.rollout_losses[worker] += 1
         if self.rollout_losses[worker] >= LOSSES_BEFORE_REPLACING:
             self._replace_rollout(worker, error)
         elif self.latest_weights is not None:

@@ -89,10 +89,10 @@ def test_a_dead_actor_the_run_cannot_do_without_stops_it_naming_the_actor(ray_se
     assert stopped_after < STALL_TIMEOUT_S / 4
 
 
-@pytest.mark.parametrize("victim", ["rollout", "reward"])
-def test_a_worker_dead_for_good_is_replaced_and_the_run_completes(ray_session, tmp_path, victim):
-    """Killed with no restart (as when Ray's restart budget is used up): the controller sees the worker is gone
-    for good, puts a new actor in its bundle (sent the current weights, for a rollout worker), and the run ends."""
+def test_workers_dead_for_good_are_replaced_and_the_run_completes(ray_session, tmp_path):
+    """Killed with no restart (as when Ray's restart budget is used up) — the rollout worker at version 2, the
+    reward worker at version 4: the controller sees each is gone for good, puts a new actor in its bundle (sent the
+    current weights, for a rollout worker), and the run ends with every step trained."""
     ray = ray_session
     steps = 8
     cfg = load_config(None, tiny_overrides(tmp_path, f"train.num_steps={steps}"))
@@ -101,12 +101,13 @@ def test_a_worker_dead_for_good_is_replaced_and_the_run_completes(ray_session, t
     run_dir.mkdir()
     actors = create_actors(cfg, prepared.model_dir, str(run_dir / "samples.parquet"))
     metrics = MetricsWriter(run_dir)
-    killed = []
+    killed = {}
 
     def kill_for_good(version: int, values: dict) -> None:
-        if version == 2 and not killed:
-            ray.kill(actors.rollouts[0] if victim == "rollout" else actors.rewards[0], no_restart=True)
-            killed.append(version)
+        for at, kind, workers in ((2, "rollout", actors.rollouts), (4, "reward", actors.rewards)):
+            if version == at and kind not in killed:
+                ray.kill(workers[0], no_restart=True)
+                killed[kind] = version
 
     try:
         setup_learners(actors.learners)
@@ -116,7 +117,7 @@ def test_a_worker_dead_for_good_is_replaced_and_the_run_completes(ray_session, t
     finally:
         metrics.close()
         shutdown_actors(actors)
-    assert killed == [2] and summary.steps == steps and summary.replaced_workers == 1
+    assert killed == {"rollout": 2, "reward": 4} and summary.steps == steps and summary.replaced_workers == 2
     rows = pq.read_table(run_dir / "samples.parquet").to_pylist()
     trained = [r for r in rows if r["dropped"] == ""]
     assert len({(r["prompt_id"], r["epoch"], r["learner_version"]) for r in trained}) == steps * 4

@@ -12,6 +12,8 @@ in the README's Results):
   was −2.5, +13.5 and +3.5 points with the training reward rising each time.
 - *Held-out accuracy rises* in a longer GRPO run (HELD_OUT_STEPS): by MIN_ACC_GAIN, against gains of +21.5, +33
   and +38 points measured over three seeds (at 400 steps the same seeds gave +17, +9.5 and +28.5: too close).
+  That run also stands for GRPO in the training-reward check (the rise over its 800 steps is at least the rise
+  over 200), which saves CI one run.
 """
 
 from __future__ import annotations
@@ -66,17 +68,24 @@ def assert_learned(summary: RunSummary, run_dir: Path, what: str, reward_key: st
         assert after >= before - max_acc_drop, f"{what}: held-out accuracy fell, {before:.3f} → {after:.3f}"
 
 
-@pytest.mark.parametrize("algo", ["grpo", "dr_grpo", "dapo", "gspo", "ppo_gae", "rloo", "reinforce_pp", "cispo"])
+def assert_trained_every_step(run_dir: Path, steps: int) -> None:
+    trained = [m for m in read_metrics(run_dir) if "train/loss" in m]
+    assert len(trained) == steps and all(np.isfinite(m["train/loss"]) for m in trained)
+
+
+# GRPO's case is the longer run below, which asserts the same and more (one run fewer in CI).
+@pytest.mark.parametrize("algo", ["dr_grpo", "dapo", "gspo", "ppo_gae", "rloo", "reinforce_pp", "cispo"])
 def test_algorithm_raises_the_training_reward_without_hurting_held_out_accuracy(ray_session, tmp_path, algo):
     summary, run_dir = train(learning_config(tmp_path.parent, algo, f"output.run_name={algo}"))
     assert_learned(summary, run_dir, algo)
-    trained = [m for m in read_metrics(run_dir) if "train/loss" in m]
-    assert len(trained) == STEPS and all(np.isfinite(m["train/loss"]) for m in trained)
+    assert_trained_every_step(run_dir, STEPS)
 
 
-def test_grpo_raises_held_out_accuracy(ray_session, tmp_path):
+def test_grpo_raises_the_training_reward_and_held_out_accuracy(ray_session, tmp_path):
     summary, run_dir = train(learning_config(tmp_path.parent, "grpo", "output.run_name=grpo-held-out",
                                              f"train.num_steps={HELD_OUT_STEPS}"))
+    assert_learned(summary, run_dir, "grpo")
+    assert_trained_every_step(run_dir, HELD_OUT_STEPS)
     before, after, _ = learning_gains(summary, run_dir)
     assert after >= before + MIN_ACC_GAIN, f"held-out accuracy {before:.3f} → {after:.3f} in {HELD_OUT_STEPS} steps"
 
