@@ -52,7 +52,7 @@ from rlsys.calls import (
 from rlsys.config import RLConfig
 from rlsys.data.tasks import PromptStream
 from rlsys.evaluate import accuracy
-from rlsys.failures import ActorLost, PromptRetries, RewardFailureWindow
+from rlsys.failures import ActorLost, PromptRetries, Replacements, RewardFailureWindow, first_line
 from rlsys.metrics import MetricsWriter, reward_scalars
 from rlsys.reward_pool import RewardPool
 from rlsys.staleness import AdmissionGate
@@ -67,10 +67,9 @@ MAX_EVAL_ATTEMPTS = 3
 MAX_FILTERED_STEPS = 20  # dynamic sampling: give up after this many steps' worth of groups filtered in a row
 # A rollout worker that lost this many requests in a row (no request finished in between) is dead for good (killed,
 # out of Ray's restarts, or failing in its constructor): it is replaced by a new actor in its bundle, at most
-# MAX_REPLACEMENTS times per worker, after which the run stops with ActorLost. One crash loses at most
-# MAX_REQUESTS_PER_WORKER requests, so two crashes in a row do not count as dead.
+# MAX_REPLACEMENTS times per worker (rlsys.failures.Replacements), after which the run stops with ActorLost. One
+# crash loses at most MAX_REQUESTS_PER_WORKER requests, so two crashes in a row do not count as dead.
 LOSSES_BEFORE_REPLACING = 2 * MAX_REQUESTS_PER_WORKER + 1
-MAX_REPLACEMENTS = 3
 
 
 class PipelineStalled(RuntimeError):
@@ -129,7 +128,7 @@ class Controller:
         self.rewards = RewardPool(actors.rewards, actors.buffer, cfg.reward, self.pending.__setitem__,
                                   lambda i: actors.replace("reward worker", i))
         self.rollout_losses = [0] * len(actors.rollouts)  # requests lost in a row, per worker
-        self.rollout_replaced = [0] * len(actors.rollouts)  # new actors put in each worker's place
+        self.rollout_replaced = Replacements("rollout worker", len(actors.rollouts))
         self.version = 0  # learner's policy version = optimizer steps done
         self.rollout_version = 0  # version whose weights every rollout worker holds (or has queued to load)
         self.latest_weights: ray.ObjectRef | None = None  # None: the initial checkpoint is the latest policy
@@ -291,14 +290,8 @@ class Controller:
 
     def _replace_rollout(self, worker: int, error: Exception) -> None:
         """A new actor in place of a rollout worker that is dead for good; it is sent the latest weights first."""
-        why = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-        if self.rollout_replaced[worker] >= MAX_REPLACEMENTS:
-            raise ActorLost(f"rollout worker {worker} lost {self.rollout_losses[worker]} requests in a row again after "
-                            f"{MAX_REPLACEMENTS} replacements ({why}); no rollout worker can be had in its place")
-        log.error("rollout worker %d lost %d requests in a row (last: %s): replacing it with a new actor", worker,
-                  self.rollout_losses[worker], why)
+        self.rollout_replaced.spend(worker, f"lost {self.rollout_losses[worker]} requests in a row", error)
         actor = self.actors.replace("rollout worker", worker)
-        self.rollout_replaced[worker] += 1
         self.rollout_losses[worker] = 0
         if self.latest_weights is not None:
             actor.update_weights.remote(self.latest_weights, self.rollout_version)
@@ -424,9 +417,8 @@ class Controller:
             name = self.essential.get(e.actor_id or "")
             if name is None:
                 raise
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ActorLost(f"{name} died at version {self.version} ({type(e).__name__}: {first}); the run cannot go "
-                            "on without it") from e
+            raise ActorLost(f"{name} died at version {self.version} ({first_line(e)}); the run cannot go on without "
+                            "it") from e
 
     def _dispatch(self, ref: ray.ObjectRef, call: Call) -> None:
         match call:
@@ -510,5 +502,5 @@ class Controller:
             max_staleness_seen=max(self.staleness_seen, default=0),
             sync_s_mean=float(np.mean(self.sync_s)) if self.sync_s else math.nan,
             failed_prompts=list(self.retries.dropped),
-            replaced_workers=sum(self.rollout_replaced) + sum(self.rewards.replaced),
+            replaced_workers=sum(self.rollout_replaced.used) + sum(self.rewards.replaced.used),
         )

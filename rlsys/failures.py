@@ -28,7 +28,39 @@ class RewardsFailing(RuntimeError):
 
 
 class ActorLost(RuntimeError):
-    """An actor the run cannot go on without (a learner rank, the buffer, the reference actor) died."""
+    """An actor the run cannot go on without died: a learner rank, the buffer, the reference actor, or a worker
+    replaced ``MAX_REPLACEMENTS`` times already (:class:`Replacements`)."""
+
+
+MAX_REPLACEMENTS = 3  # new actors one worker slot may get before the run gives up on it
+
+
+def first_line(error: BaseException) -> str:
+    """``Type: first line of the message``: an error in one line of a log or a report."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+@dataclass
+class Replacements:
+    """New actors given to the worker slots of one role (``role``: "rollout worker", "reward worker"), at most
+    ``MAX_REPLACEMENTS`` per slot."""
+
+    role: str
+    slots: int
+    used: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.used = self.used or [0] * self.slots
+
+    def spend(self, worker: int, symptom: str, error: BaseException) -> None:
+        """Allow one more replacement of ``worker`` (logged with ``symptom``, e.g. "lost 5 requests in a row"), or
+        raise :class:`ActorLost` if its slot has had ``MAX_REPLACEMENTS`` already."""
+        if self.used[worker] >= MAX_REPLACEMENTS:
+            raise ActorLost(f"{self.role} {worker} {symptom} again after {MAX_REPLACEMENTS} replacements "
+                            f"({first_line(error)}); no {self.role} can be had in its place")
+        log.error("%s %d %s (last: %s): replacing it with a new actor", self.role, worker, symptom, first_line(error))
+        self.used[worker] += 1
 
 
 class PromptRetries:

@@ -20,7 +20,7 @@ from ray.exceptions import RayError
 
 from rlsys.calls import Call, Request, RewardCall, RewardPing, Scoring
 from rlsys.config import RewardConfig
-from rlsys.failures import ActorLost
+from rlsys.failures import Replacements, first_line
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,8 @@ MAX_REWARD_ATTEMPTS = 3  # reward calls lost per generated batch before its prom
 PING_EVERY_S = 1.0  # how often a worker that lost a call is asked whether it is back
 # A ping to a worker Ray is restarting waits until it is up; one that fails this many times in a row is to an
 # actor that is dead for good (killed, or out of restarts): it is replaced by a new actor, at most MAX_REPLACEMENTS
-# times per worker, after which the run stops.
+# times per worker (rlsys.failures.Replacements), after which the run stops.
 FAILED_PINGS_BEFORE_REPLACING = 3
-MAX_REPLACEMENTS = 3
 
 
 class RewardPool:
@@ -49,7 +48,7 @@ class RewardPool:
         self.retries = 0  # reward calls lost and re-scored (or given up), over the run
         self.queue_max = 0  # most batches waiting at once since the controller last reset it
         self.failed_pings = [0] * len(workers)  # in a row, per worker
-        self.replaced = [0] * len(workers)  # new actors put in each worker's place
+        self.replaced = Replacements("reward worker", len(workers))
 
     @property
     def waiting_for_a_restart(self) -> bool:
@@ -109,14 +108,8 @@ class RewardPool:
         self.dispatch()
 
     def _replace(self, worker: int, error: Exception) -> None:
-        why = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-        if self.replaced[worker] >= MAX_REPLACEMENTS:
-            raise ActorLost(f"reward worker {worker} is dead for good again after {MAX_REPLACEMENTS} replacements "
-                            f"({why}); no reward worker can be had in its place")
-        log.error("reward worker %d did not answer %d pings in a row (%s): replacing it with a new actor", worker,
-                  self.failed_pings[worker], why)
+        self.replaced.spend(worker, f"did not answer {self.failed_pings[worker]} pings in a row", error)
         self.replace(worker)
-        self.replaced[worker] += 1
         self.failed_pings[worker] = 0
 
     def scored(self, scoring: Scoring) -> None:
@@ -132,7 +125,7 @@ class RewardPool:
         request.reward_attempts += 1
         self.retries += 1
         why = f"timed out after reward.call_timeout_s={self.cfg.call_timeout_s:.0f} s" if call.timed_out \
-            else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            else first_line(error)
         prompts = [q.prompt_id for q in request.prompts]
         if request.reward_attempts < MAX_REWARD_ATTEMPTS:
             log.warning("reward worker %d lost request %d (%s); re-scoring its prompts %s (attempt %d of %d)",

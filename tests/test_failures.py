@@ -97,3 +97,16 @@ def test_at_the_end_of_a_run_shorter_than_the_window_the_same_rate_applies():
     fine = RewardFailureWindow(max_rate=0.5, window=1024)
     fine.observe([math.nan] * 48 + [1.0] * 48, {})
     fine.check(final=True)  # exactly the rate: goes on
+
+
+def test_each_worker_slot_may_be_replaced_a_bounded_number_of_times():
+    from rlsys.failures import MAX_REPLACEMENTS, ActorLost, Replacements
+
+    budget = Replacements("rollout worker", 2)
+    for _ in range(MAX_REPLACEMENTS):
+        budget.spend(0, "lost 5 requests in a row", RuntimeError("actor died"))
+    budget.spend(1, "lost 5 requests in a row", RuntimeError("actor died"))  # slots are counted apart
+    with pytest.raises(ActorLost, match=r"rollout worker 0 lost 5 requests in a row again after 3 replacements "
+                                        r"\(RuntimeError: actor died\); no rollout worker can be had"):
+        budget.spend(0, "lost 5 requests in a row", RuntimeError("actor died"))
+    assert budget.used == [MAX_REPLACEMENTS, 1]
