@@ -437,8 +437,6 @@ def test_other_settings_that_cannot_work_are_refused_naming_the_key():
         (["algo.clip_eps_low=1.5"], "algo.clip_eps_low=1.5 must be ≤ 1"),
         (["learner.lr=inf"], "learner.lr=inf must be a finite number"),
         (["algo.kl_coef=inf"], "algo.kl_coef=inf must be a finite number"),
-        (["reward.call_timeout_s=1", "reward.timeout_s=5"], "reward.call_timeout_s=1.0 must be more than "
-         "reward.timeout_s=5.0"),
         (["task.name=parquet", "task.train_file=/"], "task.train_file='/' is a directory; give the path of one "
          "Parquet file"),
         (["task.name=parquet", f"task.train_file={__file__}", f"task.eval_file={__file__}"],
