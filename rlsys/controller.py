@@ -63,7 +63,10 @@ log = logging.getLogger(__name__)
 STALL_TIMEOUT_S = 600.0
 MAX_REQUESTS_PER_WORKER = 2  # one generating, one queued behind it: the worker never waits for the driver
 RESULT_TIMEOUT_S = 300.0
-MAX_EVAL_ATTEMPTS = 3
+# A lost evaluation (rollout worker 0 or reward worker 0 died under it) is repeated after each of these waits
+# (seconds) -- time for Ray to restart the worker, or for the controller to replace it -- then skipped with an error.
+# Repeated at once, all attempts were spent within the seconds a restart takes.
+EVAL_RETRY_WAITS_S = (5.0, 15.0, 45.0)
 MAX_FILTERED_STEPS = 20  # dynamic sampling: give up after this many steps' worth of groups filtered in a row
 # A rollout worker that lost this many requests in a row (no request finished in between) is dead for good (killed,
 # out of Ray's restarts, or failing in its constructor): it is replaced by a new actor in its bundle, at most
@@ -137,6 +140,7 @@ class Controller:
         self.learning = False
         self.window = _Window()
         self.eval_accuracy: dict[int, float] = {}
+        self.eval_retry: tuple[float, int] | None = None  # (when, attempt) of a lost evaluation's next attempt
         self.sync_s: list[float] = []
         self.staleness_seen: list[int] = []
         self.totals = {"samples": 0, "tokens": 0, "dropped_stale": 0, "lost_requests": 0, "reward_failures": 0,
@@ -158,7 +162,8 @@ class Controller:
             self._admit()
             self._maybe_learn()
             self.rewards.watch()
-            if not self.pending and self.rewards.waiting_for_a_restart:  # only a restarting reward worker
+            self._retry_eval_when_due()
+            if not self.pending and (self.rewards.waiting_for_a_restart or self.eval_retry):  # only waits
                 time.sleep(0.1)
                 continue
             if not self.pending:
@@ -196,8 +201,8 @@ class Controller:
 
     def _finishing(self) -> bool:
         """After the last step: wait for its weight sync and evaluation, not for surplus rollouts."""
-        return any(isinstance(c, Learning | GatheringWeights | LoadingWeights | Evaluating)
-                   for c in self.pending.values())
+        return self.eval_retry is not None or any(
+            isinstance(c, Learning | GatheringWeights | LoadingWeights | Evaluating) for c in self.pending.values())
 
     # ------------------------------------------------------------------ admit → generate → score → buffer
     def _admit(self) -> None:
@@ -444,15 +449,23 @@ class Controller:
     def _on_eval_done(self, call: Evaluating, ref: ray.ObjectRef) -> None:
         try:
             batch = ray.get(ref, timeout=RESULT_TIMEOUT_S)
-        except RayError as e:  # the evaluating worker died; evaluate again on its restarted self
-            if call.attempt + 1 > MAX_EVAL_ATTEMPTS:
+        except RayError as e:  # the evaluating worker died; evaluate again on its restarted (or new) self
+            if call.attempt >= len(EVAL_RETRY_WAITS_S):
                 log.error("evaluation at version %d failed %d times; skipping it: %s", call.version, call.attempt + 1,
-                          e)
+                          first_line(e))
                 return
-            log.warning("evaluation at version %d was lost, repeating it: %s", call.version, e)
-            self._evaluate(call.attempt + 1)
+            wait = EVAL_RETRY_WAITS_S[call.attempt]
+            log.warning("evaluation at version %d was lost (%s); repeating it in %.0f s", call.version, first_line(e),
+                        wait)
+            self.eval_retry = (time.monotonic() + wait, call.attempt + 1)
             return
         self._on_eval(call, batch)
+
+    def _retry_eval_when_due(self) -> None:
+        """Repeat a lost evaluation once its wait is over, at the version the workers then hold."""
+        if self.eval_retry is not None and self.eval_retry[0] <= time.monotonic():
+            attempt, self.eval_retry = self.eval_retry[1], None
+            self._evaluate(attempt)
 
     # ------------------------------------------------------------------ metrics
     def _log_step(self, train: dict[str, float], staleness: list[int], step_s: float) -> None:

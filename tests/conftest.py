@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -51,3 +52,52 @@ def tiny_policy(tmp_path_factory):
     cfg = load_config(None, tiny_overrides(tmp))
     prepared = prepare(cfg)
     return prepared.model_dir, prepared.train_prompts
+
+
+class ControllerRun:
+    """A run driven through the controller itself, so that a test can reach (and kill, or swap) its actors while it
+    runs. Made by :func:`controller_run`; ``actors``, ``cfg``, ``prepared`` and ``run_dir`` are the run's."""
+
+    def __init__(self, cfg, prepared, actors, metrics, run_dir) -> None:
+        self.cfg, self.prepared, self.actors, self.metrics, self.run_dir = cfg, prepared, actors, metrics, run_dir
+
+    def run(self, prompts=None, on_step=None):
+        """Train (on ``prompts``, default the task's training prompts; ``on_step(version, values)`` after each
+        logged step), close the sample log, and return the RunSummary."""
+        import ray
+
+        from rlsys.controller import Controller
+
+        summary = Controller(self.cfg, self.actors, self.prepared.train_prompts if prompts is None else prompts,
+                             self.prepared.eval_prompts, self.metrics, on_step).run()
+        ray.get(self.actors.buffer.close.remote(summary.steps))
+        return summary
+
+    def rows(self) -> list[dict]:
+        """The sample log, one dict per sample (read it after the ``with`` block, when the run is shut down)."""
+        import pyarrow.parquet as pq
+
+        return pq.read_table(self.run_dir / "samples.parquet").to_pylist()
+
+
+@contextlib.contextmanager
+def controller_run(tmp_path, *overrides: str):
+    """``with controller_run(tmp_path, "train.num_steps=8") as run: summary = run.run()``: the tiny config with
+    ``overrides``, its warmed-up policy, the actors (learners set up) and a metrics writer, all shut down on exit."""
+    from rlsys.actors.placement import create_actors, setup_learners, shutdown_actors
+    from rlsys.config import load_config
+    from rlsys.metrics import MetricsWriter
+    from rlsys.prepare import prepare
+
+    cfg = load_config(None, tiny_overrides(tmp_path, *overrides))
+    prepared = prepare(cfg)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(exist_ok=True)
+    actors = create_actors(cfg, prepared.model_dir, str(run_dir / "samples.parquet"))
+    metrics = MetricsWriter(run_dir)
+    try:
+        setup_learners(actors.learners)
+        yield ControllerRun(cfg, prepared, actors, metrics, run_dir)
+    finally:
+        metrics.close()
+        shutdown_actors(actors)

@@ -9,16 +9,12 @@ from dataclasses import replace
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import tiny_overrides
+from conftest import controller_run, tiny_overrides
 
-from rlsys.actors.placement import create_actors, setup_learners, shutdown_actors
 from rlsys.actors.rollout import RolloutWorker
 from rlsys.cli import main
 from rlsys.config import load_config
-from rlsys.controller import Controller
 from rlsys.failures import MAX_PROMPT_ATTEMPTS, RequestsFailing, RewardsFailing
-from rlsys.metrics import MetricsWriter
-from rlsys.prepare import prepare
 from rlsys.train import train
 from rlsys.types import Prompt
 
@@ -46,25 +42,14 @@ def with_bad_prompts(prompts: list[Prompt], positions: set[int]) -> list[Prompt]
 
 
 def run_controller(ray, tmp_path, bad_positions: set[int], *overrides: str):
-    cfg = load_config(None, tiny_overrides(tmp_path, *overrides))
-    prepared = prepare(cfg)
-    chosen = with_bad_prompts(prepared.train_prompts, bad_positions)
-    run_dir = tmp_path / "run"
-    run_dir.mkdir(exist_ok=True)
-    actors = create_actors(cfg, prepared.model_dir, str(run_dir / "samples.parquet"))
-    ray.kill(actors.rollouts[0])
-    actors.rollouts[0] = ray.remote(RejectsSomePrompts).options(num_cpus=0).remote(
-        0, prepared.model_dir, cfg.rollout, actors.packed_model,
-        rejected=frozenset(p.prompt_id for p in chosen if p.prompt_id.startswith("bad-")))
-    metrics = MetricsWriter(run_dir)
-    try:
-        setup_learners(actors.learners)
-        summary = Controller(cfg, actors, chosen, prepared.eval_prompts, metrics).run()
-        ray.get(actors.buffer.close.remote(summary.steps))
-    finally:
-        metrics.close()
-        shutdown_actors(actors)
-    return summary, pq.read_table(run_dir / "samples.parquet").to_pylist()
+    with controller_run(tmp_path, *overrides) as run:
+        chosen = with_bad_prompts(run.prepared.train_prompts, bad_positions)
+        ray.kill(run.actors.rollouts[0])
+        run.actors.rollouts[0] = ray.remote(RejectsSomePrompts).options(num_cpus=0).remote(
+            0, run.prepared.model_dir, run.cfg.rollout, run.actors.packed_model,
+            rejected=frozenset(p.prompt_id for p in chosen if p.prompt_id.startswith("bad-")))
+        summary = run.run(chosen)
+    return summary, run.rows()
 
 
 def test_a_prompt_whose_requests_keep_failing_is_dropped_with_its_reason_and_the_rest_train(ray_session, tmp_path):

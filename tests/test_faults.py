@@ -1,16 +1,17 @@
-"""A rollout worker that dies mid-run: Ray restarts it, its prompts are re-queued, the run completes."""
+"""Actors that die mid-run: a restarted or replaced worker takes its work back (requests re-queued, an evaluation
+repeated), and the death of an actor the run cannot do without stops it naming the actor."""
 
 from __future__ import annotations
 
-import pyarrow.parquet as pq
-import pytest
-from conftest import tiny_overrides
+import os
+import time
 
-from rlsys.actors.placement import create_actors, setup_learners, shutdown_actors
-from rlsys.config import load_config
-from rlsys.controller import Controller
-from rlsys.metrics import MetricsWriter
-from rlsys.prepare import prepare
+import pytest
+from conftest import controller_run
+
+from rlsys.actors.rollout import RolloutWorker
+from rlsys.controller import STALL_TIMEOUT_S
+from rlsys.failures import ActorLost
 
 pytestmark = pytest.mark.slow
 
@@ -18,31 +19,19 @@ pytestmark = pytest.mark.slow
 def test_killed_rollout_worker_is_restarted_and_its_work_requeued(ray_session, tmp_path):
     ray = ray_session
     steps = 8
-    cfg = load_config(None, tiny_overrides(tmp_path, f"train.num_steps={steps}", "train.max_staleness=1"))
-    prepared = prepare(cfg)
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    actors = create_actors(cfg, prepared.model_dir, str(run_dir / "samples.parquet"))
-    metrics = MetricsWriter(run_dir)
     killed = []
+    with controller_run(tmp_path, f"train.num_steps={steps}", "train.max_staleness=1") as run:
+        def kill_once(version: int, values: dict) -> None:
+            if version == 3 and not killed and "reward" in values:
+                ray.kill(run.actors.rollouts[0], no_restart=False)  # a crash: Ray restarts the actor
+                killed.append(version)
 
-    def kill_once(version: int, values: dict) -> None:
-        if version == 3 and not killed and "reward" in values:
-            ray.kill(actors.rollouts[0], no_restart=False)  # a crash: Ray restarts the actor
-            killed.append(version)
-
-    try:
-        setup_learners(actors.learners)
-        summary = Controller(cfg, actors, prepared.train_prompts, prepared.eval_prompts, metrics, kill_once).run()
-        ray.get(actors.buffer.close.remote(summary.steps))
-        assert ray.get(actors.rollouts[0].version.remote()) == steps  # restarted, then caught up on weights
-    finally:
-        metrics.close()
-        shutdown_actors(actors)
+        summary = run.run(on_step=kill_once)
+        assert ray.get(run.actors.rollouts[0].version.remote()) == steps  # restarted, then caught up on weights
     assert killed == [3]
     assert summary.steps == steps
     assert summary.lost_requests >= 1
-    rows = pq.read_table(run_dir / "samples.parquet").to_pylist()
+    rows = run.rows()
     trained = [r for r in rows if r["dropped"] == ""]
     assert len({(r["prompt_id"], r["epoch"], r["learner_version"]) for r in trained}) == steps * 4
     # whatever the restarted worker produced before its weights arrived was dropped as stale, and said so
@@ -55,37 +44,20 @@ def test_a_dead_actor_the_run_cannot_do_without_stops_it_naming_the_actor(ray_se
     """The buffer and the learners are not restarted: their death stops the run at once with ActorLost, naming
     the actor, instead of a raw Ray error (learner) or a loop re-generating prompts whose batches cannot land
     (buffer)."""
-    import time
-
-    from rlsys.failures import ActorLost
-
     ray = ray_session
-    cfg = load_config(None, tiny_overrides(tmp_path, "train.num_steps=40"))
-    prepared = prepare(cfg)
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    actors = create_actors(cfg, prepared.model_dir, str(run_dir / "samples.parquet"))
-    metrics = MetricsWriter(run_dir)
     killed_at = []
+    with controller_run(tmp_path, "train.num_steps=40") as run:
+        def kill_once(version: int, values: dict) -> None:
+            if version == 2 and not killed_at:
+                ray.kill(run.actors.buffer if victim == "buffer" else run.actors.learners[0], no_restart=True)
+                killed_at.append(time.monotonic())
 
-    def kill_once(version: int, values: dict) -> None:
-        if version == 2 and not killed_at:
-            ray.kill(actors.buffer if victim == "buffer" else actors.learners[0], no_restart=True)
-            killed_at.append(time.monotonic())
-
-    try:
-        setup_learners(actors.learners)
         with pytest.raises(ActorLost) as info:
-            Controller(cfg, actors, prepared.train_prompts, prepared.eval_prompts, metrics, kill_once).run()
+            run.run(on_step=kill_once)
         stopped_after = time.monotonic() - killed_at[0]
-    finally:
-        metrics.close()
-        shutdown_actors(actors)
     name = "the buffer actor" if victim == "buffer" else "learner rank 0"
     assert f"{name} died at version " in str(info.value) and "the run cannot go on without it" in str(info.value)
     # Functional bound, not a timing threshold: far below the stall timeout a silent loop would have run into.
-    from rlsys.controller import STALL_TIMEOUT_S
-
     assert stopped_after < STALL_TIMEOUT_S / 4
 
 
@@ -95,29 +67,48 @@ def test_workers_dead_for_good_are_replaced_and_the_run_completes(ray_session, t
     current weights, for a rollout worker), and the run ends with every step trained."""
     ray = ray_session
     steps = 8
-    cfg = load_config(None, tiny_overrides(tmp_path, f"train.num_steps={steps}"))
-    prepared = prepare(cfg)
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    actors = create_actors(cfg, prepared.model_dir, str(run_dir / "samples.parquet"))
-    metrics = MetricsWriter(run_dir)
     killed = {}
+    with controller_run(tmp_path, f"train.num_steps={steps}") as run:
+        def kill_for_good(version: int, values: dict) -> None:
+            for at, kind, workers in ((2, "rollout", run.actors.rollouts), (4, "reward", run.actors.rewards)):
+                if version == at and kind not in killed:
+                    ray.kill(workers[0], no_restart=True)
+                    killed[kind] = version
 
-    def kill_for_good(version: int, values: dict) -> None:
-        for at, kind, workers in ((2, "rollout", actors.rollouts), (4, "reward", actors.rewards)):
-            if version == at and kind not in killed:
-                ray.kill(workers[0], no_restart=True)
-                killed[kind] = version
-
-    try:
-        setup_learners(actors.learners)
-        summary = Controller(cfg, actors, prepared.train_prompts, prepared.eval_prompts, metrics, kill_for_good).run()
-        ray.get(actors.buffer.close.remote(summary.steps))
-        assert ray.get(actors.rollouts[0].version.remote()) == steps  # the replacement caught up on weights
-    finally:
-        metrics.close()
-        shutdown_actors(actors)
+        summary = run.run(on_step=kill_for_good)
+        assert ray.get(run.actors.rollouts[0].version.remote()) == steps  # the replacement caught up on weights
     assert killed == {"rollout": 2, "reward": 4} and summary.steps == steps and summary.replaced_workers == 2
-    rows = pq.read_table(run_dir / "samples.parquet").to_pylist()
+    rows = run.rows()
     trained = [r for r in rows if r["dropped"] == ""]
     assert len({(r["prompt_id"], r["epoch"], r["learner_version"]) for r in trained}) == steps * 4
+
+
+class DiesOnItsFirstEvaluation(RolloutWorker):
+    """A real rollout worker whose process exits in its first evaluation (greedy) call, as one killed mid-call."""
+
+    def __init__(self, *args, marker: str = "") -> None:
+        super().__init__(*args)
+        self.marker = marker
+
+    def generate(self, request_id, prompts, greedy=False):
+        if greedy and os.path.exists(self.marker):
+            os.remove(self.marker)
+            os._exit(1)
+        return super().generate(request_id, prompts, greedy)
+
+
+def test_an_evaluation_lost_with_its_worker_is_repeated_on_the_replacement(ray_session, tmp_path):
+    """The first evaluation's worker dies for good mid-call: the evaluation is repeated after a wait, on the new
+    worker that replaced it (training cannot move on without a rollout worker, so it is still version 0's).
+    Repeated at once, every attempt hit the dead actor within milliseconds and version 0 went unevaluated."""
+    ray = ray_session
+    steps, marker = 3, tmp_path / "armed"
+    marker.touch()
+    with controller_run(tmp_path, f"train.num_steps={steps}", "rollout.num_workers=1") as run:
+        ray.kill(run.actors.rollouts[0])
+        run.actors.rollouts[0] = ray.remote(DiesOnItsFirstEvaluation).options(num_cpus=0, max_restarts=0).remote(
+            0, run.prepared.model_dir, run.cfg.rollout, run.actors.packed_model, marker=str(marker))
+        summary = run.run()
+    assert not marker.exists(), "the worker never evaluated"
+    assert summary.replaced_workers == 1
+    assert set(summary.eval_accuracy) == {0, steps}

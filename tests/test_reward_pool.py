@@ -7,40 +7,26 @@ from __future__ import annotations
 import threading
 import time
 
-import pyarrow.parquet as pq
 import pytest
-from conftest import tiny_overrides
+from conftest import controller_run
 
-from rlsys.actors.placement import create_actors, setup_learners, shutdown_actors
-from rlsys.config import load_config
-from rlsys.controller import MAX_REQUESTS_PER_WORKER, Controller
-from rlsys.metrics import MetricsWriter, read_metrics
-from rlsys.prepare import prepare
+from rlsys.controller import MAX_REQUESTS_PER_WORKER
+from rlsys.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
 
 
 def run_controller(tmp_path, overrides: list[str], on_actors=None):
-    """One run through the controller itself (the test can reach the actors); returns summary, rows, metrics."""
-    cfg = load_config(None, tiny_overrides(tmp_path, *overrides))
-    prepared = prepare(cfg)
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    actors = create_actors(cfg, prepared.model_dir, str(run_dir / "samples.parquet"))
-    metrics = MetricsWriter(run_dir)
-    try:
-        setup_learners(actors.learners)
-        stop = on_actors(actors) if on_actors else None
-        summary = Controller(cfg, actors, prepared.train_prompts, prepared.eval_prompts, metrics).run()
-        if stop:
-            stop()
-        import ray
-
-        ray.get(actors.buffer.close.remote(summary.steps))
-    finally:
-        metrics.close()
-        shutdown_actors(actors)
-    return summary, pq.read_table(run_dir / "samples.parquet").to_pylist(), read_metrics(run_dir)
+    """One run through the controller itself (``on_actors(actors)`` before it starts; it returns a function called
+    when the run has ended); returns summary, rows, metrics."""
+    with controller_run(tmp_path, *overrides) as run:
+        stop = on_actors(run.actors) if on_actors else None
+        try:
+            summary = run.run()
+        finally:
+            if stop:
+                stop()
+    return summary, run.rows(), read_metrics(run.run_dir)
 
 
 def hang_one_call_after_the_first_step(run_dir, marker, then=None):

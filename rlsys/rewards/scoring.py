@@ -63,6 +63,12 @@ _POLL_S = 0.1
 # process on every sample would otherwise cost a restart per sample (~0.3 s on 2 cores; a timeout_s per sample for
 # one that hangs), and a run stopped by reward.max_failure_rate would take minutes to get there.
 MAX_LOST_IN_A_ROW = 8
+# Ray SIGKILLs an actor's child processes as the actor is killed (RAY_kill_child_processes_on_worker_exit), just
+# before the actor itself. A child SIGKILLed by someone else may mean this process is next: the scorer waits this
+# long (seconds) before failing the call, so that a reward call the driver has given up on (reward.call_timeout_s,
+# or a worker killed mid-call) does not answer "crashed" for its samples in the moment before the actor dies,
+# and the driver scores the batch again instead. Any other SIGKILL (the OOM killer) costs only the wait.
+_KILLED_FROM_OUTSIDE_WAIT_S = 2.0
 
 # A rule call (term, start, stop): rule term number ``term`` on items[start:stop] -- one item (sample and process
 # scope) or one prompt group (group scope). A plain tuple: a batch has one per item and term.
@@ -302,6 +308,8 @@ class RewardScorer:
         pos = int(worker.progress[1])
         self._discard_worker()  # reaps it, so its exit code is known
         error = f"reward worker process crashed ({_exit_reason(worker.process)})"
+        if worker.process.exitcode == -signal.SIGKILL:
+            time.sleep(_KILLED_FROM_OUTSIDE_WAIT_S)
         self._add_seconds(seconds, term_seconds)
         if pos >= 0 and not batch.made[pos]:
             term, start, stop = batch.calls[pos]
