@@ -114,15 +114,16 @@ def test_composite_reward_learns_and_logs_every_term(ray_session, tmp_path):
         assert r["reward"] == pytest.approx(terms["correct"] + 0.2 * terms["digits"] + 0.1 * terms["short"], abs=1e-6)
 
 
-def test_a_trained_reward_model_as_the_only_reward_learns(ray_session, tmp_path):
+def test_a_trained_reward_model_as_the_only_reward_is_what_rl_optimises(ray_session, tmp_path):
     """RLHF in miniature: a reward model trained here from scratch on preference pairs (right vs. near-miss
-    answers) ranks held-out pairs, and as the only reward it raises held-out accuracy and the training accuracy,
-    which the exact-answer check measures as a weight-0 monitor term. Every sample records the RM version that
-    scored it.
+    answers) ranks held-out pairs, and as the only reward RL raises its score. The exact-answer check rides along
+    as a weight-0 monitor term, logged every step; every sample records the RM version that scored it.
 
-    (An RM initialised from the policy's own trunk ranked held-out pairs as well but shared the policy's blind
-    spots: RL drove accuracy *down* while the RM's score rose — reward hacking. An RM trained from scratch errs
-    independently of the policy.)"""
+    What RL does to the *task* is not asserted, because it is reward over-optimisation (Gao et al. 2023), measured:
+    this 64×2 RM cannot add (it scores "102" above "82" for 9+73), and in the runs of 2026-12-01 held-out accuracy
+    went 33 % → 18.5 % and 21.5 % with the test's RM (25 % with algo.kl_coef=0.1), and to 0.5–8 % with RMs also
+    trained on pairs of the policy's own samples: the policy learns the RM's blind spots. (Earlier runs on other
+    CPUs saw 57.5 % → 64.5 % and 45 % → 18.5 %.) The README's Results say so."""
     import pyarrow.parquet as pq
 
     from rlsys.prepare import prepare
@@ -139,12 +140,16 @@ def test_a_trained_reward_model_as_the_only_reward_learns(ray_session, tmp_path)
         tmp_path.parent, None, "output.run_name=rm", "reward.correct_component=correct",
         f"reward.components=[{{name: rm, model: {{kind: classifier, paths: ['{rm_dir}']}}}}, "
         "{name: correct, fn: addition_exact, weight: 0.0}]"))
-    # The exact-answer monitor's rise on the training prompts is the evidence that the policy learned the task and
-    # not the RM's blind spots (a hacked RM drives it down). Held-out accuracy is not asserted here: its spread for
-    # an RM-only run is not measured yet (the RM is retrained in every run; the old test saw +7 and −10.5 points).
-    assert_learned(summary, run_dir, "reward model only", reward_key="reward/correct", max_acc_drop=None)
-    rm = [m["reward/rm"] for m in read_metrics(run_dir) if m.get("reward/rm") is not None]
-    assert np.mean(rm[-WINDOW:]) > np.mean(rm[:WINDOW]), "the reward model's score did not rise"
+    assert set(summary.eval_accuracy) == {0, summary.steps}
+    steps = [m for m in read_metrics(run_dir) if "train/loss" in m]
+    assert len(steps) == STEPS and all(m["reward/correct"] == m["reward/correct"] for m in steps)  # monitor logged
+    rm = np.array([m["reward/rm"] for m in steps])
+    first, last = rm[:WINDOW], rm[-WINDOW:]
+    # The rise in standard errors of the difference of the two means, from the run's own step-to-step spread
+    # (measured: 3.0 to 9.2 over five runs with different RMs and seeds; a reward RL ignored would stay within noise).
+    se = np.sqrt(first.var(ddof=1) / WINDOW + last.var(ddof=1) / WINDOW)
+    assert last.mean() - first.mean() > 2 * se, \
+        f"the reward model's score did not rise: {first.mean():.3f} → {last.mean():.3f} (standard error {se:.3f})"
     rows = pq.read_table(run_dir / "samples.parquet").to_pylist()
     assert {dict(r["reward_versions"])["rm"] for r in rows} == {stats["version"]}
     assert all(r["reward"] == pytest.approx(dict(r["reward_components"])["rm"], abs=1e-6) for r in rows[:50])
