@@ -48,7 +48,7 @@ def load_checkpoint_part(auto: type, key: str, path: str, part: str, **kwargs):
     """``auto.from_pretrained(path)``; a checkpoint that does not load is a :class:`ConfigError` naming ``key``,
     the path and the part (tokenizer, config.json, weights) rather than a traceback from deep in transformers.
     For the weights, parameters the files do not hold (which transformers would leave randomly initialised, e.g.
-    for a config.json naming another architecture) are an error too."""
+    for a config.json naming another architecture) are an error too, and so are NaN or infinite weights."""
     weights = part == "weights"
     try:
         loaded = auto.from_pretrained(path, **kwargs, **({"output_loading_info": True} if weights else {}))
@@ -62,4 +62,9 @@ def load_checkpoint_part(auto: type, key: str, path: str, part: str, **kwargs):
         missing = sorted(info["missing_keys"])
         raise ConfigError(f"{key}={path!r}: its weights do not fit its config.json ({model.config.model_type}): "
                           f"{len(missing)} parameters are missing from the files, e.g. {', '.join(missing[:3])}")
+    # NaN or inf in the weights makes every loss NaN from the first step; say so at load, naming the tensors.
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
+    if bad:
+        raise ConfigError(f"{key}={path!r}: its weights hold NaN or infinite values, in {len(bad)} tensors, e.g. "
+                          f"{', '.join(bad[:3])}")
     return model

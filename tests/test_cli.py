@@ -137,7 +137,7 @@ def _saved_tiny_checkpoint(directory):
     return directory
 
 
-def test_eval_of_a_checkpoint_whose_weights_do_not_load_or_fit_is_refused(tmp_path, capsys):
+def test_eval_of_a_checkpoint_whose_weights_do_not_load_fit_or_are_finite_is_refused(tmp_path, capsys):
     import json
 
     truncated = _saved_tiny_checkpoint(tmp_path / "truncated")
@@ -147,8 +147,15 @@ def test_eval_of_a_checkpoint_whose_weights_do_not_load_or_fit_is_refused(tmp_pa
     config = json.loads((other / "config.json").read_text())
     config.update(model_type="gpt2", architectures=["GPT2LMHeadModel"], n_embd=32, n_layer=1, n_head=2)
     (other / "config.json").write_text(json.dumps(config))
-    for ckpt, expected in ((truncated, "its weights could not be loaded"), (other, "its weights do not fit its "
-                                                                             "config.json (gpt2)")):
+    nan = _saved_tiny_checkpoint(tmp_path / "nan")  # a diverged run's checkpoint
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(nan / "model.safetensors")
+    state["model.norm.weight"][0] = float("nan")
+    save_file(state, nan / "model.safetensors", metadata={"format": "pt"})
+    for ckpt, expected in ((truncated, "its weights could not be loaded"),
+                           (other, "its weights do not fit its config.json (gpt2)"),
+                           (nan, "its weights hold NaN or infinite values, in 1 tensors, e.g. model.norm.weight")):
         assert main(["eval", str(ckpt), f"output.cache_dir={tmp_path / 'cache'}", "task.num_train=100",
                      "task.num_eval=10"]) == 2
         err = capsys.readouterr().err
