@@ -7,7 +7,7 @@ from transformers import AutoTokenizer
 
 from rlsys.config import RewardConfig
 from rlsys.engines.generation import HFEngine
-from rlsys.model_source import load_checkpoint_part
+from rlsys.model_source import ensure_pad_token, load_checkpoint_part
 from rlsys.rewards import RewardScorer
 from rlsys.types import Prompt
 
@@ -24,7 +24,8 @@ def evaluate_checkpoint(model_dir: str, prompts: list[Prompt], reward: RewardCon
     """(accuracy, [(prompt, completion, reward)]) of greedy decoding from ``model_dir`` on ``prompts``; accuracy
     counts the correctness term of the reward. A checkpoint that does not load (or whose weights do not fit its
     config) raises :class:`~rlsys.config.ConfigError` naming the part."""
-    tokenizer = load_checkpoint_part(AutoTokenizer, "MODEL_DIR", model_dir, "tokenizer")
+    tokenizer = ensure_pad_token(load_checkpoint_part(AutoTokenizer, "MODEL_DIR", model_dir, "tokenizer"),
+                                 f"MODEL_DIR={model_dir!r}")
     engine = HFEngine(model_dir, tokenizer.pad_token_id, tokenizer.eos_token_id, key="MODEL_DIR")
     completions = []
     for start in range(0, len(prompts), batch_size):

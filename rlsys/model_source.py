@@ -68,3 +68,18 @@ def load_checkpoint_part(auto: type, key: str, path: str, part: str, **kwargs):
         raise ConfigError(f"{key}={path!r}: its weights hold NaN or infinite values, in {len(bad)} tensors, e.g. "
                           f"{', '.join(bad[:3])}")
     return model
+
+
+def ensure_pad_token(tokenizer, what: str):
+    """``tokenizer``, given a pad token if it has none: its EOS token, as checkpoints without one are commonly padded.
+
+    Safe here because no part of rlsys tells padding from tokens by id: attention and loss masks come from sequence
+    lengths (:func:`rlsys.engines.padding.pad_sequences`) and a response ends at its first EOS, so a pad that is
+    also EOS cannot enter a loss mask or cut a response short. Raises :class:`ConfigError` naming ``what`` (the
+    checkpoint) when the tokenizer has neither a pad nor an EOS token."""
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ConfigError(f"the tokenizer of {what} has neither a pad nor an EOS token; add a pad token "
+                              "(tokenizer.add_special_tokens({'pad_token': ...})) and save it again")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

@@ -28,7 +28,7 @@ from rlsys.data.model import build_tiny_llama
 from rlsys.data.tasks import Rows, make_addition_rows, read_rows, write_parquet
 from rlsys.data.tokenizer import DEFAULT_ALPHABET, build_char_tokenizer
 from rlsys.data.warmup import supervised_warmup
-from rlsys.model_source import load_checkpoint_part
+from rlsys.model_source import ensure_pad_token, load_checkpoint_part
 from rlsys.types import Prompt
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,8 @@ def _settle(cfg: RLConfig, splits: tuple[_Split, ...], bad: list[BadRow]) -> tup
 def _policy_tokenizer(cfg: RLConfig, train_prompts: list[Prompt]) -> tuple[PreTrainedTokenizerBase, int | None, str]:
     """The policy's tokenizer, its context length (None if its config names none) and where that comes from."""
     if cfg.model.path:
-        tokenizer = load_checkpoint_part(AutoTokenizer, "model.path", cfg.model.path, "tokenizer")
+        tokenizer = ensure_pad_token(load_checkpoint_part(AutoTokenizer, "model.path", cfg.model.path, "tokenizer"),
+                                     f"model.path={cfg.model.path!r}")
         config = load_checkpoint_part(AutoConfig, "model.path", cfg.model.path, "config.json")
         config = config.get_text_config() if hasattr(config, "get_text_config") else config
         context = getattr(config, "max_position_embeddings", None)

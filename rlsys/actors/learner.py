@@ -40,7 +40,7 @@ from rlsys.algos import (
 )
 from rlsys.config import AlgoConfig, LearnerConfig
 from rlsys.engines.training import DeepSpeedPolicy, TrainBatch
-from rlsys.model_source import local_model_dir
+from rlsys.model_source import ensure_pad_token, local_model_dir
 from rlsys.types import Group
 
 
@@ -187,7 +187,7 @@ class Learner:
         self.use_cuda = learner.num_gpus > 0 and torch.cuda.is_available()
         self.policy: DeepSpeedPolicy | None = None
         self.version = 0
-        self.pad_id = AutoTokenizer.from_pretrained(model_dir).pad_token_id
+        self.pad_id = ensure_pad_token(AutoTokenizer.from_pretrained(model_dir), model_dir).pad_token_id
 
     def rendezvous_address(self) -> tuple[str, int]:
         """This node's IP and a free port, for rank 0 to host the process group."""

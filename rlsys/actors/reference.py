@@ -12,7 +12,7 @@ import torch
 from transformers import AutoTokenizer
 
 from rlsys.engines.generation import HFEngine
-from rlsys.model_source import local_model_dir
+from rlsys.model_source import ensure_pad_token, local_model_dir
 from rlsys.types import Group
 
 SCORE_CHUNK = 64  # sequences per forward pass
@@ -23,7 +23,7 @@ class ReferenceWorker:
                  ) -> None:
         torch.set_num_threads(max(1, int(num_cpus)))
         model_dir = local_model_dir(model_dir, list(packed))
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(model_dir), model_dir)
         device = "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
         self.engine = HFEngine(model_dir, tokenizer.pad_token_id, tokenizer.eos_token_id, device)
         self.temperature = temperature

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 from rlsys.config import RolloutConfig
 from rlsys.engines.generation import HFEngine
-from rlsys.model_source import local_model_dir
+from rlsys.model_source import ensure_pad_token, local_model_dir
 from rlsys.types import Group, Prompt, Sample
 
 
@@ -33,7 +33,7 @@ class RolloutWorker:
         model_dir = local_model_dir(model_dir, list(packed))
         self.worker_id = worker_id
         self.cfg = cfg
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(model_dir), model_dir)
         device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
         self.engine = HFEngine(model_dir, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, device)
 

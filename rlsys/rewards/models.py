@@ -25,6 +25,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from rlsys.engines.generation import HFEngine
 from rlsys.engines.padding import pad_sequences
+from rlsys.model_source import ensure_pad_token
 from rlsys.rewards.components import check_judge_template
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -82,12 +83,7 @@ def _load_tokenizer(path: str, what: str) -> PreTrainedTokenizerBase:
     except Exception as e:  # transformers raises OSError, ValueError, KeyError, ... for a missing or foreign one
         raise ValueError(f"could not load the tokenizer of {what} {path!r}: {type(e).__name__}: {e}; the checkpoint "
                          "directory needs the tokenizer files too (tokenizer.save_pretrained(dir))") from e
-    if tokenizer.pad_token_id is None:
-        if tokenizer.eos_token_id is None:
-            raise ValueError(f"the tokenizer of {what} {path!r} has neither a pad nor an EOS token; add a pad token "
-                             "(tokenizer.add_special_tokens({'pad_token': ...})) and save it again")
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return ensure_pad_token(tokenizer, f"{what} {path!r}")
 
 
 def _has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:

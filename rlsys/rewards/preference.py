@@ -25,6 +25,7 @@ from transformers.utils import logging as hf_logging
 from rlsys.config import ModelConfig
 from rlsys.data.model import build_tiny_llama
 from rlsys.engines.padding import pad_sequences
+from rlsys.model_source import ensure_pad_token
 from rlsys.rewards.models import (
     SequenceClassifierRM,
     _encode_end,
@@ -92,11 +93,7 @@ def train_preference_rm(
     if steps < 0 or batch_size < 1 or not lr > 0:
         raise ValueError(f"need steps >= 0, batch_size >= 1 and lr > 0; got steps={steps}, batch_size={batch_size}, "
                          f"lr={lr}")
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    if tokenizer.pad_token_id is None:
-        if tokenizer.eos_token_id is None:
-            raise ValueError(f"the tokenizer in {tokenizer_dir!r} has neither a pad nor an EOS token; add a pad token")
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(tokenizer_dir), repr(tokenizer_dir))
     tokenizer.padding_side, tokenizer.truncation_side = "right", "left"
     torch.manual_seed(seed)
     model = _build_rm(tokenizer, init_from, hidden_size, num_layers, num_heads, max_position_embeddings, seed)
