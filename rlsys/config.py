@@ -94,6 +94,10 @@ class RolloutConfig:
     temperature: float = 1.0
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    # A worker with requests out that finishes none for this long (seconds) is taken for hung, killed and restarted,
+    # its requests re-queued. The clock runs only once it has finished a request since it (re)started -- loading a
+    # model may take long -- and only while it has requests out. inf: never. An evaluation queued on worker 0 counts.
+    hang_timeout_s: float = 1800.0
 
 
 @dataclass
@@ -322,7 +326,7 @@ _BOUNDS = [
       "rollout.num_gpus", "learner.num_gpus", "reward.num_gpus", "learner.grad_clip", "algo.entropy_coef",
       "algo.adv_bound", "algo.value_clip", "algo.overlong_buffer", "algo.clip_eps_low"), lambda v: v >= 0, "≥ 0"),
     (("learner.lr", "warmup.lr", "rollout.temperature", "reward.timeout_s", "reward.call_timeout_s",
-      "ray.placement_timeout_s",
+      "ray.placement_timeout_s", "rollout.hang_timeout_s",
       "algo.clip_eps_high", "algo.critic_lr", "algo.adv_eps", "learner.adam_eps", "rollout.num_cpus",
       "reward.num_cpus", "learner.num_cpus"), lambda v: v > 0, "> 0"),
 ]

@@ -131,6 +131,11 @@ class Controller:
         self.rewards = RewardPool(actors.rewards, actors.buffer, cfg.reward, self.pending.__setitem__,
                                   lambda i: actors.replace("reward worker", i))
         self.rollout_losses = [0] * len(actors.rollouts)  # requests lost in a row, per worker
+        # Per worker: since when it has had requests out without finishing one (None: it has none out, or it has
+        # not finished one since it (re)started, so the hang clock does not run) -- see _watch_rollouts.
+        self.rollout_busy_since: list[float | None] = [None] * len(actors.rollouts)
+        self.rollout_started = [False] * len(actors.rollouts)  # finished a request since it (re)started
+        self.generating = [0] * len(actors.rollouts)  # generate() calls out, per worker
         self.rollout_replaced = Replacements("rollout worker", len(actors.rollouts))
         self.version = 0  # learner's policy version = optimizer steps done
         self.rollout_version = 0  # version whose weights every rollout worker holds (or has queued to load)
@@ -162,6 +167,7 @@ class Controller:
             self._admit()
             self._maybe_learn()
             self.rewards.watch()
+            self._watch_rollouts()
             self._retry_eval_when_due()
             if not self.pending and (self.rewards.waiting_for_a_restart or self.eval_retry):  # only waits
                 time.sleep(0.1)
@@ -218,19 +224,26 @@ class Controller:
             rid = next(self.requests)
             batch, generated = self.actors.rollouts[worker].generate.options(num_returns=2).remote(rid, prompts)
             self.pending[generated] = Generating(Request(rid, prompts, worker, batch))
+            if self.generating[worker] == 0 and self.rollout_started[worker]:
+                self.rollout_busy_since[worker] = time.monotonic()
+            self.generating[worker] += 1
             self.inflight_per_worker[worker] += 1
 
     def _on_generated(self, call: Generating, ref: ray.ObjectRef) -> None:
+        worker = call.request.worker
+        self.generating[worker] -= 1
         try:
             ray.get(ref, timeout=RESULT_TIMEOUT_S)
         except RayTaskError as e:  # generate() raised: the worker is alive, the request itself failed
+            self._finished_one(worker)
             self._requeue(call.request, e, failed=True)
             return
         except RayError as e:
             self._on_rollout_lost(call.request, e)
             return
         self.retries.succeeded()
-        self.rollout_losses[call.request.worker] = 0
+        self.rollout_losses[worker] = 0
+        self._finished_one(worker)
         self.rewards.submit(call.request)
 
     def _on_scored(self, call: Scoring, ref: ray.ObjectRef) -> None:
@@ -286,12 +299,29 @@ class Controller:
         the latest weights again; being first in its queue, they are loaded before it generates anything."""
         self._requeue(request, error)
         worker = request.worker
+        self.rollout_started[worker], self.rollout_busy_since[worker] = False, None  # a new process, or none
         if not isinstance(error, ActorUnavailableError):  # that one: Ray is restarting it, it is not dead
             self.rollout_losses[worker] += 1
         if self.rollout_losses[worker] >= LOSSES_BEFORE_REPLACING:
             self._replace_rollout(worker, error)
         elif self.latest_weights is not None:
             self.actors.rollouts[worker].update_weights.remote(self.latest_weights, self.rollout_version)
+
+    def _finished_one(self, worker: int) -> None:
+        """The worker answered a request: the hang clock (re)starts if it has more out, stops if not."""
+        self.rollout_started[worker] = True
+        self.rollout_busy_since[worker] = time.monotonic() if self.generating[worker] else None
+
+    def _watch_rollouts(self) -> None:
+        """Kill (Ray restarts it) a rollout worker that has had requests out for ``rollout.hang_timeout_s`` without
+        finishing one; its requests then fail and are re-queued (:meth:`_on_rollout_lost`)."""
+        limit, now = self.cfg.rollout.hang_timeout_s, time.monotonic()
+        for worker, since in enumerate(self.rollout_busy_since):
+            if since is not None and now - since > limit:
+                log.warning("rollout worker %d has finished no request for more than rollout.hang_timeout_s=%.0f s "
+                            "with %d out; taking it for hung and restarting it", worker, limit, self.generating[worker])
+                self.rollout_busy_since[worker] = None
+                ray.kill(self.actors.rollouts[worker], no_restart=False)
 
     def _replace_rollout(self, worker: int, error: Exception) -> None:
         """A new actor in place of a rollout worker that is dead for good; it is sent the latest weights first."""

@@ -112,3 +112,42 @@ def test_an_evaluation_lost_with_its_worker_is_repeated_on_the_replacement(ray_s
     assert not marker.exists(), "the worker never evaluated"
     assert summary.replaced_workers == 1
     assert set(summary.eval_accuracy) == {0, steps}
+
+
+class SlowToStartHangsOnce(RolloutWorker):
+    """A real rollout worker that takes ``start_s`` to start (as loading a large model does), and whose third
+    generate() call -- in whichever process finds ``marker`` -- hangs for five minutes."""
+
+    def __init__(self, *args, start_s: float = 0.0, marker: str = "") -> None:
+        time.sleep(start_s)
+        super().__init__(*args)
+        self.marker, self.calls = marker, 0
+
+    def generate(self, request_id, prompts, greedy=False):
+        self.calls += not greedy
+        if self.calls == 3 and os.path.exists(self.marker):
+            os.remove(self.marker)
+            time.sleep(300)
+        return super().generate(request_id, prompts, greedy)
+
+
+def test_a_hung_rollout_worker_is_restarted_but_a_slow_starting_one_is_not(ray_session, tmp_path, caplog):
+    """rollout.hang_timeout_s=4: the worker's hung call is given up, the worker restarted and its requests
+    re-queued, and the run completes; while it starts (8 s, twice as long as the timeout), nothing is killed."""
+    ray = ray_session
+    steps, marker, hang_s = 6, tmp_path / "armed", 4
+    marker.touch()
+    with controller_run(tmp_path, f"train.num_steps={steps}", f"rollout.hang_timeout_s={hang_s}",
+                        "train.max_staleness=1") as run:
+        ray.kill(run.actors.rollouts[0])
+        run.actors.rollouts[0] = ray.remote(SlowToStartHangsOnce).options(num_cpus=0, max_restarts=1).remote(
+            0, run.prepared.model_dir, run.cfg.rollout, run.actors.packed_model, start_s=2 * hang_s,
+            marker=str(marker))
+        with caplog.at_level("WARNING", logger="rlsys.controller"):
+            summary = run.run()
+    assert not marker.exists(), "the worker never hung"
+    hung = [r for r in caplog.records if "taking it for hung" in r.getMessage()]
+    assert len(hung) == 1, [r.getMessage() for r in hung]  # the hang, not either start
+    assert summary.steps == steps and summary.lost_requests >= 1 and summary.replaced_workers == 0
+    trained = [r for r in run.rows() if r["dropped"] == ""]
+    assert len({(r["prompt_id"], r["epoch"], r["learner_version"]) for r in trained}) == steps * 4
