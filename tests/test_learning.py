@@ -7,9 +7,12 @@ in the README's Results):
 
 - *The training reward rises* in every run — the mean over the last WINDOW steps against the first (≈ 4 000
   samples each, so its own noise is < 0.01): by at least MIN_REWARD_RISE, far below every rise measured.
-- *Held-out accuracy does not fall* by more than MAX_ACC_DROP (reward hacking would show here). In 200 steps its
-  gain is not a reliable signal for every recipe: PPO-GAE's critic starts untrained, and over three seeds its gain
-  was −2.5, +13.5 and +3.5 points with the training reward rising each time.
+- *Held-out accuracy does not collapse*: it falls by at most MAX_ACC_DROP (a collapse, as reward hacking gives,
+  takes it from 33 % to 0.5–8 %: see the RM test). In 200 steps its change is no reliable signal for a recipe:
+  PPO-GAE's critic starts untrained, and over three seeds its gain was −2.5, +13.5 and +3.5 points; Dr. GRPO from
+  the same 33 % warm-up went to 23.5 % in one run of 2026-12-01 and passed a 5-point bound in CI on the same kind
+  of machine that day (why the runs differ is not established), with the training reward rising each time. One
+  evaluation of 200 problems near 30 % has a sampling standard deviation of 3.2 points by itself.
 - *Held-out accuracy rises* in a longer GRPO run (HELD_OUT_STEPS): by MIN_ACC_GAIN, against gains of +21.5, +33
   and +38 points measured over three seeds (at 400 steps the same seeds gave +17, +9.5 and +28.5: too close).
   That run also stands for GRPO in the training-reward check (the rise over its 800 steps is at least the rise
@@ -35,7 +38,7 @@ HELD_OUT_STEPS = 800  # the GRPO run whose held-out gain is asserted
 RM_STEPS = 4000  # preference-training steps of the reward model in the RM run (~60 s on 2 idle cores)
 WINDOW = 30  # steps averaged at each end of the run for the training reward's rise
 MIN_REWARD_RISE = 0.02  # mean training reward, last WINDOW steps − first WINDOW steps
-MAX_ACC_DROP = 0.05  # held-out accuracy (200 problems) may not fall by more than this
+MAX_ACC_DROP = 0.15  # held-out accuracy (200 problems) may not fall by more than this (measured: −9.5 pts)
 MIN_ACC_GAIN = 0.08  # held-out accuracy gain of the HELD_OUT_STEPS GRPO run (measured: +0.215, +0.33, +0.38)
 
 
