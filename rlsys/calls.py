@@ -3,7 +3,8 @@
 A rollout :class:`Request` lives through three of them — :class:`Generating` (on a rollout worker),
 :class:`Scoring` (on a reward worker, then the buffer's ``put``) — and is re-queued or dropped if it is lost on the
 way. The learner's step is :class:`Taking` (the buffer's ``take``) → :class:`Learning` → :class:`GatheringWeights`
-→ one :class:`LoadingWeights` per rollout worker. :class:`Evaluating` and :class:`RewardPing` stand alone.
+→ one :class:`LoadingWeights` per rollout worker. :class:`Evaluating` (generate, then score) and :class:`RewardPing` stand
+alone.
 Every field is plain data or an object ref, so the controller's state is explicit (and can be checkpointed).
 """
 
@@ -91,8 +92,12 @@ class LoadingWeights:
 
 @dataclass
 class Evaluating:
+    """A held-out evaluation: generated on rollout worker 0 (``generated`` is its batch, the call waits on the
+    sample count), then scored on reward worker 0 (``generated`` None, the call waits on the scored batch)."""
+
     version: int
     attempt: int = 0  # evaluations of this version lost before this one
+    generated: ray.ObjectRef | None = None
 
 
 Call = Generating | Scoring | RewardPing | Taking | Learning | GatheringWeights | LoadingWeights | Evaluating

@@ -136,6 +136,10 @@ class Controller:
         self.rollout_busy_since: list[float | None] = [None] * len(actors.rollouts)
         self.rollout_started = [False] * len(actors.rollouts)  # finished a request since it (re)started
         self.generating = [0] * len(actors.rollouts)  # generate() calls out, per worker
+        self.hang_restarts = [0] * len(actors.rollouts)  # per worker, since it last finished a request
+        # A hung worker must be restarted before the whole pipeline counts as stalled.
+        hang = cfg.rollout.hang_timeout_s
+        self.stall_timeout_s = max(STALL_TIMEOUT_S, 2 * hang) if math.isfinite(hang) else STALL_TIMEOUT_S
         self.rollout_replaced = Replacements("rollout worker", len(actors.rollouts))
         self.version = 0  # learner's policy version = optimizer steps done
         self.rollout_version = 0  # version whose weights every rollout worker holds (or has queued to load)
@@ -179,8 +183,8 @@ class Controller:
             done, _ = ray.wait(list(self.pending), num_returns=1, timeout=1.0)
             if done:
                 last_progress = time.monotonic()
-            elif time.monotonic() - last_progress > STALL_TIMEOUT_S:
-                raise PipelineStalled(f"no rollout, reward or learner call finished for {STALL_TIMEOUT_S:.0f} s; "
+            elif time.monotonic() - last_progress > self.stall_timeout_s:
+                raise PipelineStalled(f"no rollout, reward or learner call finished for {self.stall_timeout_s:.0f} s; "
                                       f"waiting on {sorted(type(c).__name__ for c in self.pending.values())}")
             for ref in done:
                 self._handle(ref, self.pending.pop(ref))
@@ -309,7 +313,7 @@ class Controller:
 
     def _finished_one(self, worker: int) -> None:
         """The worker answered a request: the hang clock (re)starts if it has more out, stops if not."""
-        self.rollout_started[worker] = True
+        self.rollout_started[worker], self.hang_restarts[worker] = True, 0
         self.rollout_busy_since[worker] = time.monotonic() if self.generating[worker] else None
 
     def _watch_rollouts(self) -> None:
@@ -318,14 +322,19 @@ class Controller:
         limit, now = self.cfg.rollout.hang_timeout_s, time.monotonic()
         for worker, since in enumerate(self.rollout_busy_since):
             if since is not None and now - since > limit:
-                log.warning("rollout worker %d has finished no request for more than rollout.hang_timeout_s=%.0f s "
+                log.warning("rollout worker %d has finished no request for more than rollout.hang_timeout_s=%g s "
                             "with %d out; taking it for hung and restarting it", worker, limit, self.generating[worker])
                 self.rollout_busy_since[worker] = None
+                self.hang_restarts[worker] += 1
                 ray.kill(self.actors.rollouts[worker], no_restart=False)
 
     def _replace_rollout(self, worker: int, error: Exception) -> None:
         """A new actor in place of a rollout worker that is dead for good; it is sent the latest weights first."""
-        self.rollout_replaced.spend(worker, f"lost {self.rollout_losses[worker]} requests in a row", error)
+        symptom = f"lost {self.rollout_losses[worker]} requests in a row"
+        if hung := self.hang_restarts[worker]:
+            symptom += (f", after {hung} restarts for finishing no request within rollout.hang_timeout_s="
+                        f"{self.cfg.rollout.hang_timeout_s:g} s (raise it if a request takes longer)")
+        self.rollout_replaced.spend(worker, symptom, error)
         actor = self.actors.replace("rollout worker", worker)
         self.rollout_losses[worker] = 0
         if self.latest_weights is not None:
@@ -425,11 +434,13 @@ class Controller:
         return self.version >= self.cfg.train.num_steps or (every > 0 and self.version % every == 0)
 
     def _evaluate(self, attempt: int = 0) -> None:
-        """Greedy accuracy on the held-out prompts, queued on rollout worker 0 behind its weight update."""
-        generated, _ = self.actors.rollouts[0].generate.options(num_returns=2).remote(-1, self.eval_prompts,
-                                                                                      greedy=True)
-        scored = self.actors.rewards[0].score.remote(generated)
-        self.pending[scored] = Evaluating(self.rollout_version, attempt)
+        """Greedy accuracy on the held-out prompts, queued on rollout worker 0 behind its weight update. The batch
+        is sent to be scored once generated (:meth:`_on_eval_done`), not as a pending argument: Ray runs a caller's
+        calls to an actor in order, so a score call waiting for its argument would hold up every reward call after
+        it for as long as the evaluation generates."""
+        generated, count = self.actors.rollouts[0].generate.options(num_returns=2).remote(-1, self.eval_prompts,
+                                                                                          greedy=True)
+        self.pending[count] = Evaluating(self.rollout_version, attempt, generated)
 
     def _on_eval(self, call: Evaluating, batch) -> None:
         term = self.cfg.reward.accuracy_term
@@ -479,6 +490,10 @@ class Controller:
     def _on_eval_done(self, call: Evaluating, ref: ray.ObjectRef) -> None:
         try:
             batch = ray.get(ref, timeout=RESULT_TIMEOUT_S)
+            if call.generated is not None:  # generated (ref: its sample count): now score it
+                scored = self.actors.rewards[0].score.remote(call.generated)
+                self.pending[scored] = Evaluating(call.version, call.attempt)
+                return
         except RayError as e:  # the evaluating worker died; evaluate again on its restarted (or new) self
             if call.attempt >= len(EVAL_RETRY_WAITS_S):
                 log.error("evaluation at version %d failed %d times; skipping it: %s", call.version, call.attempt + 1,

@@ -27,6 +27,18 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return records
 
 
+def json_safe(value):
+    """``value`` with every NaN or infinite float (also inside dicts, lists and tuples) replaced by None: JSON has
+    no NaN, and ``json.dumps`` would write a bare ``NaN`` that strict readers (JavaScript, many tools) reject."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
 class MetricsWriter:
     def __init__(self, run_dir: str | Path) -> None:
         from torch.utils.tensorboard import SummaryWriter  # torch: only where a run writes, not for reading
@@ -42,8 +54,7 @@ class MetricsWriter:
         for key, values in (histograms or {}).items():
             if values:
                 self.tb.add_histogram(key, np.asarray(values, dtype=np.float64), step)
-        record = {"step": step, **{k: (v if v is None or math.isfinite(v) else None) for k, v in scalars.items()}}
-        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.write(json.dumps(json_safe({"step": step, **scalars}), allow_nan=False) + "\n")
 
     def close(self) -> None:
         self.tb.flush()

@@ -19,7 +19,7 @@ from rlsys.actors.resources import check_cluster, check_local_cpus, total_demand
 from rlsys.config import ConfigError, RLConfig, to_yaml
 from rlsys.controller import Controller, RunSummary
 from rlsys.engines.generation import tensors_from_numpy
-from rlsys.metrics import MetricsWriter
+from rlsys.metrics import MetricsWriter, json_safe
 from rlsys.prepare import load_datasets, prepare
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def train(cfg: RLConfig) -> tuple[RunSummary, Path]:
                   "dropped_rows": prepared.dropped_rows,  # data rows left out (task.bad_rows=drop), by reason
                   "dropped_row_list": [asdict(b) for b in prepared.dropped],
                   "model_dir": str(model_out), "run_dir": str(run_dir)}
-        (run_dir / "summary.json").write_text(json.dumps(report, indent=2))
+        (run_dir / "summary.json").write_text(json.dumps(json_safe(report), indent=2, allow_nan=False))
         finished = True
     finally:
         metrics.close()

@@ -160,3 +160,22 @@ def test_eval_of_a_checkpoint_whose_weights_do_not_load_fit_or_are_finite_is_ref
                      "task.num_eval=10"]) == 2
         err = capsys.readouterr().err
         assert f"MODEL_DIR='{ckpt}'" in err and expected in err, err
+
+
+def test_metrics_and_summary_write_strict_json_with_null_for_nan(tmp_path):
+    """JSON has no NaN: a step whose reward is undefined (no sample scored) is null in metrics.jsonl, and so is a
+    NaN figure of summary.json, so strict readers (JavaScript's JSON.parse, jq) read both files."""
+    import json
+    import math
+
+    from rlsys.metrics import MetricsWriter, json_safe, read_metrics
+
+    writer = MetricsWriter(tmp_path)
+    writer.log(1, {"reward/mean": math.nan, "perf/samples_per_s": 12.5, "x": math.inf})
+    writer.close()
+    line = (tmp_path / "metrics.jsonl").read_text().strip()
+    assert json.loads(line, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}")) == {
+        "step": 1, "reward/mean": None, "perf/samples_per_s": 12.5, "x": None}
+    assert read_metrics(tmp_path) == [{"step": 1, "reward/mean": None, "perf/samples_per_s": 12.5, "x": None}]
+    assert json_safe({"sync_s_mean": math.nan, "eval": {0: 0.5, 3: -math.inf}, "rows": [1.0, math.nan]}) == {
+        "sync_s_mean": None, "eval": {0: 0.5, 3: None}, "rows": [1.0, None]}
