@@ -130,6 +130,9 @@ def _policy_tokenizer(cfg: RLConfig, train_prompts: list[Prompt]) -> tuple[PreTr
     if cfg.model.path:
         tokenizer = ensure_pad_token(load_checkpoint_part(AutoTokenizer, "model.path", cfg.model.path, "tokenizer"),
                                      f"model.path={cfg.model.path!r}")
+        if tokenizer.eos_token_id is None:
+            log.warning("the tokenizer of model.path=%r has no EOS token: no response can end before "
+                        "rollout.max_new_tokens (finish reason 'length')", cfg.model.path)
         config = load_checkpoint_part(AutoConfig, "model.path", cfg.model.path, "config.json")
         config = config.get_text_config() if hasattr(config, "get_text_config") else config
         context = getattr(config, "max_position_embeddings", None)

@@ -17,15 +17,16 @@ from rlsys.engines.training import TrainBatch
 from rlsys.prepare import prepare
 
 
-def _checkpoint_without_a_pad_token(directory, eos: bool = True):
+def _checkpoint_without_a_pad_token(directory, eos: bool = True, pad: bool = False):
     tok = build_char_tokenizer()
     build_tiny_llama(ModelConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2), tok
                      ).save_pretrained(directory)
-    tok.pad_token = None
+    if not pad:
+        tok.pad_token = None
     if not eos:
         tok.eos_token = None
     tok.save_pretrained(directory)
-    assert AutoTokenizer.from_pretrained(directory).pad_token_id is None
+    assert (AutoTokenizer.from_pretrained(directory).pad_token_id is None) != pad
     return directory
 
 
@@ -71,3 +72,12 @@ def test_a_tokenizer_with_neither_pad_nor_eos_is_refused_naming_the_checkpoint(t
     ckpt = _checkpoint_without_a_pad_token(tmp_path / "ckpt", eos=False)
     with pytest.raises(ConfigError, match=rf"tokenizer of model.path='{ckpt}' has neither a pad nor an EOS token"):
         prepare(_config(tmp_path, ckpt))
+
+
+def test_a_policy_tokenizer_without_an_eos_token_is_warned_about(tmp_path, caplog):
+    """Nothing can end a response before max_new_tokens: allowed (a task may want fixed-length answers), said."""
+    ckpt = _checkpoint_without_a_pad_token(tmp_path / "ckpt", eos=False, pad=True)
+    with caplog.at_level("WARNING", logger="rlsys.prepare"):
+        prepare(_config(tmp_path, ckpt))
+    assert any("has no EOS token: no response can end before rollout.max_new_tokens" in r.getMessage()
+               for r in caplog.records)
