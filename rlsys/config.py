@@ -96,7 +96,7 @@ class RolloutConfig:
     num_gpus: float = 0.0
     # A worker with requests out that finishes none for this long (seconds) is taken for hung, killed and restarted,
     # its requests re-queued. The clock runs only once it has finished a request since it (re)started -- loading a
-    # model may take long -- and only while it has requests out. inf: never. An evaluation queued on worker 0 counts.
+    # model may take long -- and only while it has requests out, not while worker 0 generates an evaluation. inf: never.
     # Above 300 s, the controller's stall timeout (600 s without any call finishing) grows to twice this.
     hang_timeout_s: float = 300.0
 

@@ -320,6 +320,11 @@ class Controller:
         """Kill (Ray restarts it) a rollout worker that has had requests out for ``rollout.hang_timeout_s`` without
         finishing one; its requests then fail and are re-queued (:meth:`_on_rollout_lost`)."""
         limit, now = self.cfg.rollout.hang_timeout_s, time.monotonic()
+        # An evaluation generating on worker 0 holds up its requests, for as long as the held-out set takes:
+        # the clock restarts when it is done.
+        if self.rollout_busy_since[0] is not None and any(
+                isinstance(c, Evaluating) and c.generated is not None for c in self.pending.values()):
+            self.rollout_busy_since[0] = now
         for worker, since in enumerate(self.rollout_busy_since):
             if since is not None and now - since > limit:
                 log.warning("rollout worker %d has finished no request for more than rollout.hang_timeout_s=%g s "

@@ -151,3 +151,32 @@ def test_a_hung_rollout_worker_is_restarted_but_a_slow_starting_one_is_not(ray_s
     assert summary.steps == steps and summary.lost_requests >= 1 and summary.replaced_workers == 0
     trained = [r for r in run.rows() if r["dropped"] == ""]
     assert len({(r["prompt_id"], r["epoch"], r["learner_version"]) for r in trained}) == steps * 4
+
+
+class SlowEvaluations(RolloutWorker):
+    """A real rollout worker whose evaluations (greedy calls) take ``eval_s`` longer, as a large held-out set does."""
+
+    def __init__(self, *args, eval_s: float = 0.0) -> None:
+        super().__init__(*args)
+        self.eval_s = eval_s
+
+    def generate(self, request_id, prompts, greedy=False):
+        if greedy:
+            time.sleep(self.eval_s)
+        return super().generate(request_id, prompts, greedy)
+
+
+def test_a_long_evaluation_is_not_taken_for_a_hang(ray_session, tmp_path, caplog):
+    """Evaluations every 2 steps, each 3x rollout.hang_timeout_s long, on the worker that generates: requests queued
+    behind them wait, and the worker is not restarted for it."""
+    ray = ray_session
+    steps, hang_s = 4, 2
+    with controller_run(tmp_path, f"train.num_steps={steps}", f"rollout.hang_timeout_s={hang_s}",
+                        "train.eval_every=2", "train.max_staleness=1") as run:
+        ray.kill(run.actors.rollouts[0])
+        run.actors.rollouts[0] = ray.remote(SlowEvaluations).options(num_cpus=0).remote(
+            0, run.prepared.model_dir, run.cfg.rollout, run.actors.packed_model, eval_s=3 * hang_s)
+        with caplog.at_level("WARNING", logger="rlsys.controller"):
+            summary = run.run()
+    assert not [r.getMessage() for r in caplog.records if "taking it for hung" in r.getMessage()]
+    assert summary.lost_requests == 0 and set(summary.eval_accuracy) == {0, 2, 4}
