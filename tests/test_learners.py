@@ -117,8 +117,10 @@ def test_update_does_not_depend_on_the_split(ray_session, tiny_policy, batches, 
                                     f"{(err / tol).max():.2f}, typical movement {typical_move:.2e}")
         np.testing.assert_array_equal(params, other_rank)  # data-parallel replicas stay identical
         for step, ref in zip(steps, ref_steps):
+            # The second step starts from parameters that differ by rounding (× lr = 100): seen up to 1.1e-4
+            # relative (grad_norm, gae_minibatches, 2026-12-01). A split error changes them by tens of percent.
             for key in ("grad_norm", "loss", "pg_loss", "entropy"):
-                assert step[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-6), f"{key} differs for {name}"
+                assert step[key] == pytest.approx(ref[key], rel=1e-3, abs=1e-6), f"{key} differs for {name}"
     assert ref_steps[0]["batch/trainable_frac"] == pytest.approx(15 / 16)  # the failed sample does not train
 
 

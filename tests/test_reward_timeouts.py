@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from rlsys.rewards import RewardComponent, RewardItem, RewardScorer
+from rlsys.rewards.scoring import MAX_LOST_IN_A_ROW
 
 FIX = "reward_fixtures"  # tests/reward_fixtures.py
 
@@ -129,10 +130,14 @@ def test_a_batch_that_hangs_everywhere_ends_within_its_budget() -> None:
         out, _ = timed_score(scorer, [("sleep", "x")] * n)
         assert all(o.failed and o.reward == 0.0 for o in out)
         timed_out = [o for o in out if o.error == "timed out after 0.3 s"]
-        not_scored = [o for o in out if o.error.startswith("not scored: this reward call ran out of its time budget "
-                                                           "of 3.6 s")]
-        # each hang takes its whole 0.3 s and a restart follows it: the last of 12 cannot start inside 3.6 s
-        assert timed_out and not_scored and len(timed_out) + len(not_scored) == n
+        # Each hang takes its whole 0.3 s and a restart follows it, so the last of 12 cannot start inside the
+        # 3.6 s budget; and after MAX_LOST_IN_A_ROW (8) hangs in a row the rest are not run. Which of the two ends
+        # the call first depends on how fast this machine restarts a process: either is the right outcome.
+        not_scored = [o for o in out if o.error.startswith((
+            "not scored: this reward call ran out of its time budget of 3.6 s",
+            f"not scored: the {MAX_LOST_IN_A_ROW} rule calls before it in this reward call each crashed or hung"))]
+        assert 1 <= len(timed_out) <= MAX_LOST_IN_A_ROW and len(timed_out) + len(not_scored) == n, \
+            [o.error for o in out]
         assert [o.reward for o in scorer.score([("ok", "ok"), ("ok", "no")])] == [1.0, 0.0]
 
 
@@ -149,8 +154,6 @@ def test_max_call_s_caps_the_budget_below_the_reward_pools_call_timeout() -> Non
 def test_a_reward_that_crashes_its_process_on_every_sample_stops_being_run_after_a_few():
     """Each crash costs a restart of the child: after MAX_LOST_IN_A_ROW in a row, the rest fail unscored (saying
     why) instead of paying a restart each, so a reward broken everywhere reaches reward.max_failure_rate fast."""
-    from rlsys.rewards.scoring import MAX_LOST_IN_A_ROW
-
     with RewardScorer(f"{FIX}:crashes", timeout_s=5.0) as scorer:
         out = scorer.score([(str(i), str(i)) for i in range(64)])
     assert all(o.failed for o in out)
@@ -163,8 +166,6 @@ def test_a_reward_that_crashes_its_process_on_every_sample_stops_being_run_after
 
 def test_crashes_with_successes_between_them_are_each_retried():
     """Only losses in a row count: a crash every other sample never stops the others being scored."""
-    from rlsys.rewards.scoring import MAX_LOST_IN_A_ROW
-
     n = 4 * MAX_LOST_IN_A_ROW
     items = [("crash" if i % 2 else str(i), str(i)) for i in range(n)]
     with RewardScorer(f"{FIX}:misbehaves_on_command", timeout_s=5.0) as scorer:
