@@ -14,10 +14,15 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Prompt:
+    """One dataset row. ``text`` is the prompt a reward function sees: the row's ``prompt``, or for a conversation
+    the content of its last user turn; ``messages`` is the conversation, ((role, content), ...), and empty for a
+    ``prompt`` row. How either becomes the policy's token ids is :class:`rlsys.data.chat.PromptFormat`."""
+
     prompt_id: str
     text: str
     answer: str  # the reference the reward function checks against
     epoch: int = 0
+    messages: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

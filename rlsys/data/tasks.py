@@ -8,7 +8,7 @@ A dataset row is (``id``, ``prompt``, ``answer``): the id is stable across runs,
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -138,7 +138,7 @@ class PromptStream:
             self._order = list(range(len(self._prompts)))
             self._rng.shuffle(self._order)
         p = self._prompts[self._order.pop()]
-        return Prompt(prompt_id=p.prompt_id, text=p.text, answer=p.answer, epoch=self.epoch)
+        return replace(p, epoch=self.epoch)
 
     def requeue(self, prompts: list[Prompt]) -> None:
         """Give prompts back (their generation was lost); they are handed out again before new ones."""
