@@ -96,7 +96,7 @@ def _evaluate(model_dir: str, cfg) -> int:
         return 2
     prompts, eval_file = data.eval_prompts, data.eval_file
     try:
-        acc, rows = evaluate_checkpoint(model_dir, prompts, cfg.reward, cfg.rollout.max_new_tokens)
+        acc, rows = evaluate_checkpoint(model_dir, prompts, data.prompt_format, cfg.reward, cfg.rollout)
     except ConfigError as e:  # weights that do not load or do not fit the config
         print(f"rlsys: {e}", file=sys.stderr)
         return 2

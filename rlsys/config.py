@@ -66,6 +66,11 @@ class TaskConfig:
     # What to do with rows that cannot train (null/empty prompt or answer, a prompt too long for the context, text
     # the tokenizer cannot represent): fail (list them, start nothing) | drop (leave them out, count and report)
     bad_rows: str = "fail"
+    # How prompts become token ids (rlsys.data.chat): chat (the tokenizer's chat template, generation prompt added) |
+    # raw (the text as it is) | auto (chat when the tokenizer has a template)
+    prompt_format: str = "auto"
+    system_prompt: str | None = None  # a system turn before each prompt (needs the chat format)
+    prompt_template: str | None = None  # wraps each prompt (a conversation's last user turn): "... {prompt} ..."
 
 
 @dataclass
@@ -99,6 +104,9 @@ class RolloutConfig:
     # model may take long -- and only while it has requests out, not while worker 0 generates an evaluation. inf: never.
     # Above 300 s, the controller's stall timeout (600 s without any call finishing) grows to twice this.
     hang_timeout_s: float = 300.0
+    # Stop strings: a response also ends at the token that completes one of these (kept in the response and trained
+    # on, like the end tokens, which come from the checkpoint: its EOS and generation_config.json's eos_token_id)
+    stop: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -339,7 +347,7 @@ _CHOICES = {
     "algo.adv_bound_mode": ("clamp", "scale"), "algo.kl_estimator": ("k1", "k2", "k3", None),
     "algo.kl_in": ("loss", "reward"), "algo.reference": ("learner", "actor"), "algo.is_mode": IS_MODES,
     "algo.is_level": IS_LEVELS, "learner.zero_stage": (0, 1, 2, 3), "task.name": ("synthetic_addition", "parquet"),
-    "task.bad_rows": ("fail", "drop"),
+    "task.bad_rows": ("fail", "drop"), "task.prompt_format": ("auto", "chat", "raw"),
 }
 
 
@@ -611,6 +619,16 @@ def validate(cfg: RLConfig) -> None:
             problems.append(f"task.eval_file={cfg.task.eval_file!r} is the training file: held-out accuracy would be "
                             "accuracy on the training data; give a separate file, or leave task.eval_file unset to "
                             "hold out task.num_eval rows of the training file")
+    if any(not isinstance(x, str) or not x for x in cfg.rollout.stop):
+        problems.append(f"rollout.stop={list(cfg.rollout.stop)!r}: each stop string must be a non-empty string")
+    if cfg.task.prompt_template is not None and "{prompt}" not in cfg.task.prompt_template:
+        problems.append(f"task.prompt_template={cfg.task.prompt_template!r} has no {{prompt}}: it must say where "
+                        "each prompt goes")
+    if cfg.task.system_prompt is not None and not cfg.task.system_prompt.strip():
+        problems.append("task.system_prompt is empty; leave it unset (null) for no system turn")
+    if cfg.task.system_prompt and cfg.task.prompt_format == "raw":
+        problems.append("task.system_prompt with task.prompt_format=raw: a system turn needs the chat format; put "
+                        "the instruction into task.prompt_template instead")
     problems += _reward_problems(cfg.reward)
     if cfg.model.path:
         need((why := checkpoint_problem("model.path", cfg.model.path)) is None, why)

@@ -83,3 +83,12 @@ def ensure_pad_token(tokenizer, what: str):
                               "(tokenizer.add_special_tokens({'pad_token': ...})) and save it again")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def end_token_ids(eos_token_id: int | None, generation_config=None) -> list[int]:
+    """Every token id that ends a response: the tokenizer's EOS, and each ``eos_token_id`` (an int or a list) of the
+    checkpoint's ``generation_config.json`` — instruct checkpoints end a turn with a token of their own (e.g.
+    ``<|im_end|>``, ``<|eot_id|>``) that is often not the tokenizer's EOS. Empty: nothing ends a response early."""
+    declared = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
+    declared = declared if isinstance(declared, list | tuple) else [declared]
+    return list(dict.fromkeys(int(i) for i in [eos_token_id, *declared] if i is not None))

@@ -23,6 +23,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 import rlsys
 from rlsys.config import ConfigError, RLConfig
+from rlsys.data.chat import PromptFormat
 from rlsys.data.checks import BadRow, DatasetError, check_tokens, in_file_order, require_usable, settle
 from rlsys.data.model import build_tiny_llama
 from rlsys.data.tasks import Rows, make_addition_rows, read_rows, write_parquet
@@ -142,8 +143,8 @@ def _policy_tokenizer(cfg: RLConfig, train_prompts: list[Prompt]) -> tuple[PreTr
     return build_char_tokenizer(alphabet), cfg.model.max_position_embeddings, "model.max_position_embeddings"
 
 
-def _token_checks(cfg: RLConfig, splits: tuple[_Split, ...], tokenizer: PreTrainedTokenizerBase,
-                  context: int | None, source: str) -> list[BadRow]:
+def _token_checks(cfg: RLConfig, splits: tuple[_Split, ...], fmt: PromptFormat, context: int | None,
+                  source: str) -> list[BadRow]:
     new_tokens = cfg.rollout.max_new_tokens
     if context is None:
         log.warning("the policy's config has no max_position_embeddings: prompt lengths are not checked")
@@ -153,7 +154,7 @@ def _token_checks(cfg: RLConfig, splits: tuple[_Split, ...], tokenizer: PreTrain
         if limit < 1:
             raise ConfigError(f"rollout.max_new_tokens={new_tokens} leaves no room for a prompt in the policy's "
                               f"context ({source}={context}); lower rollout.max_new_tokens")
-    return [b for s in splits for b in check_tokens(s.data.file, s.data.rows, s.data.prompts, tokenizer, limit, note,
+    return [b for s in splits for b in check_tokens(s.data.file, s.data.rows, s.data.prompts, fmt, limit, note,
                                                        show_ids=s.data.has_ids)]
 
 
@@ -166,6 +167,7 @@ class Datasets:
     train_prompts: list[Prompt]
     eval_prompts: list[Prompt]
     tokenizer: PreTrainedTokenizerBase
+    prompt_format: PromptFormat  # how prompts were encoded for the checks, and are for everything after them
     dropped_rows: dict[str, int]  # reason → rows left out (task.bad_rows=drop)
     dropped: list[BadRow]
     train_left_out: list[int]  # rows of the train file left out (they change what the warm-up trains on)
@@ -178,15 +180,16 @@ def load_datasets(cfg: RLConfig) -> Datasets:
     cache = Path(cfg.output.cache_dir).expanduser()
     splits = _read_splits(cfg, cache)
     tokenizer, context, source = _policy_tokenizer(cfg, splits[0].data.prompts)
+    fmt = PromptFormat.of(tokenizer, cfg.task, f"model.path={cfg.model.path!r}" if cfg.model.path else "the policy")
     cell_bad = [b for s in splits for b in s.data.bad]
-    bad = in_file_order(cell_bad + _token_checks(cfg, splits, tokenizer, context, source))
+    bad = in_file_order(cell_bad + _token_checks(cfg, splits, fmt, context, source))
     (train_prompts, eval_prompts), dropped_rows = _settle(cfg, splits, bad)
     seen = {p.text for p in train_prompts}
     if overlap := sum(p.text in seen for p in eval_prompts):
         log.warning("%d of the %d held-out prompts (%s) also occur in the training data (%s): held-out accuracy "
                     "partly measures the training data", overlap, len(eval_prompts), splits[1].label, splits[0].label)
-    return Datasets(str(splits[0].path), str(splits[1].path), train_prompts, eval_prompts, tokenizer, dropped_rows,
-                    bad, sorted(b.row for b in splits[0].bad_of(bad)))
+    return Datasets(str(splits[0].path), str(splits[1].path), train_prompts, eval_prompts, tokenizer, fmt,
+                    dropped_rows, bad, sorted(b.row for b in splits[0].bad_of(bad)))
 
 
 def prepare(cfg: RLConfig, data: Datasets | None = None) -> Prepared:
@@ -218,7 +221,7 @@ def prepare(cfg: RLConfig, data: Datasets | None = None) -> Prepared:
     else:
         model = build_tiny_llama(cfg.model, tokenizer)
     if cfg.warmup.steps:
-        losses, checks = supervised_warmup(model, tokenizer, train_prompts, cfg.warmup, seed=cfg.model.seed,
+        losses, checks = supervised_warmup(model, data.prompt_format, train_prompts, cfg.warmup, seed=cfg.model.seed,
                                            eval_prompts=data.eval_prompts, max_new_tokens=cfg.rollout.max_new_tokens)
         log.info("warm-up: %d steps, loss %.3f → %.3f%s", len(losses), losses[0], losses[-1],
                  f"; held-out greedy accuracy {checks[-1][1]:.1%} (target {cfg.warmup.target_accuracy:.0%})"

@@ -25,15 +25,18 @@ SCHEMA = pa.schema([
     ("version", pa.int32()),  # policy version that generated the sample
     ("learner_version", pa.int32()),  # policy version it trained (or was dropped at; -1: dropped on arrival)
     ("dropped", pa.string()),  # "" when trained, else why it was not
-    ("prompt", pa.string()),
+    ("prompt", pa.string()),  # the dataset's prompt (a conversation's last user turn)
+    ("prompt_rendered", pa.string()),  # what the policy read: the chat template's rendering, or the raw text
     ("answer", pa.string()),
     ("response", pa.string()),
-    ("finish_reason", pa.string()),
+    ("finish_reason", pa.string()),  # stop | length
+    ("stop_reason", pa.string()),  # the end token or stop string that stopped it ("" at length)
     ("reward", pa.float32()),
     ("reward_error", pa.string()),
     ("reward_components", pa.map_(pa.string(), pa.float32())),  # each reward term's value (NaN: it failed)
     ("reward_notes", pa.map_(pa.string(), pa.string())),  # the reason a term gave with its value, where it gave one
     ("reward_versions", pa.map_(pa.string(), pa.string())),  # model-based term → version of the model that scored
+    ("prompt_ids", pa.list_(pa.int32())),  # the token ids the policy read (rendered, special tokens included)
     ("response_ids", pa.list_(pa.int32())),
     ("behaviour_logprobs", pa.list_(pa.float32())),
 ])
@@ -68,12 +71,14 @@ class SampleLog:
             {
                 "prompt_id": g.prompt.prompt_id, "sample_index": s.sample_index, "epoch": s.epoch,
                 "version": s.version, "learner_version": learner_version, "dropped": why,
-                "prompt": g.prompt.text, "answer": g.prompt.answer, "response": s.response_text,
-                "finish_reason": s.finish_reason, "reward": s.reward, "reward_error": s.reward_error,
+                "prompt": g.prompt.text, "prompt_rendered": g.prompt_text, "answer": g.prompt.answer,
+                "response": s.response_text, "finish_reason": s.finish_reason, "stop_reason": s.stop_reason,
+                "reward": s.reward, "reward_error": s.reward_error,
                 "reward_components": list(s.reward_components.items()),
                 "reward_notes": list(s.reward_notes.items()),
                 "reward_versions": list(s.reward_versions.items()),
-                "response_ids": s.response_ids.tolist(), "behaviour_logprobs": s.behaviour_logprobs.tolist(),
+                "prompt_ids": s.prompt_ids.tolist(), "response_ids": s.response_ids.tolist(),
+                "behaviour_logprobs": s.behaviour_logprobs.tolist(),
             }
             for (g, s), why in zip(samples, reasons)
         ]

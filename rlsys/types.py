@@ -29,7 +29,8 @@ class Prompt:
 class Sample:
     """One completion of one prompt, as the generation engine produced it, plus its reward once scored.
 
-    Shapes: ``prompt_ids`` [P] int32; ``response_ids`` [R] int32 (ends with EOS when ``finish_reason == "stop"``);
+    Shapes: ``prompt_ids`` [P] int32; ``response_ids`` [R] int32 (ends with the tokens that stopped it when
+    ``finish_reason == "stop"``: an end token, or those completing a stop string);
     ``behaviour_logprobs`` [R] float32, the engine's log π_behaviour(token) for each response token.
     """
 
@@ -39,9 +40,10 @@ class Sample:
     prompt_ids: np.ndarray
     response_ids: np.ndarray
     behaviour_logprobs: np.ndarray
-    finish_reason: str  # "stop" (EOS) | "length" (max_new_tokens reached)
+    finish_reason: str  # "stop" (an end token or a stop string) | "length" (max_new_tokens reached)
     version: int  # rollout workers swap weights only between generation batches: one version per sample
     response_text: str
+    stop_reason: str = ""  # what stopped it: the end token's text (e.g. "<|im_end|>") or the stop string
     reward: float = math.nan
     reward_failed: bool = False
     reward_error: str | None = None
@@ -57,6 +59,7 @@ class Group:
     prompt: Prompt
     samples: tuple[Sample, ...]
     worker: int = field(default=-1, compare=False)  # rollout worker that generated it, for metrics
+    prompt_text: str = ""  # the prompt exactly as the policy read it (chat template applied: rlsys.data.chat)
 
     @property
     def version(self) -> int:

@@ -14,6 +14,7 @@ from rlsys.config import ConfigError, ModelConfig, WarmupConfig, load_config
 from rlsys.data.model import build_tiny_llama
 from rlsys.data.tasks import PromptStream, make_addition_rows, read_prompts, write_parquet
 from rlsys.data.tokenizer import DEFAULT_ALPHABET, build_char_tokenizer, save_char_tokenizer
+from rlsys.data.chat import PromptFormat
 from rlsys.data.warmup import supervised_warmup
 from rlsys.prepare import prepare
 from rlsys.types import Prompt
@@ -195,7 +196,7 @@ def test_supervised_warmup_lowers_loss() -> None:
     tok = build_char_tokenizer()
     model = build_tiny_llama(SMALL_MODEL, tok)
     prompts = [Prompt(r["id"], r["prompt"], r["answer"]) for r in make_addition_rows(2, 200, seed=0)]
-    losses, checks = supervised_warmup(model, tok, prompts, WarmupConfig(steps=40, batch_size=32, lr=3e-3), seed=0)
+    losses, checks = supervised_warmup(model, PromptFormat.raw(tok), prompts, WarmupConfig(steps=40, batch_size=32, lr=3e-3), seed=0)
     assert len(losses) == 40 and checks == []
     assert all(loss == loss for loss in losses)  # no NaN
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
@@ -410,14 +411,14 @@ def test_token_checks_too_long_and_unknown_characters() -> None:
     prompts = [Prompt("ok", "1" * limit, "2"), Prompt("long", "1" * (limit + 1), "2"), Prompt("unk", "1+x=", "2"),
                Prompt("literal", "1+<unk>=", "2"), Prompt("ans", "1+1=", "zwei"), Prompt("both", "ab" * 10, "2")]
     assert len(tok(prompts[1].text)["input_ids"]) == limit + 1
-    bad = check_tokens("eval.parquet", [0, 1, 2, 3, 4, 5], prompts, tok, limit, "16 minus 6")
+    bad = check_tokens("eval.parquet", [0, 1, 2, 3, 4, 5], prompts, PromptFormat.raw(tok), limit, "16 minus 6")
     assert [(b.row, b.reason) for b in bad] == [(1, "prompt too long"), (2, "unknown characters in prompt"),
                                                 (4, "unknown characters in answer"), (5, "prompt too long")]
     assert str(bad[0]) == "eval.parquet row 1 (id 'long'): prompt is 11 tokens; at most 10 fit (16 minus 6)"
     assert str(bad[1]) == ("eval.parquet row 2 (id 'unk'): prompt has characters the tokenizer cannot represent "
                            "(they would become <unk>): 'x'")
     assert bad[2].detail.endswith("'z', 'w', 'e', 'i'")
-    assert check_tokens("f", [0], prompts[:1], tok, None) == []  # no context known: length unchecked
+    assert check_tokens("f", [0], prompts[:1], PromptFormat.raw(tok), None) == []  # no context known: length unchecked
 
 
 def _parquet_cfg(tmp_path: Path, train: Path, *extra: str):
@@ -540,7 +541,7 @@ def test_empty_eval_split_is_an_error(tmp_path: Path) -> None:
 def test_warmup_on_no_prompts_says_so_instead_of_max_error() -> None:
     tok = build_char_tokenizer()
     with pytest.raises(ValueError, match="training set is empty"):
-        supervised_warmup(build_tiny_llama(SMALL_MODEL, tok), tok, [], WarmupConfig(steps=2), seed=0)
+        supervised_warmup(build_tiny_llama(SMALL_MODEL, tok), PromptFormat.raw(tok), [], WarmupConfig(steps=2), seed=0)
 
 
 def test_warmup_to_a_target_accuracy_stops_at_the_first_check_that_reaches_it() -> None:
@@ -554,14 +555,14 @@ def test_warmup_to_a_target_accuracy_stops_at_the_first_check_that_reaches_it() 
     train, held_out = prompts[:70], prompts[70:]
     cfg = WarmupConfig(steps=600, batch_size=32, lr=3e-3, target_accuracy=0.2, check_every=20)
     model = build_tiny_llama(SMALL_MODEL, tok)
-    losses, checks = supervised_warmup(model, tok, train, cfg, seed=0, eval_prompts=held_out, max_new_tokens=3)
+    losses, checks = supervised_warmup(model, PromptFormat.raw(tok), train, cfg, seed=0, eval_prompts=held_out, max_new_tokens=3)
     assert checks, "the target was never checked"
     steps, acc = checks[-1]
     assert acc >= 0.2 and all(a < 0.2 for _, a in checks[:-1]) and len(losses) == steps < 600
-    assert greedy_exact_accuracy(model, tok, held_out, 3) == pytest.approx(acc)  # the model is left as checked
+    assert greedy_exact_accuracy(model, PromptFormat.raw(tok), held_out, 3) == pytest.approx(acc)  # the model is left as checked
     capped = WarmupConfig(steps=40, batch_size=32, lr=3e-3, target_accuracy=0.99, check_every=20)
-    losses, checks = supervised_warmup(build_tiny_llama(SMALL_MODEL, tok), tok, train, capped, seed=0,
+    losses, checks = supervised_warmup(build_tiny_llama(SMALL_MODEL, tok), PromptFormat.raw(tok), train, capped, seed=0,
                                        eval_prompts=held_out, max_new_tokens=3)
     assert len(losses) == 40 and [s for s, _ in checks] == [20]
     with pytest.raises(ValueError, match="needs the held-out prompts"):
-        supervised_warmup(build_tiny_llama(SMALL_MODEL, tok), tok, train, capped, seed=0)
+        supervised_warmup(build_tiny_llama(SMALL_MODEL, tok), PromptFormat.raw(tok), train, capped, seed=0)

@@ -22,6 +22,7 @@ from rlsys.config import WarmupConfig
 from rlsys.data.model import build_tiny_llama
 from rlsys.data.tasks import make_addition_rows
 from rlsys.data.tokenizer import build_char_tokenizer, save_char_tokenizer
+from rlsys.data.chat import PromptFormat
 from rlsys.data.warmup import supervised_warmup
 from rlsys.rewards.models import (
     DEFAULT_JUDGE_TEMPLATE,
@@ -320,7 +321,7 @@ def test_trained_judge_gives_normalised_scores(tmp_path) -> None:
     model, tok = _tiny_causal_lm(tmp_path / "judge", "0123456789>")
     rng = random.Random(0)
     rows = [Prompt("x", template.format(response=r), r[-1]) for r in (str(rng.randint(0, 999)) for _ in range(400))]
-    supervised_warmup(model, tok, rows, WarmupConfig(steps=300, batch_size=32, lr=3e-3), seed=0)
+    supervised_warmup(model, PromptFormat.raw(tok), rows, WarmupConfig(steps=300, batch_size=32, lr=3e-3), seed=0)
     model.save_pretrained(tmp_path / "judge")
 
     judge = GenerativeJudge(str(tmp_path / "judge"), template=template, low=0, high=9, max_new_tokens=4,

@@ -90,6 +90,10 @@ def test_run_writes_every_promised_output(ray_session, tmp_path, capsys):
     assert all(m["train/kl"] == 0.0 for m in metrics if "train/loss" in m)  # kl_coef = 0: no reference at all
     # every generated group is accounted for: trained, or left over when the run ended (with that reason)
     assert {r["dropped"] for r in rows} <= {"", "run ended before it was trained"}
+    # what the policy read: the default's raw prompts, as tokens; and what ended each response
+    assert all(r["prompt_rendered"] == r["prompt"] and len(r["prompt_ids"]) == len(r["prompt"]) for r in rows)
+    assert {r["stop_reason"] for r in rows if r["finish_reason"] == "stop"} == {"<eos>"}
+    assert {r["stop_reason"] for r in rows if r["finish_reason"] == "length"} <= {""}
     # `rlsys inspect` accounts for every sample; `rlsys eval` re-measures the saved model offline
     capsys.readouterr()
     assert main(["inspect", str(run_dir)]) == 0

@@ -43,7 +43,7 @@ def test_a_policy_without_a_pad_token_generates_and_builds_loss_masks_with_eos_a
     tok = AutoTokenizer.from_pretrained(prepared.model_dir)  # what every actor loads
     assert tok.pad_token_id == tok.eos_token_id is not None
     # A real rollout worker (the class itself, in this process): before, pad_token_id=None crashed generate().
-    batch, n = RolloutWorker(0, prepared.model_dir, cfg.rollout).generate(0, prepared.train_prompts[:3])
+    batch, n = RolloutWorker(0, prepared.model_dir, cfg.rollout, cfg.task).generate(0, prepared.train_prompts[:3])
     samples = [s for g in batch.groups for s in g.samples]
     assert n == len(samples) == 12
     for s in samples:

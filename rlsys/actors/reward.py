@@ -16,7 +16,6 @@ import torch
 from rlsys.actors.rollout import RolloutBatch
 from rlsys.config import RewardConfig
 from rlsys.rewards import RewardItem, RewardScorer
-from rlsys.types import Group
 
 
 class RewardWorker:
@@ -44,7 +43,7 @@ class RewardWorker:
                     samples.append(replace(
                         s, reward=math.nan if o.failed else o.reward, reward_failed=o.failed, reward_error=o.error,
                         reward_components=o.components, reward_notes=o.notes, reward_versions=o.versions))
-                groups.append(Group(prompt=g.prompt, samples=tuple(samples), worker=g.worker))
+                groups.append(replace(g, samples=tuple(samples)))
             n = sum(len(g.samples) for g in groups) * share
             scored.append(replace(batch, groups=groups, reward_s=seconds * n,
                                   reward_term_s={k: v * n for k, v in self.scorer.last_seconds.items()}))

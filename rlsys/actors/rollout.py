@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from rlsys.config import RolloutConfig
+from rlsys.config import RolloutConfig, TaskConfig
+from rlsys.data.chat import PromptFormat
 from rlsys.engines.generation import HFEngine
 from rlsys.model_source import ensure_pad_token, local_model_dir
 from rlsys.types import Group, Prompt, Sample
@@ -28,14 +29,17 @@ class RolloutBatch:
 
 
 class RolloutWorker:
-    def __init__(self, worker_id: int, model_dir: str, cfg: RolloutConfig, packed: list = ()) -> None:
+    def __init__(self, worker_id: int, model_dir: str, cfg: RolloutConfig, task: TaskConfig,
+                 packed: list = ()) -> None:
         torch.set_num_threads(max(1, int(cfg.num_cpus)))
         model_dir = local_model_dir(model_dir, list(packed))
         self.worker_id = worker_id
         self.cfg = cfg
         self.tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(model_dir), model_dir)
+        self.format = PromptFormat.of(self.tokenizer, task, model_dir)  # as the driver's load-time checks encoded
         device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
-        self.engine = HFEngine(model_dir, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, device)
+        self.engine = HFEngine(model_dir, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, device,
+                               stop=tuple(cfg.stop), tokenizer=self.tokenizer)
 
     def generate(self, request_id: int, prompts: list[Prompt], greedy: bool = False) -> tuple[RolloutBatch, int]:
         """``group_size`` samples per prompt (one when ``greedy``, for evaluation), all at the engine's version.
@@ -44,7 +48,8 @@ class RolloutWorker:
         learns that generation succeeded without fetching the batch, which goes on to a reward worker."""
         start = time.perf_counter()
         n = 1 if greedy else self.cfg.group_size
-        prompt_ids = [self.tokenizer(p.text)["input_ids"] for p in prompts]
+        rendered = [self.format.render(p) for p in prompts]
+        prompt_ids = [self.format.encode_text(text) for text in rendered]
         completions = self.engine.generate(
             [ids for ids in prompt_ids for _ in range(n)], self.cfg.max_new_tokens, self.cfg.temperature, greedy
         )
@@ -56,11 +61,12 @@ class RolloutWorker:
                 Sample(
                     prompt_id=prompt.prompt_id, sample_index=j, epoch=prompt.epoch, prompt_ids=ids,
                     response_ids=c.token_ids, behaviour_logprobs=c.logprobs, finish_reason=c.finish_reason,
-                    version=version, response_text=self.tokenizer.decode(c.token_ids, skip_special_tokens=True),
+                    stop_reason=c.stop_reason, version=version,
+                    response_text=self.tokenizer.decode(c.token_ids, skip_special_tokens=True),
                 )
                 for j, c in enumerate(completions[i * n: (i + 1) * n])
             )
-            groups.append(Group(prompt=prompt, samples=samples, worker=self.worker_id))
+            groups.append(Group(prompt=prompt, samples=samples, worker=self.worker_id, prompt_text=rendered[i]))
         return RolloutBatch(request_id, groups, self.worker_id, time.perf_counter() - start), len(completions)
 
     def update_weights(self, state: dict[str, np.ndarray], version: int) -> float:

@@ -24,6 +24,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from rlsys.data.chat import PromptFormat
 from rlsys.types import Prompt
 
 log = logging.getLogger(__name__)
@@ -140,28 +141,27 @@ def _unknown_chars(tokenizer: PreTrainedTokenizerBase, text: str, ids: list[int]
     return f"{lost_count} span(s) (a slow tokenizer cannot say which)" if lost_count > 0 else None
 
 
-def check_tokens(file: str, rows: list[int], prompts: list[Prompt], tokenizer: PreTrainedTokenizerBase,
-                 max_prompt_tokens: int | None, limit_note: str = "", show_ids: bool = True,
-                 chunk: int = 1024) -> list[BadRow]:
+def check_tokens(file: str, rows: list[int], prompts: list[Prompt], fmt: PromptFormat,
+                 max_prompt_tokens: int | None, limit_note: str = "", show_ids: bool = True) -> list[BadRow]:
     """Rows whose prompt is longer than ``max_prompt_tokens`` (None: unchecked) or whose prompt or answer has
-    characters the tokenizer cannot represent. Prompts are counted exactly as the rollout worker encodes them,
-    ``tokenizer(text)["input_ids"]`` (special tokens included)."""
+    characters the tokenizer cannot represent. Prompts are counted exactly as the rollout worker encodes them:
+    ``fmt.encode(prompt)`` (chat template and special tokens included)."""
     bad = []
-    for start in range(0, len(prompts), chunk):
-        part = prompts[start: start + chunk]
-        prompt_ids = tokenizer([p.text for p in part])["input_ids"]
-        answer_ids = tokenizer([p.answer for p in part])["input_ids"]
-        for row, p, ids, a_ids in zip(rows[start: start + chunk], part, prompt_ids, answer_ids):
-            shown = p.prompt_id if show_ids else None
-            if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
-                bad.append(BadRow(file, row, "prompt too long", f"prompt is {len(ids)} tokens; at most "
-                                  f"{max_prompt_tokens} fit{f' ({limit_note})' if limit_note else ''}", shown))
-            elif lost := _unknown_chars(tokenizer, p.text, ids):
-                bad.append(BadRow(file, row, "unknown characters in prompt", "prompt has characters the tokenizer "
-                                  f"cannot represent (they would become {tokenizer.unk_token}): {lost}", shown))
-            elif lost := _unknown_chars(tokenizer, p.answer, a_ids):
-                bad.append(BadRow(file, row, "unknown characters in answer", "answer has characters the tokenizer "
-                                  f"cannot represent (they would become {tokenizer.unk_token}): {lost}", shown))
+    tokenizer = fmt.tokenizer
+    answer_ids = tokenizer([p.answer for p in prompts])["input_ids"] if prompts else []
+    for row, p, a_ids in zip(rows, prompts, answer_ids):
+        shown = p.prompt_id if show_ids else None
+        text = fmt.render(p)
+        ids = fmt.encode_text(text)
+        if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
+            bad.append(BadRow(file, row, "prompt too long", f"prompt is {len(ids)} tokens; at most "
+                              f"{max_prompt_tokens} fit{f' ({limit_note})' if limit_note else ''}", shown))
+        elif lost := _unknown_chars(tokenizer, text, ids):
+            bad.append(BadRow(file, row, "unknown characters in prompt", "prompt has characters the tokenizer "
+                              f"cannot represent (they would become {tokenizer.unk_token}): {lost}", shown))
+        elif lost := _unknown_chars(tokenizer, p.answer, a_ids):
+            bad.append(BadRow(file, row, "unknown characters in answer", "answer has characters the tokenizer "
+                              f"cannot represent (they would become {tokenizer.unk_token}): {lost}", shown))
     return bad
 
 

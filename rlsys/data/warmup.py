@@ -11,26 +11,31 @@ from __future__ import annotations
 import random
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 
 from rlsys.config import WarmupConfig
+from rlsys.data.chat import PromptFormat
 from rlsys.engines.padding import pad_sequences
+from rlsys.model_source import end_token_ids
 from rlsys.types import Prompt
 
 
 @torch.no_grad()
-def greedy_exact_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt],
-                          max_new_tokens: int, batch_size: int = 256) -> float:
-    """Fraction of ``prompts`` whose greedy completion (special tokens dropped, whitespace stripped) is exactly the
-    answer: what the warm-up teaches, without a reward function."""
+def greedy_exact_accuracy(model: PreTrainedModel, fmt: PromptFormat, prompts: list[Prompt], max_new_tokens: int,
+                          batch_size: int = 256) -> float:
+    """Fraction of ``prompts`` (encoded by ``fmt``) whose greedy completion (special tokens dropped, whitespace
+    stripped) is exactly the answer: what the warm-up teaches, without a reward function. A completion ends at any
+    of the checkpoint's end tokens (:func:`rlsys.model_source.end_token_ids`)."""
+    tokenizer = fmt.tokenizer
+    ends = end_token_ids(tokenizer.eos_token_id, model.generation_config)
     was_training = model.training
     model.eval()
     right = 0
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
-        ids, attn = pad_sequences([tokenizer(p.text)["input_ids"] for p in chunk], tokenizer.pad_token_id, "left")
+        ids, attn = pad_sequences([fmt.encode(p) for p in chunk], tokenizer.pad_token_id, "left")
         out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=ends or None)
         texts = tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
         right += sum(t.strip() == p.answer.strip() for t, p in zip(texts, chunk))
     model.train(was_training)
@@ -38,10 +43,11 @@ def greedy_exact_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizer
 
 
 def supervised_warmup(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt], cfg: WarmupConfig, seed: int,
+    model: PreTrainedModel, fmt: PromptFormat, prompts: list[Prompt], cfg: WarmupConfig, seed: int,
     eval_prompts: list[Prompt] | None = None, max_new_tokens: int = 0,
 ) -> tuple[list[float], list[tuple[int, float]]]:
-    """Train ``model`` in place on ``prompt + answer + EOS`` with the loss on the answer tokens, for ``cfg.steps``
+    """Train ``model`` in place on ``prompt + answer + EOS`` (the prompt encoded by ``fmt``, as rollout workers
+    encode it) with the loss on the answer tokens, for ``cfg.steps``
     steps, or with ``cfg.target_accuracy`` > 0 until the held-out greedy accuracy on ``eval_prompts``
     (:func:`greedy_exact_accuracy`, ``max_new_tokens`` each) reaches it, checked every ``cfg.check_every`` steps
     (``cfg.steps`` is then the cap). Returns the losses and the checks as (steps done, accuracy).
@@ -54,14 +60,16 @@ def supervised_warmup(
         raise ValueError("the supervised warm-up has no (prompt, answer) pairs to train on: the training set is empty")
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    encoded = [(tokenizer(p.text)["input_ids"], tokenizer(p.answer)["input_ids"] + [tokenizer.eos_token_id])
+    tokenizer = fmt.tokenizer
+    # The answer continues the prompt: no special tokens of its own (a BOS mid-sequence), then the EOS that ends it.
+    encoded = [(fmt.encode(p), tokenizer(p.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
                for p in prompts]
     losses: list[float] = []
     checks: list[tuple[int, float]] = []
     model.train()
     for step in range(cfg.steps):
         if target and step % cfg.check_every == 0 and step > 0:
-            checks.append((step, greedy_exact_accuracy(model, tokenizer, eval_prompts, max_new_tokens)))
+            checks.append((step, greedy_exact_accuracy(model, fmt, eval_prompts, max_new_tokens)))
             if checks[-1][1] >= cfg.target_accuracy:
                 break
         batch = rng.sample(encoded, min(cfg.batch_size, len(encoded)))

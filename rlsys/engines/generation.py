@@ -17,17 +17,19 @@ from transformers import AutoModelForCausalLM
 
 from rlsys.algos import token_logprobs
 from rlsys.engines.padding import pad_sequences
-from rlsys.model_source import load_checkpoint_part
+from rlsys.model_source import end_token_ids, load_checkpoint_part
 
 
 @dataclass(frozen=True)
 class Completion:
-    """One generated continuation. ``token_ids`` [R] int32 (EOS included when finish_reason == "stop");
-    ``logprobs`` [R] float32 under the sampling distribution softmax(logits / temperature)."""
+    """One generated continuation. ``token_ids`` [R] int32, ending with the tokens that stopped it when
+    finish_reason == "stop" (an end token, or the tokens that completed a stop string: both are the policy's and are
+    trained on); ``logprobs`` [R] float32 under the sampling distribution softmax(logits / temperature)."""
 
     token_ids: np.ndarray
     logprobs: np.ndarray
     finish_reason: str  # "stop" | "length"
+    stop_reason: str = ""  # what stopped it: the end token's text (e.g. "<|im_end|>") or the stop string
 
 
 class GenerationEngine(Protocol):
@@ -45,16 +47,23 @@ class GenerationEngine(Protocol):
 
 
 class HFEngine:
-    """Batched ``generate`` of a transformers causal LM, on CPU or CUDA, with full-vocabulary sampling."""
+    """Batched ``generate`` of a transformers causal LM, on CPU or CUDA, with full-vocabulary sampling.
 
-    def __init__(self, model_dir: str, pad_token_id: int, eos_token_id: int, device: str = "cpu",
-                 key: str = "checkpoint") -> None:
+    A response ends at the first of the checkpoint's end tokens (:func:`rlsys.model_source.end_token_ids`: the
+    tokenizer's EOS and those of ``generation_config.json``) or at the token that completes one of ``stop`` (stop
+    strings, matched on the decoded text; they need ``tokenizer``)."""
+
+    def __init__(self, model_dir: str, pad_token_id: int, eos_token_id: int | None, device: str = "cpu",
+                 key: str = "checkpoint", stop: tuple[str, ...] = (), tokenizer=None) -> None:
         self.device = torch.device(device)
         # key: what the user called the checkpoint, for the error if it does not load (model.path, MODEL_DIR, ...)
         model = load_checkpoint_part(AutoModelForCausalLM, key, model_dir, "weights", dtype=torch.float32)
         self.model = model.to(self.device).eval()
         self.pad_token_id = pad_token_id
-        self.eos_token_id = eos_token_id
+        self.end_ids = end_token_ids(eos_token_id, self.model.generation_config)
+        if stop and tokenizer is None:
+            raise ValueError("stop strings need the tokenizer to match them on the decoded text")
+        self.stop, self.tokenizer = tuple(stop), tokenizer
         self.version = 0
 
     @torch.no_grad()
@@ -71,24 +80,51 @@ class HFEngine:
             top_k=0 if not greedy else None,
             top_p=1.0 if not greedy else None,
             pad_token_id=self.pad_token_id,
-            eos_token_id=self.eos_token_id,
+            eos_token_id=self.end_ids or None,
+            stop_strings=list(self.stop) or None,
+            tokenizer=self.tokenizer if self.stop else None,
             return_dict_in_generate=True,
             output_logits=True,
         )
         new_tokens = out.sequences[:, input_ids.shape[1]:]
         logits = torch.stack(out.logits, dim=1)  # raw logits [B, T_new, V], before temperature
         logp = token_logprobs(logits, new_tokens, temperature).cpu().numpy()
-        new_tokens = new_tokens.cpu().numpy()
         completions = []
-        for row, row_logp in zip(new_tokens, logp):
-            eos = np.flatnonzero(row == self.eos_token_id)
-            end = int(eos[0]) + 1 if len(eos) else len(row)
+        for row, row_logp in zip(new_tokens.cpu().numpy(), logp):
+            end, reason = self._stop(row)
             completions.append(Completion(
                 token_ids=row[:end].astype(np.int32),
                 logprobs=row_logp[:end].astype(np.float32),
-                finish_reason="stop" if len(eos) else "length",
+                finish_reason="stop" if reason else "length",
+                stop_reason=reason,
             ))
         return completions
+
+    def _stop(self, row: np.ndarray) -> tuple[int, str]:
+        """(length of the response, what stopped it or "") for one generated row. generate() pads a finished row
+        with the pad id, which may itself be an end token (SmolLM2's pad is its <|im_end|>): the response ends at
+        the first stop, and nothing after it is the policy's."""
+        ends = np.flatnonzero(np.isin(row, self.end_ids)) if self.end_ids else []
+        end = int(ends[0]) + 1 if len(ends) else len(row)
+        reason = self._token_text(int(row[end - 1])) if len(ends) else ""
+        if self.stop:
+            def decode(n: int) -> str:
+                return self.tokenizer.decode(row[:n], skip_special_tokens=False)
+
+            if any(s in decode(end) for s in self.stop):
+                # the shortest prefix whose text holds a stop string: text only grows as tokens are added
+                lo, hi = 1, end
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    lo, hi = (lo, mid) if any(s in decode(mid) for s in self.stop) else (mid + 1, hi)
+                text = decode(lo)
+                end, reason = lo, min(self.stop, key=lambda s: (text.find(s) < 0, text.find(s)))
+        return end, reason
+
+    def _token_text(self, token_id: int) -> str:
+        if self.tokenizer is not None:
+            return self.tokenizer.convert_ids_to_tokens(token_id)
+        return f"token {token_id}"
 
     @torch.no_grad()
     def score(self, prompts: list[list[int]], responses: list[list[int]], temperature: float = 1.0) -> list[np.ndarray]:
