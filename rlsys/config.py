@@ -30,6 +30,10 @@ from rlsys.rewards.process import STEP_AGGREGATIONS
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 ALGO_RECIPES = Path(__file__).parent / "configs" / "algos"  # <name>.yaml: the algo keys of one algorithm
+FILE_TASKS = ("parquet", "gsm8k")  # the task.name values that read task.train_file / task.eval_file
+# task.name → the reward.fn of a run of that task where no config file or override sets reward.fn and
+# reward.components is empty (load_config applies it); a task not listed keeps RewardConfig.fn's default.
+TASK_REWARDS = {"gsm8k": "math_verify"}
 
 
 class ConfigError(ValueError):
@@ -51,14 +55,17 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    """The prompt dataset. ``synthetic_addition`` writes its own Parquet files; ``parquet`` reads yours.
+    """The prompt dataset. ``synthetic_addition`` writes its own Parquet files; ``parquet`` reads yours, and
+    ``gsm8k`` GSM8K's (its reward defaults to ``math_verify``: :data:`TASK_REWARDS`).
 
-    A Parquet dataset needs string columns ``prompt`` and ``answer`` (and optionally ``id``).
+    A ``parquet`` dataset is a Parquet or JSONL file with a string column ``prompt`` or a conversation column
+    ``messages`` (a list of {role, content} turns ending with a user turn), a string column ``answer``, and
+    optionally ``id``; a ``gsm8k`` one has GSM8K's ``question`` and ``answer`` (whose final line is ``#### <number>``).
     """
 
-    name: str = "synthetic_addition"  # synthetic_addition | parquet
-    train_file: str | None = None  # for name=parquet
-    eval_file: str | None = None  # for name=parquet; optional
+    name: str = "synthetic_addition"  # synthetic_addition | parquet | gsm8k
+    train_file: str | None = None  # for name=parquet or gsm8k: a .parquet or .jsonl file
+    eval_file: str | None = None  # for name=parquet or gsm8k; optional (num_eval rows of train_file are held out)
     num_digits: int = 2  # synthetic_addition: operands have 1..num_digits digits
     num_train: int = 4000
     num_eval: int = 200
@@ -116,7 +123,7 @@ class RewardConfig:
     :mod:`rlsys.rewards.components`), each logged on its own. Rule functions run in a child process with a
     per-sample timeout; reward models run in the actor, on a GPU when ``num_gpus`` > 0."""
 
-    fn: str = "addition_exact"  # used when components is empty
+    fn: str = "addition_exact"  # used when components is empty; the task's default if unset (TASK_REWARDS)
     components: list[RewardComponent] = field(default_factory=list)
     correct_component: str | None = None  # its value ≥ 1 counts as correct in held-out accuracy (default: first)
     num_workers: int = 1
@@ -260,8 +267,11 @@ class RLConfig:
 def load_config(path: str | os.PathLike | list[str | os.PathLike] | None = None,
                 overrides: list[str] | None = None) -> RLConfig:
     """Defaults ← the YAML file(s), merged in order (the embedded default when ``path`` is None) ← ``key=value``
-    overrides, validated."""
+    overrides, validated. Where none of them sets ``reward.fn`` and ``reward.components`` is empty, the reward is
+    the task's default (:data:`TASK_REWARDS`): a structured config cannot tell a value left at its default from one
+    set to it, so it is told here, where every source is merged."""
     cfg = OmegaConf.structured(RLConfig)
+    fn_set = False
     paths = [DEFAULT_CONFIG] if path is None else [path] if isinstance(path, str | os.PathLike) else list(path)
     for p in map(Path, paths):
         if not p.is_file():
@@ -272,6 +282,7 @@ def load_config(path: str | os.PathLike | list[str | os.PathLike] | None = None,
                 raise ConfigError(f"{p}: the file must be a mapping of sections (model:, train:, ...), not a "
                                   f"{type(OmegaConf.to_container(loaded)).__name__}")
             cfg = OmegaConf.merge(cfg, loaded)
+            fn_set = fn_set or _sets_reward_fn(loaded)
         except OmegaConfBaseException as e:
             raise ConfigError(f"in {p}: {_describe(e)}") from None
         except yaml.YAMLError as e:
@@ -284,15 +295,25 @@ def load_config(path: str | os.PathLike | list[str | os.PathLike] | None = None,
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.num_steps=20)")
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+            override = OmegaConf.from_dotlist([item])
+            cfg = OmegaConf.merge(cfg, override)
+            fn_set = fn_set or _sets_reward_fn(override)
         except OmegaConfBaseException as e:
             raise ConfigError(f"override {item!r}: {_describe(e)}") from None
         except yaml.YAMLError as e:  # the value is read as YAML: "reward.fn=:" is not valid YAML
             raise ConfigError(f"override {item!r}: its value is not valid YAML ({str(e).splitlines()[0]}); quote "
                               "it, e.g. key='value'") from None
     config: RLConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    if not fn_set and not config.reward.components and config.task.name in TASK_REWARDS:
+        config.reward.fn = TASK_REWARDS[config.task.name]
     validate(config)
     return config
+
+
+def _sets_reward_fn(source: DictConfig) -> bool:
+    """Whether one merged source (a YAML file, an override) sets reward.fn."""
+    reward = source.get("reward")
+    return isinstance(reward, DictConfig) and "fn" in reward
 
 
 def algo_recipe(name: str) -> Path:
@@ -346,7 +367,7 @@ _CHOICES = {
     "algo.advantage": ESTIMATORS, "algo.policy_loss": POLICY_LOSSES, "algo.loss_agg": AGGREGATIONS,
     "algo.adv_bound_mode": ("clamp", "scale"), "algo.kl_estimator": ("k1", "k2", "k3", None),
     "algo.kl_in": ("loss", "reward"), "algo.reference": ("learner", "actor"), "algo.is_mode": IS_MODES,
-    "algo.is_level": IS_LEVELS, "learner.zero_stage": (0, 1, 2, 3), "task.name": ("synthetic_addition", "parquet"),
+    "algo.is_level": IS_LEVELS, "learner.zero_stage": (0, 1, 2, 3), "task.name": ("synthetic_addition", *FILE_TASKS),
     "task.bad_rows": ("fail", "drop"), "task.prompt_format": ("auto", "chat", "raw"),
 }
 
@@ -359,11 +380,11 @@ _ACTS_WHEN = [
     *((f"model.{k}", lambda c: not c.model.path, "without model.path (the built-in tiny model); a checkpoint at "
        "model.path is used as it is")
       for k in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "max_position_embeddings")),
-    *((f"task.{k}", lambda c: c.task.name == "parquet", "with task.name=parquet")
+    *((f"task.{k}", lambda c: c.task.name in FILE_TASKS, "with task.name=parquet or gsm8k")
       for k in ("train_file", "eval_file")),
     *((f"task.{k}", lambda c: c.task.name == "synthetic_addition", "with task.name=synthetic_addition")
       for k in ("num_digits", "num_train")),
-    ("task.num_eval", lambda c: not (c.task.name == "parquet" and c.task.eval_file),
+    ("task.num_eval", lambda c: not (c.task.name in FILE_TASKS and c.task.eval_file),
      "without task.eval_file (it is how many rows are held out; an eval file is used whole)"),
     ("warmup.check_every", lambda c: c.warmup.target_accuracy > 0, "with warmup.target_accuracy > 0"),
     ("reward.fn", lambda c: not c.reward.components, "without reward.components (the components replace it)"),
@@ -605,15 +626,17 @@ def validate(cfg: RLConfig) -> None:
     if cfg.model.num_heads >= 1 and cfg.model.hidden_size % cfg.model.num_heads:
         problems.append(f"model.hidden_size={cfg.model.hidden_size} must be divisible by model.num_heads="
                         f"{cfg.model.num_heads}")
-    if cfg.task.name == "parquet":
+    if cfg.task.name in FILE_TASKS:
+        kind = ("GSM8K file (JSONL or Parquet rows with question and answer, as GSM8K's train.jsonl)"
+                if cfg.task.name == "gsm8k" else "Parquet or JSONL file")
         if not cfg.task.train_file:
-            problems.append("task.train_file must be set when task.name=parquet")
+            problems.append(f"task.train_file must be set when task.name={cfg.task.name}: the path of a {kind}")
         for key in ("train_file", "eval_file"):
             value = getattr(cfg.task, key)
             if value and Path(value).expanduser().is_dir():
-                problems.append(f"task.{key}={value!r} is a directory; give the path of one Parquet file")
+                problems.append(f"task.{key}={value!r} is a directory; give the path of one {kind}")
             elif value and not Path(value).expanduser().is_file():
-                problems.append(f"task.{key}={value!r} does not exist; give the path of a Parquet file")
+                problems.append(f"task.{key}={value!r} does not exist; give the path of a {kind}")
         files = [Path(f).expanduser() for f in (cfg.task.train_file, cfg.task.eval_file) if f]
         if len(files) == 2 and all(f.is_file() for f in files) and os.path.samefile(*files):
             problems.append(f"task.eval_file={cfg.task.eval_file!r} is the training file: held-out accuracy would be "

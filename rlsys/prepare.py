@@ -22,11 +22,11 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 import rlsys
-from rlsys.config import ConfigError, RLConfig
+from rlsys.config import FILE_TASKS, ConfigError, RLConfig
 from rlsys.data.chat import PromptFormat
 from rlsys.data.checks import BadRow, DatasetError, check_tokens, in_file_order, require_usable, settle
 from rlsys.data.model import build_tiny_llama
-from rlsys.data.tasks import Rows, make_addition_rows, read_rows, write_parquet
+from rlsys.data.tasks import Rows, make_addition_rows, prompt_row, read_rows, write_parquet
 from rlsys.data.tokenizer import DEFAULT_ALPHABET, build_char_tokenizer
 from rlsys.data.warmup import supervised_warmup
 from rlsys.model_source import ensure_pad_token, load_checkpoint_part
@@ -55,7 +55,7 @@ def _digest(*parts: object) -> str:
 
 @dataclass
 class _Split:
-    """One dataset of the run: what messages call it, the Parquet file the run reads, and its checked rows."""
+    """One dataset of the run: what messages call it, the file the run reads, and its checked rows."""
 
     label: str  # "task.train_file /data/mine.parquet"
     path: Path  # the file the run reads (for a held-out split: written under the cache from ``data``)
@@ -71,14 +71,16 @@ class _Split:
 def _read_splits(cfg: RLConfig, cache: Path) -> tuple[_Split, _Split]:
     """The train and eval datasets, read and cell-checked; nothing is written for a held-out split yet."""
     task = cfg.task
-    if task.name == "parquet":
+    if task.name in FILE_TASKS:  # the user's files: prompt rows, or GSM8K's question/answer rows
+        layout = "gsm8k" if task.name == "gsm8k" else "prompt"
         train_path = Path(task.train_file).expanduser()
         if task.eval_file:
             eval_path = Path(task.eval_file).expanduser()
-            return (_Split(f"task.train_file {train_path}", train_path, read_rows(train_path)),
-                    _Split(f"task.eval_file {eval_path}", eval_path, read_rows(eval_path)))
-        # No eval file: hold out num_eval usable rows of the train file, deterministically, as a separate file.
-        source = read_rows(train_path)
+            return (_Split(f"task.train_file {train_path}", train_path, read_rows(train_path, layout)),
+                    _Split(f"task.eval_file {eval_path}", eval_path, read_rows(eval_path, layout)))
+        # No eval file: hold out num_eval usable rows of the train file, deterministically, as separate Parquet
+        # files of prompt rows (a GSM8K row's reference already taken from its solution).
+        source = read_rows(train_path, layout)
         label = f"task.train_file {train_path}"
         usable = len(source.prompts)
         if task.bad_rows == "drop" or not source.bad:  # (fail: the bad rows are reported with the token checks')
@@ -89,10 +91,12 @@ def _read_splits(cfg: RLConfig, cache: Path) -> tuple[_Split, _Split]:
                                    f"task.num_eval={task.num_eval}; lower task.num_eval or give task.eval_file")
         order = list(range(usable))
         random.Random(task.seed).shuffle(order)
-        # Rows left out change the split: they are part of its name (none left out: the name is as it always was).
+        # Rows left out change the split: they are part of its name (none left out: the name is as it always was),
+        # and so does a layout other than prompt rows (the same file read another way gives other rows).
         dropped = [[b.row for b in source.bad]] if source.bad else []
+        other_layout = [layout] if layout != "prompt" else []
         directory = cache / "data" / _digest(os.path.abspath(train_path), os.path.getmtime(train_path),
-                                             task.num_eval, task.seed, *dropped)
+                                             task.num_eval, task.seed, *dropped, *other_layout)
         train = replace(source.subset(order[task.num_eval:]), bad=source.bad)  # the file's bad rows: train's
         return (_Split(label, directory / "train.parquet", train, held_out=True),
                 _Split(f"the eval split held out from {label} (task.num_eval={task.num_eval})",
@@ -120,9 +124,8 @@ def _settle(cfg: RLConfig, splits: tuple[_Split, ...], bad: list[BadRow]) -> tup
         mine = split.bad_of(bad)
         require_usable(split.label, len(prompts), mine, len(split.data.prompts) + len(split.data.bad))
         kept.append(prompts)
-        if split.held_out and not split.path.exists():
-            write_parquet([{"id": p.prompt_id, "prompt": p.text, "answer": p.answer} for p in split.data.prompts],
-                          split.path)
+        if split.held_out and not split.path.exists():  # a conversation keeps its turns
+            write_parquet([prompt_row(p) for p in split.data.prompts], split.path)
     return kept, counts
 
 
@@ -139,7 +142,8 @@ def _policy_tokenizer(cfg: RLConfig, train_prompts: list[Prompt]) -> tuple[PreTr
         context = getattr(config, "max_position_embeddings", None)
         return tokenizer, context, f"max_position_embeddings of {cfg.model.path}"
     # The tiny default's vocabulary is the alphabet of its training data: only eval rows can hold unknown characters.
-    alphabet = DEFAULT_ALPHABET + "".join(sorted({c for p in train_prompts for c in p.text + p.answer}))
+    texts = [t for p in train_prompts for t in (p.text, p.answer, *(c for _, c in p.messages))]
+    alphabet = DEFAULT_ALPHABET + "".join(sorted(set("".join(texts) + (cfg.task.prompt_template or ""))))
     return build_char_tokenizer(alphabet), cfg.model.max_position_embeddings, "model.max_position_embeddings"
 
 

@@ -14,9 +14,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def tiny_overrides(tmp_path, *extra: str) -> list[str]:
     """A configuration small enough for a test run on 2 cores (cache shared across the session's runs). The
-    synthetic task's size is left out for a Parquet task, and the held-out size with an eval file, where the config
-    check refuses them as doing nothing."""
-    synthetic = "task.name=parquet" not in extra
+    synthetic task's size is left out for a Parquet or GSM8K task, and the held-out size with an eval file, where the
+    config check refuses them as doing nothing."""
+    synthetic = not {"task.name=parquet", "task.name=gsm8k"} & set(extra)
     held_out = not any(e.startswith("task.eval_file=") for e in extra)
     return [
         f"output.root={tmp_path}/runs", f"output.cache_dir={tmp_path.parent}/rlsys-cache",

@@ -131,7 +131,7 @@ def test_missing_config_file() -> None:
         (["learner.lr=0"], ["learner.lr=0", "> 0"]),
         (["learner.zero_stage=4"], ["learner.zero_stage=4", "0, 1, 2, 3"]),
         (["algo.kl_estimator=k9"], ["algo.kl_estimator", "k1, k2, k3"]),
-        (["task.name=gsm8k"], ["task.name='gsm8k'", "synthetic_addition", "parquet"]),
+        (["task.name=math"], ["task.name='math'", "synthetic_addition", "parquet", "gsm8k"]),
         (
             ["train.groups_per_step=3", "learner.num_learners=2"],
             ["train.groups_per_step=3", "divisible", "learner.num_learners=2"],
@@ -139,7 +139,7 @@ def test_missing_config_file() -> None:
         (["model.hidden_size=100", "model.num_heads=3"], ["model.hidden_size=100", "divisible", "model.num_heads=3"]),
         (
             ["task.name=parquet", "task.train_file=/nonexistent.parquet"],
-            ["task.train_file='/nonexistent.parquet'", "does not exist", "Parquet file"],
+            ["task.train_file='/nonexistent.parquet'", "does not exist", "Parquet or JSONL file"],
         ),
         (["task.name=parquet"], ["task.train_file must be set"]),
         (["model.path=/nope"], ["model.path='/nope'", "not a directory", "local Hugging Face checkpoint"]),
@@ -438,7 +438,7 @@ def test_other_settings_that_cannot_work_are_refused_naming_the_key():
         (["learner.lr=inf"], "learner.lr=inf must be a finite number"),
         (["algo.kl_coef=inf"], "algo.kl_coef=inf must be a finite number"),
         (["task.name=parquet", "task.train_file=/"], "task.train_file='/' is a directory; give the path of one "
-         "Parquet file"),
+         "Parquet or JSONL file"),
         (["task.name=parquet", f"task.train_file={__file__}", f"task.eval_file={__file__}"],
          "is the training file: held-out accuracy would be accuracy on the training data"),
         (["reward.fn=reward_fixtures:needs_a_scale"], "missing required key(s) 'scale'"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pathlib import Path
 
 import pyarrow as pa
@@ -209,7 +211,7 @@ def test_supervised_warmup_lowers_loss() -> None:
 
 def _small(tmp_path: Path, *extra: str):
     """A small config; the synthetic task's size and the tiny model's shape only where they act (else refused)."""
-    synthetic = not any(e == "task.name=parquet" for e in extra)
+    synthetic = not {"task.name=parquet", "task.name=gsm8k"} & set(extra)
     tiny = not any(e.startswith("model.path=") for e in extra)
     held_out = not any(e.startswith("task.eval_file=") for e in extra)
     return load_config(None, [
@@ -566,3 +568,189 @@ def test_warmup_to_a_target_accuracy_stops_at_the_first_check_that_reaches_it() 
     assert len(losses) == 40 and [s for s, _ in checks] == [20]
     with pytest.raises(ValueError, match="needs the held-out prompts"):
         supervised_warmup(build_tiny_llama(SMALL_MODEL, tok), PromptFormat.raw(tok), train, capped, seed=0)
+
+
+# ---- JSONL files and conversation rows ----
+
+
+def _jsonl(path: Path, *lines: object) -> Path:
+    """A JSONL file: each dict is written as JSON, each str as it is (a raw line), bytes as raw bytes."""
+    import json
+
+    raw = b"\n".join(line if isinstance(line, bytes) else (line if isinstance(line, str) else json.dumps(line)).encode()
+                     for line in lines)
+    path.write_bytes(raw + b"\n")
+    return path
+
+
+def test_jsonl_rows_read_like_parquet_rows(tmp_path: Path) -> None:
+    """Ids from the id key or <file stem>-<row>, the row being the 0-based line (a blank line holds none); numeric
+    answers become text; a key absent from a line is a null cell; a separator inside a string (U+2028) is not a
+    line break."""
+    from rlsys.data.tasks import read_rows
+
+    path = _jsonl(tmp_path / "mine.jsonl", {"prompt": "1+1=", "answer": 2}, "", {"prompt": "2+2=\u2028", "answer": "4"},
+                  {"prompt": "3+3="})
+    rows = read_rows(path)
+    assert [(p.prompt_id, p.text, p.answer, p.messages) for p in rows.prompts] == [
+        ("mine-0", "1+1=", "2", ()), ("mine-2", "2+2=\u2028", "4", ())]
+    assert rows.rows == [0, 2] and not rows.has_ids
+    assert [str(b) for b in rows.bad] == [f"{path} row 3: answer is null"]
+    ids = _jsonl(tmp_path / "ids.jsonl", {"id": "a", "prompt": "1+1=", "answer": "2"}, {"id": 7, "prompt": "2+2=",
+                                                                                        "answer": "4"})
+    assert [p.prompt_id for p in read_prompts(ids)] == ["a", "7"]
+    dup = _jsonl(tmp_path / "dup.jsonl", *[{"id": "x", "prompt": "1+1=", "answer": "2"}] * 2)
+    with pytest.raises(ValueError, match=r"'x' \(rows 0, 1\)"):
+        read_prompts(dup, bad_rows="drop")
+
+
+def test_jsonl_lines_that_are_not_objects_are_bad_rows_naming_their_line(tmp_path: Path) -> None:
+    from rlsys.data.tasks import DatasetError, read_rows
+
+    good = [{"id": f"r{i}", "prompt": f"{i}+0=", "answer": str(i)} for i in range(20)]
+    lines: list[object] = list(good)
+    lines[3] = '{"id": "r3", "prompt": "3+0=", "answer": "3"'  # not closed
+    lines[9] = '["r9", "9+0=", "9"]'
+    lines[12] = "7"
+    lines[17] = b'{"id": "r17", "prompt": "\xff", "answer": "17"}'
+    path = _jsonl(tmp_path / "lines.jsonl", *lines)
+    with pytest.raises(DatasetError) as info:
+        read_prompts(path)
+    msg = str(info.value)
+    assert f"{path} row 3: not a JSON object (invalid JSON: Expecting ',' delimiter at column 45)" in msg, msg
+    assert f"{path} row 9: not a JSON object (an array: a line of a JSONL prompt file is one row, an object)" in msg
+    assert f"{path} row 12: not a JSON object (a number:" in msg
+    assert f"{path} row 17: not a JSON object (not UTF-8 text: b'\\xff' at byte 26)" in msg
+    assert msg.startswith("4 bad row(s)") and "by reason: not a JSON object 4" in msg
+    kept = read_prompts(path, bad_rows="drop")
+    assert [p.prompt_id for p in kept] == [f"r{i}" for i in range(20) if i not in (3, 9, 12, 17)]
+    assert read_rows(path).rows == [i for i in range(20) if i not in (3, 9, 12, 17)]
+    # A leading byte-order mark is not a bad line; a file of no object at all has nothing usable.
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b'\xef\xbb\xbf{"prompt": "1+1=", "answer": "2"}\n')
+    assert [p.text for p in read_prompts(bom)] == ["1+1="]
+    pretty = tmp_path / "pretty.jsonl"
+    pretty.write_text('{\n  "prompt": "1+1=",\n  "answer": "2"\n}\n')  # one object over four lines
+    with pytest.raises(DatasetError, match=r"pretty.jsonl has no usable rows: all 4 were dropped \(not a JSON object "
+                       r"4\)"):
+        read_prompts(pretty, bad_rows="drop")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(DatasetError, match="empty.jsonl has no usable rows: it has no rows at all"):
+        read_prompts(empty)
+
+
+def test_files_are_read_by_suffix_and_need_a_prompt_or_messages_column(tmp_path: Path) -> None:
+    from rlsys.data.tasks import DatasetError
+
+    csv = tmp_path / "mine.csv"
+    csv.write_text("prompt,answer\n1+1=,2\n")
+    with pytest.raises(DatasetError, match=r"mine.csv: a prompt file is Parquet or JSON Lines, named by its suffix "
+                       r"\(.parquet, .jsonl\), not .csv"):
+        read_prompts(csv)
+    for path in (_write(tmp_path / "none.parquet", question=["1+1="], answer=["2"]),
+                 _jsonl(tmp_path / "none.jsonl", {"question": "1+1=", "answer": "2"})):
+        with pytest.raises(DatasetError, match=r"missing column\(s\) \['prompt or messages'\]; a prompt file needs a "
+                           r"string column 'prompt' or a column 'messages'"):
+            read_prompts(path)
+
+
+CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1="},
+        {"role": "assistant", "content": "2"}, {"role": "user", "content": "and 2+2="}]
+TURNS = (("system", "Be brief."), ("user", "1+1="), ("assistant", "2"), ("user", "and 2+2="))
+
+
+def test_conversation_rows_round_trip_from_parquet_and_jsonl(tmp_path: Path) -> None:
+    """A row holds a prompt or a conversation; a conversation's text is its last user turn (what rewards see)."""
+    from rlsys.data.tasks import MESSAGES_TYPE
+
+    table = pa.table({"id": ["c", "p"], "prompt": pa.array([None, "3+3="], pa.string()),
+                      "messages": pa.array([CHAT, None], MESSAGES_TYPE), "answer": ["4", "6"]})
+    pq.write_table(table, tmp_path / "chat.parquet")
+    jsonl = _jsonl(tmp_path / "chat.jsonl", {"id": "c", "messages": [{**CHAT[0], "name": "ignored"}, *CHAT[1:]],
+                                             "answer": "4"}, {"id": "p", "prompt": "3+3=", "answer": 6})
+    for path in (tmp_path / "chat.parquet", jsonl):
+        assert read_prompts(path) == [Prompt("c", "and 2+2=", "4", messages=TURNS), Prompt("p", "3+3=", "6")]
+    only = _write(tmp_path / "only.parquet", messages=pa.array([CHAT[1:2]], MESSAGES_TYPE), answer=["2"])
+    assert read_prompts(only) == [Prompt("only-0", "1+1=", "2", messages=(("user", "1+1="),))]
+    # write_parquet keeps the turns, and adds no messages column where no row has any.
+    written = write_parquet([{"id": "c", "prompt": None, "answer": "4", "messages": CHAT},
+                             {"id": "p", "prompt": "3+3=", "answer": "6", "messages": None}], tmp_path / "w.parquet")
+    assert pq.read_schema(written).field("messages").type == MESSAGES_TYPE
+    assert read_prompts(written) == read_prompts(jsonl)
+    plain = write_parquet([{"id": "p", "prompt": "3+3=", "answer": "6"}], tmp_path / "plain.parquet")
+    assert pq.read_schema(plain).names == ["id", "prompt", "answer"]
+
+
+@pytest.mark.parametrize(("messages", "reason", "detail"), [
+    (None, "null messages", "messages is null"),
+    ("1+1=", "bad messages", "messages is str '1+1=', not a list of {role, content} turns"),
+    ([], "bad messages", "messages is an empty list: a conversation needs a user turn"),
+    (["1+1="], "bad messages", "messages[0] is str '1+1=', not a {role, content} mapping"),
+    ([{"content": "1+1="}], "bad messages", "messages[0] has no role"),
+    ([{"role": "User", "content": "1+1="}], "bad messages",
+     "messages[0] has role 'User'; a role is one of system, user, assistant, tool"),
+    ([{"role": "user"}], "bad messages", "messages[0] (user) has no content"),
+    ([{"role": "user", "content": ["1+1="]}], "bad messages", "messages[0] (user) has content list ['1+1='], not a "
+     "string"),
+    ([CHAT[0], {"role": "user", "content": " "}], "bad messages",
+     "messages[1] (user) has content ' ' (empty or whitespace only)"),
+    ([CHAT[0], CHAT[2]], "bad messages", "messages has no user turn (roles system, assistant): a prompt must ask the "
+     "model something"),
+    (CHAT[:3], "bad messages", "the last turn, messages[2], is a assistant turn, not a user turn: a prompt must end "
+     "with what the model is asked"),
+])
+def test_bad_conversation_cells_are_bad_rows(tmp_path: Path, messages, reason, detail) -> None:
+    from rlsys.data.checks import REASONS
+    from rlsys.data.tasks import DatasetError
+
+    assert reason in REASONS
+    rows = [{"id": f"r{i}", "messages": CHAT, "answer": "4"} for i in range(3)]
+    rows[1]["messages"] = messages
+    path = _jsonl(tmp_path / "chat.jsonl", *rows)
+    with pytest.raises(DatasetError) as info:
+        read_prompts(path)
+    assert f"{path} row 1 (id 'r1'): {detail}\nby reason: {reason} 1" in str(info.value), str(info.value)
+    assert [p.prompt_id for p in read_prompts(path, bad_rows="drop")] == ["r0", "r2"]
+
+
+def test_a_row_is_a_prompt_or_a_conversation_not_both_nor_neither(tmp_path: Path) -> None:
+    from rlsys.data.tasks import MESSAGES_TYPE, read_rows
+
+    path = _write(tmp_path / "mixed.parquet", id=["both", "neither", "ok"], prompt=["1+1=", None, None],
+                  messages=pa.array([CHAT, None, CHAT], MESSAGES_TYPE), answer=["2", "2", "4"])
+    rows = read_rows(path)
+    assert [p.prompt_id for p in rows.prompts] == ["ok"]
+    assert [(b.reason, str(b)) for b in rows.bad] == [
+        ("prompt and messages", f"{path} row 0 (id 'both'): both prompt and messages are set: a row is either a prompt "
+         "or a conversation; leave one of them null"),
+        ("null prompt", f"{path} row 1 (id 'neither'): prompt and messages are both null (a row needs one of them)")]
+    only = _write(tmp_path / "only.parquet", messages=pa.array([None, CHAT[1:2]], MESSAGES_TYPE), answer=["2", "2"])
+    assert [(b.row, b.reason, b.detail) for b in read_rows(only).bad] == [(0, "null messages", "messages is null")]
+
+
+def _chat_checkpoint(directory: Path) -> Path:
+    """A tiny Llama whose character tokenizer has a chat template: conversations need one (rlsys.data.chat)."""
+    import string
+
+    tok = build_char_tokenizer(DEFAULT_ALPHABET + string.ascii_letters + "[]. ")
+    tok.chat_template = "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}[assistant]"
+    build_tiny_llama(replace(SMALL_MODEL, max_position_embeddings=128), tok).save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory
+
+
+def test_the_held_out_split_keeps_conversations(tmp_path: Path) -> None:
+    """The held-out train and eval files of a conversation file are conversations still, read back whole."""
+    from rlsys.prepare import load_datasets
+
+    rows = [{"id": f"c{i}", "messages": [CHAT[0], {"role": "user", "content": f"{i}+{i}="}], "answer": str(2 * i)}
+            for i in range(20)] + [{"id": f"p{i}", "prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(10)]
+    user = _jsonl(tmp_path / "chat.jsonl", *rows)
+    data = load_datasets(_small(tmp_path, "task.name=parquet", f"task.train_file={user}", "task.num_eval=8",
+                                "warmup.steps=0", f"model.path={_chat_checkpoint(tmp_path / 'ckpt')}"))
+    assert len(data.train_prompts) == 22 and len(data.eval_prompts) == 8
+    assert read_prompts(data.eval_file) == data.eval_prompts and read_prompts(data.train_file) == data.train_prompts
+    conversations = [p for p in data.train_prompts + data.eval_prompts if p.messages]
+    assert len(conversations) == 20 and all(p.messages[0] == TURNS[0] and p.text == p.messages[-1][1]
+                                            for p in conversations)

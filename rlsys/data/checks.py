@@ -3,12 +3,16 @@
 Two kinds, both pure functions over rows (and a tokenizer):
 
 * cell checks (:func:`check_cells`), right after a file is read: null, empty or non-text ``id``/``prompt``/
-  ``answer`` cells. Numbers are accepted as answers and ids (``7`` → ``"7"``, ``12.0`` → ``"12"``: integer
-  answer columns are common, and pandas turns an integer column with a gap into floats); a prompt must be text.
+  ``answer`` cells, a conversation (``messages``) that is not a list of {role, content} turns ending with a user
+  turn, a row with both a prompt and a conversation; for GSM8K (:func:`gsm8k_reference`), a solution without a
+  final ``#### <number>`` line. Numbers are accepted as answers and ids (``7`` → ``"7"``, ``12.0`` → ``"12"``:
+  integer answer columns are common, and pandas turns an integer column with a gap into floats); a prompt must be
+  text. (A JSONL line that is not a JSON object is a bad row too: :func:`rlsys.data.tasks.read_rows`.)
 * token checks (:func:`check_tokens`), once the policy's tokenizer exists: a prompt longer than the context
   leaves for generation, and a prompt or answer with characters the tokenizer maps to its unknown token.
 
-Each bad row is a :class:`BadRow` naming its file and row (numbered from 0, as pandas and pyarrow number them).
+Each bad row is a :class:`BadRow` naming its file and row (numbered from 0, as pandas and pyarrow number them; in a
+JSONL file, the row is the 0-based line).
 :func:`settle` applies ``task.bad_rows``: ``fail`` raises one :class:`DatasetError` listing them; ``drop`` logs
 them and returns the count per reason. Rows that break the file as a whole (missing columns, duplicate ids, an
 unreadable file) are always a :class:`DatasetError`: dropping cannot tell which of two duplicates is meant.
@@ -18,8 +22,9 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
@@ -33,9 +38,12 @@ MAX_LISTED = 20  # bad rows spelled out in one error or log message; the rest ar
 
 # The reasons a row is bad: the keys of Prepared.dropped_rows.
 REASONS = (
+    "not a JSON object",
     "null id", "non-string id", "empty id",
     "null prompt", "non-string prompt", "empty prompt",
+    "null messages", "bad messages", "prompt and messages",
     "null answer", "non-string answer", "empty answer",
+    "no #### line", "bad #### number",
     "prompt too long", "unknown characters in prompt", "unknown characters in answer",
 )
 
@@ -57,9 +65,25 @@ class BadRow:
         return f"{self.file} row {self.row}{named}: {self.detail}"
 
 
-def _describe(value: Any) -> str:
+ROLES = ("system", "user", "assistant", "tool")  # the roles a conversation turn may have
+
+class _NoColumn:
+    def __repr__(self) -> str:
+        return "NO_COLUMN"
+
+
+# The cell of a column the file does not have (a null cell is None): check_cells tells "no prompt column" from "a
+# null prompt", which a file with both prompt and messages columns has on every conversation row.
+NO_COLUMN: Any = _NoColumn()
+
+
+def _shown(value: Any) -> str:
     text = repr(value)
-    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {_shown(value)}"
 
 
 def _number_text(value: Any) -> str | None:
@@ -73,10 +97,45 @@ def _number_text(value: Any) -> str | None:
     return None
 
 
-def check_cells(file: str, row: int, prompt: Any, answer: Any, raw_id: Any = None, default_id: str | None = None
-                ) -> Prompt | BadRow:
-    """The row as a :class:`Prompt`, or the first thing wrong with it (id, then prompt, then answer). A file
-    without an id column passes ``default_id`` instead of ``raw_id``."""
+def _conversation(messages: Any) -> tuple[tuple[str, str], ...] | str:
+    """A ``messages`` cell as ((role, content), ...), or the sentence saying what is wrong with it. Keys of a turn
+    other than role and content (``name``, ``tool_calls``) are ignored."""
+    if not isinstance(messages, list | tuple):
+        return f"messages is {_describe(messages)}, not a list of {{role, content}} turns"
+    if not messages:
+        return "messages is an empty list: a conversation needs a user turn"
+    turns = []
+    for i, turn in enumerate(messages):
+        if not isinstance(turn, dict):
+            return f"messages[{i}] is {_describe(turn)}, not a {{role, content}} mapping"
+        role, content = turn.get("role"), turn.get("content")
+        if role is None:
+            return f"messages[{i}] has no role"
+        if role not in ROLES:
+            return f"messages[{i}] has role {_shown(role)}; a role is one of {', '.join(ROLES)}"
+        if content is None:
+            return f"messages[{i}] ({role}) has no content"
+        if not isinstance(content, str):
+            return f"messages[{i}] ({role}) has content {_describe(content)}, not a string"
+        if not content.strip():
+            return f"messages[{i}] ({role}) has content {content!r} (empty or whitespace only)"
+        turns.append((role, content))
+    if all(role != "user" for role, _ in turns):
+        return (f"messages has no user turn (roles {', '.join(r for r, _ in turns)}): a prompt must ask the model "
+                "something")
+    if turns[-1][0] != "user":
+        return (f"the last turn, messages[{len(turns) - 1}], is a {turns[-1][0]} turn, not a user turn: a prompt must "
+                "end with what the model is asked")
+    return tuple(turns)
+
+
+def check_cells(file: str, row: int, prompt: Any, answer: Any, raw_id: Any = None, default_id: str | None = None,
+                messages: Any = NO_COLUMN, prompt_column: str = "prompt") -> Prompt | BadRow:
+    """The row as a :class:`Prompt`, or the first thing wrong with it (id, then prompt or conversation, then
+    answer). A file without an id column passes ``default_id`` instead of ``raw_id``; ``prompt`` and ``messages``
+    are :data:`NO_COLUMN` where the file has no such column. A row has a prompt or a conversation, not both: a
+    conversation's :attr:`Prompt.text` is the content of its last turn, a user turn. ``prompt_column`` is the
+    prompt's column as messages name it (GSM8K's is ``question``)."""
     shown = None
     if default_id is not None:
         prompt_id = default_id
@@ -90,12 +149,25 @@ def check_cells(file: str, row: int, prompt: Any, answer: Any, raw_id: Any = Non
         prompt_id = shown = str(raw_id)
     else:
         return BadRow(file, row, "non-string id", f"id is {_describe(raw_id)}, not a string or an integer")
-    if prompt is None:
-        return BadRow(file, row, "null prompt", "prompt is null", shown)
-    if not isinstance(prompt, str):
-        return BadRow(file, row, "non-string prompt", f"prompt is {_describe(prompt)}, not a string", shown)
-    if not prompt.strip():
-        return BadRow(file, row, "empty prompt", f"prompt is {prompt!r} (empty or whitespace only)", shown)
+    turns: tuple[tuple[str, str], ...] = ()
+    if messages is not NO_COLUMN and messages is not None:
+        if prompt is not NO_COLUMN and prompt is not None:
+            return BadRow(file, row, "prompt and messages", f"both {prompt_column} and messages are set: a row is "
+                          f"either a {prompt_column} or a conversation; leave one of them null", shown)
+        checked = _conversation(messages)
+        if isinstance(checked, str):
+            return BadRow(file, row, "bad messages", checked, shown)
+        turns, prompt = checked, checked[-1][1]
+    elif prompt is NO_COLUMN:
+        return BadRow(file, row, "null messages", "messages is null", shown)
+    elif prompt is None:
+        both = f"{prompt_column} and messages are both null (a row needs one of them)"
+        return BadRow(file, row, "null prompt", both if messages is not NO_COLUMN else f"{prompt_column} is null",
+                      shown)
+    elif not isinstance(prompt, str):
+        return BadRow(file, row, "non-string prompt", f"{prompt_column} is {_describe(prompt)}, not a string", shown)
+    elif not prompt.strip():
+        return BadRow(file, row, "empty prompt", f"{prompt_column} is {prompt!r} (empty or whitespace only)", shown)
     if answer is None or (isinstance(answer, float) and math.isnan(answer)):
         return BadRow(file, row, "null answer", "answer is null", shown)
     if isinstance(answer, str):
@@ -106,7 +178,28 @@ def check_cells(file: str, row: int, prompt: Any, answer: Any, raw_id: Any = Non
     if not text.strip():
         return BadRow(file, row, "empty answer", f"answer is {text!r} (empty or whitespace only): a reference "
                       "answer is needed to score samples", shown)
-    return Prompt(prompt_id=prompt_id, text=prompt, answer=text)
+    return Prompt(prompt_id=prompt_id, text=prompt, answer=text, messages=turns)
+
+
+# GSM8K's final answer: an integer or decimal, optionally signed, with or without thousands separators ("1,080").
+_GSM8K_NUMBER = re.compile(r"[+-]?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?")
+
+
+def gsm8k_reference(file: str, row: int, prompt: Prompt, show_id: bool = False) -> Prompt | BadRow:
+    """A GSM8K row (``prompt.answer`` is the worked solution) with its reference answer: the number on the
+    solution's final line ``#### <number>``, thousands separators and a ``+`` sign removed (``#### 1,080`` →
+    ``"1080"``, ``#### -3`` → ``"-3"``); the worked steps are not kept. A BadRow if there is no such line, or its
+    number is not one (a unit, a ``$``, a malformed separator such as ``1,00``)."""
+    shown = prompt.prompt_id if show_id else None
+    last = prompt.answer.rstrip().rsplit("\n", 1)[-1].strip()
+    if not last.startswith("####"):
+        return BadRow(file, row, "no #### line", f"answer's final line is {_shown(last)}, not '#### <number>' (GSM8K "
+                      "marks the reference answer so)", shown)
+    number = last[4:].strip()
+    if not _GSM8K_NUMBER.fullmatch(number):
+        return BadRow(file, row, "bad #### number", f"answer's final line {_shown(last)} has no number after '####' "
+                      "(digits, optionally signed, with thousands commas or decimals)", shown)
+    return replace(prompt, answer=number.replace(",", "").removeprefix("+"))
 
 
 def duplicate_ids(file: str, ids: list[str], rows: list[int]) -> None:

@@ -1,12 +1,15 @@
-"""Prompt datasets: the synthetic addition task and user Parquet files, both read back through pyarrow.
+"""Prompt datasets: the synthetic addition task and user files, Parquet or JSON Lines, read by :func:`read_rows`.
 
-A dataset row is (``id``, ``prompt``, ``answer``): the id is stable across runs, so every sample can be named as
-(prompt id, sample index, epoch) — see :class:`rlsys.types.Prompt`. Every row is checked as it is read
+A dataset row is (``id``, ``prompt`` or ``messages``, ``answer``): the id is stable across runs, so every sample can
+be named as (prompt id, sample index, epoch) — see :class:`rlsys.types.Prompt`; ``messages`` is a conversation, a
+list of {role, content} turns ending with a user turn. GSM8K's files are rows (``question``, ``answer``) whose
+answer is a worked solution ending ``#### <number>`` (layout ``gsm8k``). Every row is checked as it is read
 (:mod:`rlsys.data.checks`): a null cell never becomes the text "None".
 """
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,13 +17,17 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rlsys.data.checks import BadRow, DatasetError, check_cells, duplicate_ids, require_usable, settle
+from rlsys.data.checks import (NO_COLUMN, BadRow, DatasetError, check_cells, duplicate_ids, gsm8k_reference,
+                                require_usable, settle)
 from rlsys.types import Prompt
 
-__all__ = ["COLUMNS", "DatasetError", "PromptStream", "Rows", "make_addition_rows", "read_prompts", "read_rows",
-           "write_parquet"]
+__all__ = ["COLUMNS", "DatasetError", "LAYOUTS", "MESSAGES_TYPE", "PromptStream", "Rows", "SUFFIXES",
+           "make_addition_rows", "prompt_row", "read_prompts", "read_rows", "write_parquet"]
 
-COLUMNS = ("id", "prompt", "answer")
+COLUMNS = ("id", "prompt", "answer")  # and "messages", written only where a row is a conversation
+MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+SUFFIXES = (".parquet", ".jsonl")  # the file formats read_rows reads, by the file's suffix
+LAYOUTS = ("prompt", "gsm8k")  # the columns of a row: id/prompt|messages/answer, or GSM8K's question/answer
 
 
 def make_addition_rows(num_digits: int, num_rows: int, seed: int, exclude: set[str] = frozenset()) -> list[dict]:
@@ -46,10 +53,24 @@ def make_addition_rows(num_digits: int, num_rows: int, seed: int, exclude: set[s
     return rows
 
 
+def prompt_row(prompt: Prompt) -> dict:
+    """The row :func:`read_rows` reads back as ``prompt`` (a conversation keeps its turns; its prompt cell is null)."""
+    if prompt.messages:
+        return {"id": prompt.prompt_id, "prompt": None, "answer": prompt.answer,
+                "messages": [{"role": role, "content": content} for role, content in prompt.messages]}
+    return {"id": prompt.prompt_id, "prompt": prompt.text, "answer": prompt.answer}
+
+
 def write_parquet(rows: list[dict], path: str | Path) -> Path:
+    """Write rows with keys ``id``, ``prompt``, ``answer`` (and ``messages``: a list of {role, content}, or None) as
+    Parquet. The messages column (list<struct<role, content>>) is written only if some row has a conversation."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.table({col: [r[col] for r in rows] for col in COLUMNS})
+    columns = {col: [r[col] for r in rows] for col in COLUMNS}
+    columns["prompt"] = pa.array(columns["prompt"], pa.string())  # typed: all null where every row is a conversation
+    if any(r.get("messages") is not None for r in rows):
+        columns["messages"] = pa.array([r.get("messages") for r in rows], MESSAGES_TYPE)
+    table = pa.table(columns)
     tmp = path.with_suffix(".tmp")
     pq.write_table(table, tmp)
     tmp.replace(path)  # atomic: a concurrent reader never sees half a file
@@ -63,7 +84,7 @@ class Rows:
 
     file: str
     prompts: list[Prompt]
-    rows: list[int]  # rows[i]: the 0-based row of ``file`` that prompts[i] came from
+    rows: list[int]  # rows[i]: the 0-based row of ``file`` that prompts[i] came from (JSONL: its line)
     bad: list[BadRow]  # rows of this dataset that failed the cell checks
     has_ids: bool  # the file has an id column (messages then name a row's id too)
 
@@ -77,29 +98,107 @@ class Rows:
         return [p for p, r in zip(self.prompts, self.rows) if r not in gone]
 
 
-def read_rows(path: str | Path) -> Rows:
-    """Read a Parquet file with columns ``prompt`` and ``answer`` (``id`` optional: ``<file stem>-<row>``) and check
-    every cell. Bad rows are returned, not raised; a missing file or column, an unreadable file and duplicate ids
-    raise (:class:`DatasetError` for the last three)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt file {str(path)!r} does not exist")
+_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
+               type(None): "null"}
+
+
+def _read_jsonl(path: Path) -> tuple[dict[str, list], list[int], list[BadRow]]:
+    """A JSON Lines file's cells (see :func:`_read_cells`). Each line that is not a JSON object (invalid JSON, not
+    UTF-8, an array, a number) is a bad row; a key absent from a line is a null cell of its column."""
+    file = str(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DatasetError(f"{path}: not a readable file ({e})") from e
+    records, rows, bad = [], [], []
+    # Split the bytes at "\n" only: str.splitlines() also splits at U+2028 and other separators, which JSON strings
+    # may hold unescaped.
+    for row, line in enumerate(data.split(b"\n")):
+        if not line.strip():
+            continue  # a blank line (the one after the final newline, or between rows) holds no row
+        try:
+            value = json.loads(line.decode("utf-8-sig" if row == 0 else "utf-8"))  # utf-8-sig: a leading BOM
+        except UnicodeDecodeError as e:
+            bad.append(BadRow(file, row, "not a JSON object", f"not a JSON object (not UTF-8 text: "
+                              f"{line[e.start:e.start + 1]!r} at byte {e.start + 1})"))  # 1-based, as JSON's column
+            continue
+        except json.JSONDecodeError as e:
+            bad.append(BadRow(file, row, "not a JSON object", f"not a JSON object (invalid JSON: {e.msg} at column "
+                              f"{e.colno})"))
+            continue
+        if not isinstance(value, dict):
+            bad.append(BadRow(file, row, "not a JSON object", f"not a JSON object ({_JSON_TYPES[type(value)]}: a line "
+                              "of a JSONL prompt file is one row, an object)"))
+            continue
+        records.append(value)
+        rows.append(row)
+    names = dict.fromkeys(key for record in records for key in record)
+    return {name: [record.get(name) for record in records] for name in names}, rows, bad
+
+
+def _read_cells(path: Path) -> tuple[dict[str, list], list[int], list[BadRow]]:
+    """The file's columns (name → one cell per row read), the 0-based row of each (a JSONL file's line) and the
+    rows that are not rows at all (JSONL lines that are not an object). Raises :class:`DatasetError` for an
+    unreadable file or a suffix other than :data:`SUFFIXES`."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _read_jsonl(path)
+    if suffix != ".parquet":
+        raise DatasetError(f"{path}: a prompt file is Parquet or JSON Lines, named by its suffix ({', '.join(SUFFIXES)}"
+                           f"), not {suffix or 'without a suffix'}")
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as e:
         raise DatasetError(f"{path}: not a readable Parquet file ({e})") from e
-    missing = {"prompt", "answer"} - set(table.column_names)
+    return table.to_pydict(), list(range(table.num_rows)), []
+
+
+def _missing_columns(path: Path, names: list[str], layout: str) -> None:
+    """Raise a :class:`DatasetError` if the file lacks a column its layout needs."""
+    if layout == "gsm8k":
+        if missing := [c for c in ("question", "answer") if c not in names]:
+            raise DatasetError(f"{path}: missing column(s) {missing}; a GSM8K file needs string columns 'question' "
+                               f"and 'answer' (a worked solution whose final line is '#### <number>') (has {names})")
+        return
+    missing = [] if "prompt" in names or "messages" in names else ["prompt or messages"]
+    missing += [] if "answer" in names else ["answer"]
     if missing:
-        raise DatasetError(f"{path}: missing column(s) {sorted(missing)}; a prompt file needs string columns "
-                           f"'prompt' and 'answer' (has {table.column_names})")
-    data = table.to_pydict()
+        raise DatasetError(f"{path}: missing column(s) {missing}; a prompt file needs a string column 'prompt' or a "
+                           "column 'messages' (a conversation: a list of {role, content} turns ending with a user "
+                           f"turn), and a string column 'answer' (optional: 'id') (has {names})")
+
+
+def read_rows(path: str | Path, layout: str = "prompt") -> Rows:
+    """Read a Parquet (``.parquet``) or JSON Lines (``.jsonl``, one object a line) file and check every cell.
+
+    ``layout="prompt"``: columns ``prompt`` (a string) or ``messages`` (a conversation, one per row: a row with both
+    set is bad) and ``answer``; ``layout="gsm8k"``: GSM8K's ``question`` and ``answer``, whose final line
+    ``#### <number>`` is the reference (:func:`rlsys.data.checks.gsm8k_reference`). ``id`` is optional in both:
+    without it a row's id is ``<file stem>-<row>``. Bad rows (and JSONL lines that are not an object) are returned,
+    not raised; a missing file raises FileNotFoundError, and an unreadable file, an unknown suffix, a missing column
+    and duplicate ids a :class:`DatasetError`."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r}: use one of {', '.join(LAYOUTS)}")
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file {str(path)!r} does not exist")
+    data, lines, bad = _read_cells(path)
     file, has_ids = str(path), "id" in data
-    raw_ids = data["id"] if has_ids else [None] * table.num_rows
-    named = [(str(i), r) for r, i in enumerate(raw_ids) if isinstance(i, (str, int)) and not isinstance(i, bool)]
+    if not lines:  # no row read: a JSONL file with no object has no columns to miss (require_usable says why)
+        return Rows(file, [], [], bad, has_ids)
+    _missing_columns(path, list(data), layout)
+    absent = [NO_COLUMN] * len(lines)
+    raw_ids = data["id"] if has_ids else [None] * len(lines)
+    named = [(str(i), r) for r, i in zip(lines, raw_ids) if isinstance(i, (str, int)) and not isinstance(i, bool)]
     duplicate_ids(file, [i for i, _ in named], [r for _, r in named])
-    prompts, rows, bad = [], [], []
-    for row, (raw_id, prompt, answer) in enumerate(zip(raw_ids, data["prompt"], data["answer"])):
-        checked = check_cells(file, row, prompt, answer, raw_id, None if has_ids else f"{path.stem}-{row}")
+    column = "question" if layout == "gsm8k" else "prompt"
+    messages = data.get("messages", absent) if layout == "prompt" else absent
+    prompts, rows = [], []
+    for row, raw_id, prompt, answer, turns in zip(lines, raw_ids, data.get(column, absent), data["answer"], messages):
+        checked = check_cells(file, row, prompt, answer, raw_id, None if has_ids else f"{path.stem}-{row}", turns,
+                              column)
+        if layout == "gsm8k" and isinstance(checked, Prompt):
+            checked = gsm8k_reference(file, row, checked, show_id=has_ids)
         if isinstance(checked, BadRow):
             bad.append(checked)
         else:
@@ -108,11 +207,12 @@ def read_rows(path: str | Path) -> Rows:
     return Rows(file, prompts, rows, bad, has_ids)
 
 
-def read_prompts(path: str | Path, bad_rows: str = "fail") -> list[Prompt]:
-    """The prompts of a Parquet file (see :func:`read_rows`). Bad rows raise one :class:`DatasetError` listing them
-    (``bad_rows="fail"``) or are left out and logged (``"drop"``); a file with no usable row always raises. These
-    are the cell checks only: the token checks need the policy's tokenizer (:func:`rlsys.prepare.prepare`)."""
-    data = read_rows(path)
+def read_prompts(path: str | Path, bad_rows: str = "fail", layout: str = "prompt") -> list[Prompt]:
+    """The prompts of a Parquet or JSONL file (see :func:`read_rows`). Bad rows raise one :class:`DatasetError`
+    listing them (``bad_rows="fail"``) or are left out and logged (``"drop"``); a file with no usable row always
+    raises. These are the cell checks only: the token checks need the policy's tokenizer
+    (:func:`rlsys.prepare.prepare`)."""
+    data = read_rows(path, layout)
     settle(data.bad, bad_rows)
     require_usable(f"prompt file {data.file}", len(data.prompts), data.bad, len(data.prompts) + len(data.bad))
     return data.prompts
