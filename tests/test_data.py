@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,10 +12,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlsys.config import ConfigError, ModelConfig, WarmupConfig, load_config
+from rlsys.data.chat import PromptFormat
 from rlsys.data.model import build_tiny_llama
 from rlsys.data.tasks import PromptStream, make_addition_rows, read_prompts, write_parquet
 from rlsys.data.tokenizer import DEFAULT_ALPHABET, build_char_tokenizer, save_char_tokenizer
-from rlsys.data.chat import PromptFormat
 from rlsys.data.warmup import supervised_warmup
 from rlsys.prepare import prepare
 from rlsys.types import Prompt

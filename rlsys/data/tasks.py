@@ -17,12 +17,32 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rlsys.data.checks import (NO_COLUMN, BadRow, DatasetError, check_cells, duplicate_ids, gsm8k_reference,
-                                require_usable, settle)
+from rlsys.data.checks import (
+    NO_COLUMN,
+    BadRow,
+    DatasetError,
+    check_cells,
+    duplicate_ids,
+    gsm8k_reference,
+    require_usable,
+    settle,
+)
 from rlsys.types import Prompt
 
-__all__ = ["COLUMNS", "DatasetError", "LAYOUTS", "MESSAGES_TYPE", "PromptStream", "Rows", "SUFFIXES",
-           "make_addition_rows", "prompt_row", "read_prompts", "read_rows", "write_parquet"]
+__all__ = [
+    "COLUMNS",
+    "LAYOUTS",
+    "MESSAGES_TYPE",
+    "SUFFIXES",
+    "DatasetError",
+    "PromptStream",
+    "Rows",
+    "make_addition_rows",
+    "prompt_row",
+    "read_prompts",
+    "read_rows",
+    "write_parquet",
+]
 
 COLUMNS = ("id", "prompt", "answer")  # and "messages", written only where a row is a conversation
 MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
