@@ -1,7 +1,8 @@
 """``rlsys train | eval | inspect``.
 
     rlsys train [--algo NAME] [--config FILE ...] [--print-config] [key=value ...]   run RL training
-    rlsys eval MODEL_DIR [--config FILE] [key=value ...]           held-out accuracy of a checkpoint
+    rlsys eval MODEL_DIR [--config FILE] [--samples N --k K ...] [--output FILE] [key=value ...]
+                                                                   held-out pass@1 (greedy) and pass@k of a checkpoint
     rlsys inspect RUN_DIR                                          what a run trained, dropped and why
 """
 
@@ -26,13 +27,26 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     train.add_argument("overrides", nargs="*", metavar="key=value",
                        help="e.g. train.num_steps=20 train.max_staleness=0")
-    evaluate = sub.add_parser("eval", help="greedy held-out accuracy of a Hugging Face checkpoint on the config's task")
+    evaluate = sub.add_parser("eval", help="held-out pass@1 (greedy) and pass@k (sampled) of a Hugging Face "
+                              "checkpoint on the config's task")
     evaluate.add_argument("model_dir")
     evaluate.add_argument("--config", help="YAML experiment file whose task and reward to use")
+    evaluate.add_argument("--samples", type=int, default=0, metavar="N",
+                          help="completions sampled per problem at rollout.temperature, for pass@k (default 0: greedy "
+                          "only; with --k and no --samples, the largest k)")
+    evaluate.add_argument("--k", type=int, action="append", metavar="K", help="report pass@K (repeat for several)")
+    evaluate.add_argument("--output", help="per-problem results as Parquet (default: eval.parquet beside MODEL_DIR, "
+                          "i.e. in the run directory of RUN_DIR/model)")
     evaluate.add_argument("overrides", nargs="*", metavar="key=value")
     inspect = sub.add_parser("inspect", help="summarise a finished run directory")
     inspect.add_argument("run_dir")
-    args = parser.parse_args(argv)
+    # key=value overrides may come after options too (rlsys eval DIR --samples 8 key=value): argparse takes the
+    # positionals before the first option only, so the rest are picked up here
+    args, rest = parser.parse_known_args(argv)
+    if rest and (not hasattr(args, "overrides") or any(a.startswith("-") or "=" not in a for a in rest)):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if rest:
+        args.overrides = [*args.overrides, *rest]
     if args.command == "inspect":
         from rlsys.report import inspect_run
 
@@ -56,7 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # before transformers is imported
     if args.command == "eval":
-        return _evaluate(args.model_dir, cfg)
+        ks = tuple(args.k or ())
+        samples = args.samples or max(ks, default=0)
+        if samples < 0 or any(not 1 <= k <= samples for k in ks):
+            print(f"rlsys: --k must be between 1 and --samples ({samples}); got --k {' '.join(map(str, ks))}",
+                  file=sys.stderr)
+            return 2
+        return _evaluate(args.model_dir, cfg, samples, ks, args.output)
     from rlsys.actors.placement import PlacementError
     from rlsys.controller import PipelineStalled
     from rlsys.data.tasks import DatasetError
@@ -78,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _evaluate(model_dir: str, cfg) -> int:
+def _evaluate(model_dir: str, cfg, samples: int, ks: tuple[int, ...], output: str | None) -> int:
     from dataclasses import replace
+    from pathlib import Path
 
     from rlsys.config import checkpoint_problem
     from rlsys.data.tasks import DatasetError
@@ -96,13 +117,17 @@ def _evaluate(model_dir: str, cfg) -> int:
         return 2
     prompts, eval_file = data.eval_prompts, data.eval_file
     try:
-        acc, rows = evaluate_checkpoint(model_dir, prompts, data.prompt_format, cfg.reward, cfg.rollout)
+        result = evaluate_checkpoint(model_dir, prompts, data.prompt_format, cfg.reward, cfg.rollout, samples, ks)
     except ConfigError as e:  # weights that do not load or do not fit the config
         print(f"rlsys: {e}", file=sys.stderr)
         return 2
-    for prompt, completion, reward in rows[:5]:
-        print(f"  {prompt!r} → {completion!r} (reward {reward:.2f})")
-    print(f"held-out accuracy of {model_dir} on {len(prompts)} prompts of {eval_file}: {acc:.1%}")
+    for p in result.problems[:5]:
+        print(f"  {p.prompt.text!r} → {p.greedy!r} (reward {p.greedy_reward:.2f})")
+    written = result.write_parquet(output or Path(model_dir).resolve().parent / "eval.parquet")
+    for k, value in result.pass_at.items():
+        print(f"pass@{k} ({samples} samples per problem at temperature {cfg.rollout.temperature:g}): {value:.1%}")
+    print(f"per-problem results: {written}")
+    print(f"held-out accuracy of {model_dir} on {len(prompts)} prompts of {eval_file}: {result.accuracy:.1%}")
     return 0
 
 

@@ -1,8 +1,18 @@
-"""Held-out evaluation of a checkpoint, without Ray: greedy completions scored by the run's reward function."""
+"""Held-out evaluation of a checkpoint, without Ray: greedy pass@1 and sampled pass@k, scored by the run's reward.
+
+pass@k is the unbiased estimator of Chen et al. 2021 ("Evaluating Large Language Models Trained on Code", eq. 1):
+from n ≥ k samples of a problem of which c are correct, the chance that k drawn without replacement hold at least
+one correct one, 1 − C(n−c, k) / C(n, k), averaged over problems.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
+
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from rlsys.config import RewardConfig, RolloutConfig
 from rlsys.data.chat import PromptFormat
@@ -15,26 +25,92 @@ def accuracy(rewards: np.ndarray) -> float:
     """Fraction of samples whose reward reached 1 (fully correct); a failed reward (NaN) counts as wrong.
 
     With a composite reward, pass the values of the correctness term (``RewardConfig.accuracy_term``)."""
-    return float(np.mean(np.nan_to_num(np.asarray(rewards, dtype=np.float64), nan=0.0) >= 1.0))
+    return float(np.mean(_correct(rewards)))
+
+
+def _correct(values) -> np.ndarray:
+    return np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0) >= 1.0
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of one problem from ``n`` samples with ``c`` correct (Chen et al. 2021), computed as the
+    product 1 − Π_{i=n−c+1}^{n} (1 − k/i), which never forms the large binomials. Raises ValueError unless
+    0 ≤ c ≤ n and 1 ≤ k ≤ n."""
+    if not (0 <= c <= n and 1 <= k <= n):
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n; got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+@dataclass(frozen=True)
+class ProblemResult:
+    """One held-out problem: its greedy completion, and the sampled ones (empty without sampling)."""
+
+    prompt: Prompt
+    greedy: str
+    greedy_reward: float  # NaN: the reward failed
+    greedy_correct: bool
+    samples: list[str] = field(default_factory=list)
+    sample_correct: list[bool] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    accuracy: float  # pass@1 of greedy decoding
+    pass_at: dict[int, float]  # k → mean unbiased pass@k over problems, from the sampled completions
+    problems: list[ProblemResult]
+
+    def write_parquet(self, path: str | Path) -> Path:
+        """One row per problem: id, prompt, answer, the greedy completion with its reward and correctness, the
+        samples with their correctness, and the problem's pass@k for each k."""
+        path = Path(path)
+        rows = [{"prompt_id": p.prompt.prompt_id, "prompt": p.prompt.text, "answer": p.prompt.answer,
+                 "greedy": p.greedy, "greedy_reward": p.greedy_reward, "greedy_correct": p.greedy_correct,
+                 "samples": p.samples, "sample_correct": p.sample_correct,
+                 **{f"pass@{k}": pass_at_k(len(p.samples), sum(p.sample_correct), k) for k in self.pass_at}}
+                for p in self.problems]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        pq.write_table(pa.Table.from_pylist(rows), tmp)
+        tmp.replace(path)
+        return path
 
 
 def evaluate_checkpoint(model_dir: str, prompts: list[Prompt], fmt: PromptFormat, reward: RewardConfig,
-                        rollout: RolloutConfig, batch_size: int = 256) -> tuple[float, list[tuple[str, str, float]]]:
-    """(accuracy, [(prompt, completion, reward)]) of greedy decoding from ``model_dir`` on ``prompts``, encoded by
-    ``fmt`` (built with ``model_dir``'s tokenizer, as :func:`rlsys.prepare.load_datasets` builds it) and stopped as
-    rollout workers stop (end tokens, ``rollout.stop``; ``rollout.max_new_tokens`` at most); accuracy counts the
-    correctness term of the reward. A checkpoint that does not load (or whose weights do not fit its config) raises
-    :class:`~rlsys.config.ConfigError` naming the part."""
+                        rollout: RolloutConfig, num_samples: int = 0, ks: tuple[int, ...] = (),
+                        batch_size: int = 256) -> EvalResult:
+    """Greedy decoding of ``model_dir`` on ``prompts`` (accuracy = pass@1), and with ``num_samples`` > 0 that many
+    completions per problem sampled at ``rollout.temperature``, for pass@k at each k in ``ks`` (each ≤ num_samples).
+    Prompts are encoded by ``fmt`` (built with ``model_dir``'s tokenizer, as :func:`rlsys.prepare.load_datasets`
+    builds it) and completions stop as rollout workers stop (end tokens, ``rollout.stop``, at most
+    ``rollout.max_new_tokens``). Correct means the reward's correctness term reached 1. A checkpoint that does not
+    load raises :class:`~rlsys.config.ConfigError` naming the part; bad ``ks`` a ValueError."""
+    if any(not 1 <= k <= num_samples for k in ks):
+        raise ValueError(f"pass@k needs 1 <= k <= the samples per problem ({num_samples}); got k = {list(ks)}")
     tokenizer = fmt.tokenizer
     engine = HFEngine(model_dir, tokenizer.pad_token_id, tokenizer.eos_token_id, key="MODEL_DIR",
                       stop=tuple(rollout.stop), tokenizer=tokenizer)
-    completions = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        outs = engine.generate([fmt.encode(p) for p in chunk], rollout.max_new_tokens, 1.0, greedy=True)
-        completions += [tokenizer.decode(o.token_ids, skip_special_tokens=True) for o in outs]
+    encoded = [fmt.encode(p) for p in prompts]
+
+    def complete(ids: list[list[int]], greedy: bool) -> list[str]:
+        out = []
+        for start in range(0, len(ids), batch_size):
+            done = engine.generate(ids[start:start + batch_size], rollout.max_new_tokens, rollout.temperature, greedy)
+            out += [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in done]
+        return out
+
+    greedy = complete(encoded, greedy=True)
+    sampled = complete([ids for ids in encoded for _ in range(num_samples)], greedy=False) if num_samples else []
+    answers = [p.answer for p in prompts]
     with RewardScorer(reward.terms, reward.timeout_s) as scorer:
-        outcomes = scorer.score([(c, p.answer) for c, p in zip(completions, prompts)])
-    rewards = np.array([np.nan if o.failed else o.reward for o in outcomes])
-    correct = np.array([o.components.get(reward.accuracy_term, np.nan) for o in outcomes])
-    return accuracy(correct), [(p.text, c, float(r)) for p, c, r in zip(prompts, completions, rewards)]
+        outcomes = scorer.score(list(zip(greedy + sampled, answers + [a for a in answers for _ in range(num_samples)])))
+    correct = _correct([o.components.get(reward.accuracy_term, np.nan) for o in outcomes])
+    greedy_correct, sample_correct = correct[:len(prompts)], correct[len(prompts):]
+    problems = []
+    for i, (p, text, o) in enumerate(zip(prompts, greedy, outcomes)):
+        mine = slice(i * num_samples, (i + 1) * num_samples)
+        problems.append(ProblemResult(p, text, float("nan") if o.failed else float(o.reward), bool(greedy_correct[i]),
+                                      sampled[mine], [bool(c) for c in sample_correct[mine]]))
+    pass_at = {k: float(np.mean([pass_at_k(num_samples, sum(q.sample_correct), k) for q in problems])) for k in ks}
+    return EvalResult(float(np.mean(greedy_correct)) if prompts else 0.0, pass_at, problems)
