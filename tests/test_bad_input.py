@@ -46,7 +46,7 @@ def run_controller(ray, tmp_path, bad_positions: set[int], *overrides: str):
         chosen = with_bad_prompts(run.prepared.train_prompts, bad_positions)
         ray.kill(run.actors.rollouts[0])
         run.actors.rollouts[0] = ray.remote(RejectsSomePrompts).options(num_cpus=0).remote(
-            0, run.prepared.model_dir, run.cfg.rollout, run.actors.packed_model,
+            0, run.prepared.model_dir, run.cfg.rollout, run.cfg.task, run.actors.packed_model,
             rejected=frozenset(p.prompt_id for p in chosen if p.prompt_id.startswith("bad-")))
         summary = run.run(chosen)
     return summary, run.rows()

@@ -107,7 +107,7 @@ def test_an_evaluation_lost_with_its_worker_is_repeated_on_the_replacement(ray_s
     with controller_run(tmp_path, f"train.num_steps={steps}", "rollout.num_workers=1") as run:
         ray.kill(run.actors.rollouts[0])
         run.actors.rollouts[0] = ray.remote(DiesOnItsFirstEvaluation).options(num_cpus=0, max_restarts=0).remote(
-            0, run.prepared.model_dir, run.cfg.rollout, run.actors.packed_model, marker=str(marker))
+            0, run.prepared.model_dir, run.cfg.rollout, run.cfg.task, run.actors.packed_model, marker=str(marker))
         summary = run.run()
     assert not marker.exists(), "the worker never evaluated"
     assert summary.replaced_workers == 1
@@ -141,7 +141,7 @@ def test_a_hung_rollout_worker_is_restarted_but_a_slow_starting_one_is_not(ray_s
                         "train.max_staleness=1") as run:
         ray.kill(run.actors.rollouts[0])
         run.actors.rollouts[0] = ray.remote(SlowToStartHangsOnce).options(num_cpus=0, max_restarts=1).remote(
-            0, run.prepared.model_dir, run.cfg.rollout, run.actors.packed_model, start_s=2 * hang_s,
+            0, run.prepared.model_dir, run.cfg.rollout, run.cfg.task, run.actors.packed_model, start_s=2 * hang_s,
             marker=str(marker))
         with caplog.at_level("WARNING", logger="rlsys.controller"):
             summary = run.run()
@@ -175,7 +175,7 @@ def test_a_long_evaluation_is_not_taken_for_a_hang(ray_session, tmp_path, caplog
                         "train.eval_every=2", "train.max_staleness=1") as run:
         ray.kill(run.actors.rollouts[0])
         run.actors.rollouts[0] = ray.remote(SlowEvaluations).options(num_cpus=0).remote(
-            0, run.prepared.model_dir, run.cfg.rollout, run.actors.packed_model, eval_s=3 * hang_s)
+            0, run.prepared.model_dir, run.cfg.rollout, run.cfg.task, run.actors.packed_model, eval_s=3 * hang_s)
         with caplog.at_level("WARNING", logger="rlsys.controller"):
             summary = run.run()
     assert not [r.getMessage() for r in caplog.records if "taking it for hung" in r.getMessage()]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from test_learners import make_groups, start_learners
 
-from rlsys.config import RolloutConfig
+from rlsys.config import RolloutConfig, TaskConfig
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,7 @@ def test_rollout_matches_learner_after_sync(ray_session, tiny_policy):
     model_dir, prompts = tiny_policy
     tok = AutoTokenizer.from_pretrained(model_dir)
     learner = start_learners(ray, model_dir, 1, zero_stage=2, samples=16)[0]
-    rollout = ray.remote(RolloutWorker).options(num_cpus=1).remote(0, model_dir, RolloutConfig())
+    rollout = ray.remote(RolloutWorker).options(num_cpus=1).remote(0, model_dir, RolloutConfig(), TaskConfig())
 
     fixed_prompts = [tok(p.text)["input_ids"] for p in prompts[:3]]
     fixed_responses = [tok("42")["input_ids"] + [tok.eos_token_id], tok("7")["input_ids"], tok("100")["input_ids"]]
