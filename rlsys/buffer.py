@@ -18,17 +18,20 @@ class Take:
 
 
 class GroupBuffer:
-    """FIFO by (policy version, arrival) with the staleness drop applied at hand-out time."""
+    """Oldest first: by policy version, then by the order the groups were admitted (``order``: the request id and
+    the group's place in it), with the staleness drop applied at hand-out time. Admission order rather than arrival
+    keeps a synchronous run's batches identical from run to run while reward calls finish in any order."""
 
     def __init__(self, max_staleness: int) -> None:
         self.max_staleness = max_staleness
-        self._groups: list[tuple[int, int, Group]] = []  # (version, arrival, group), kept sorted
+        self._groups: list[tuple[int, tuple, Group]] = []  # (version, order, group), kept sorted
         self._arrivals = 0
 
-    def put(self, groups: list[Group]) -> None:
-        for g in groups:
-            self._groups.append((g.version, self._arrivals, g))
-            self._arrivals += 1
+    def put(self, groups: list[Group], order: int | None = None) -> None:
+        """``order``: the request id the groups were admitted under (None: after every group so far)."""
+        for i, g in enumerate(groups):
+            self._groups.append((g.version, (self._arrivals if order is None else order, i), g))
+        self._arrivals += 1
         self._groups.sort(key=lambda item: item[:2])
 
     def take(self, num_groups: int, learner_version: int) -> Take:

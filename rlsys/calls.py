@@ -1,8 +1,8 @@
 """The driver's calls in flight: one small record per kind, keyed by the object ref the controller waits on.
 
 A rollout :class:`Request` lives through three of them — :class:`Generating` (on a rollout worker),
-:class:`Scoring` (on a reward worker, then the buffer's ``put``) — and is re-queued or dropped if it is lost on the
-way. The learner's step is :class:`Taking` (the buffer's ``take``) → :class:`Learning` → :class:`GatheringWeights`
+:class:`Scoring` (on a reward worker) and :class:`Putting` (into the buffer) — and is re-queued or dropped if it is
+lost on the way. The learner's step is :class:`Taking` (the buffer's ``take``) → :class:`Learning` → :class:`GatheringWeights`
 → one :class:`LoadingWeights` per rollout worker. :class:`Evaluating` (generate, then score) and :class:`RewardPing` stand
 alone.
 Every field is plain data or an object ref, so the controller's state is explicit (and can be checkpointed).
@@ -34,20 +34,25 @@ class Generating:
 
 
 @dataclass
-class RewardCall:
-    """One call of a reward worker, scoring up to ``reward.max_batches_per_call`` requests."""
+class Scoring:
+    """One reward call: up to ``reward.max_batches_per_call`` requests scored together by one worker. The ref waited
+    on is the call's last return, its sample count; ``scored`` holds each request's scored batch, handed to the
+    buffer's ``put`` once the call is known to have succeeded -- never as a pending argument: Ray runs a caller's
+    calls to an actor in order, so a put waiting on a slow reward call would hold up every later call to the
+    buffer, the learner's ``take`` among them."""
 
+    requests: list[Request]
     worker: int
     start: float  # time.monotonic() when it was sent
+    scored: list[ray.ObjectRef]
     timed_out: bool = False  # ran past reward.call_timeout_s: its actor was killed
 
 
 @dataclass
-class Scoring:
-    """A request in a reward call; the ref waited on is the buffer's ``put`` of the scored batch."""
+class Putting:
+    """A scored request on its way into the buffer; the ref waited on is the put's summary."""
 
     request: Request
-    call: RewardCall
 
 
 @dataclass
@@ -100,4 +105,4 @@ class Evaluating:
     generated: ray.ObjectRef | None = None
 
 
-Call = Generating | Scoring | RewardPing | Taking | Learning | GatheringWeights | LoadingWeights | Evaluating
+Call = Generating | Scoring | Putting | RewardPing | Taking | Learning | GatheringWeights | LoadingWeights | Evaluating

@@ -43,6 +43,7 @@ from rlsys.calls import (
     Generating,
     Learning,
     LoadingWeights,
+    Putting,
     Request,
     RewardPing,
     Scoring,
@@ -195,7 +196,7 @@ class Controller:
     def _drain_rollouts(self) -> None:
         """Let requests still generating or being scored land in the buffer, so the sample log accounts for them."""
         deadline = time.monotonic() + RESULT_TIMEOUT_S
-        rollout = (Generating, Scoring, RewardPing)
+        rollout = (Generating, Scoring, Putting, RewardPing)
         while time.monotonic() < deadline:
             self.rewards.watch()
             refs = [ref for ref, c in self.pending.items() if isinstance(c, rollout)]
@@ -205,9 +206,10 @@ class Controller:
             for ref in done:
                 self._handle(ref, self.pending.pop(ref))
         for c in self.pending.values():
-            if isinstance(c, Generating | Scoring):
+            requests = c.requests if isinstance(c, Scoring) else [c.request] if isinstance(c, Generating | Putting) else []
+            for request in requests:
                 log.warning("a rollout request did not finish within %.0f s of the end of the run: prompts %s",
-                            RESULT_TIMEOUT_S, [q.prompt_id for q in c.request.prompts])
+                            RESULT_TIMEOUT_S, [q.prompt_id for q in request.prompts])
 
     def _finishing(self) -> bool:
         """After the last step: wait for its weight sync and evaluation, not for surplus rollouts."""
@@ -251,18 +253,19 @@ class Controller:
         self.rewards.submit(call.request)
 
     def _on_scored(self, call: Scoring, ref: ray.ObjectRef) -> None:
-        self.rewards.scored(call)
         try:
-            put = ray.get(ref, timeout=RESULT_TIMEOUT_S)
+            ray.get(ref, timeout=RESULT_TIMEOUT_S)  # the call's sample count: the batches stay in the object store
         except RayError as e:
-            if isinstance(e, RayActorError) and e.actor_id in self.essential:
-                raise  # the buffer died, not the reward worker
-            if (gave_up := self.rewards.lost(call, e)) is not None:  # the rollout worker is fine: it keeps its weights
-                self._requeue(call.request, RuntimeError(gave_up), failed=True)
+            for request, why in self.rewards.lost(call, e):  # the rollout worker is fine: it keeps its weights
+                self._requeue(request, RuntimeError(why), failed=True)
         else:
-            self.inflight_per_worker[call.request.worker] -= 1
-            self._on_put(put)
+            self.rewards.scored(call)
         self.rewards.dispatch()
+
+    def _on_put_done(self, call: Putting, ref: ray.ObjectRef) -> None:
+        put = ray.get(ref, timeout=RESULT_TIMEOUT_S)  # the buffer's death stops the run (_handle)
+        self.inflight_per_worker[call.request.worker] -= 1
+        self._on_put(put)
 
     def _on_put(self, put: PutSummary) -> None:
         self._buffer_report(put.depth, put.seq)
@@ -477,6 +480,8 @@ class Controller:
                 self._on_generated(call, ref)
             case Scoring():
                 self._on_scored(call, ref)
+            case Putting():
+                self._on_put_done(call, ref)
             case RewardPing():
                 self.rewards.pinged(call, ref, RESULT_TIMEOUT_S)
             case Taking():
@@ -496,7 +501,7 @@ class Controller:
         try:
             batch = ray.get(ref, timeout=RESULT_TIMEOUT_S)
             if call.generated is not None:  # generated (ref: its sample count): now score it
-                scored = self.actors.rewards[0].score.remote(call.generated)
+                scored, _ = self.actors.rewards[0].score.options(num_returns=2).remote(call.generated)
                 self.pending[scored] = Evaluating(call.version, call.attempt)
                 return
         except RayError as e:  # the evaluating worker died; evaluate again on its restarted (or new) self

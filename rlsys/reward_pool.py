@@ -1,8 +1,8 @@
 """The reward pool: generated batches waiting for a reward worker, the calls that score them, and their losses.
 
 Generated batches wait here (as object refs: the data stays in the object store) for a free reward worker, which
-takes up to ``reward.max_batches_per_call`` of them in one call, so a reward model sees large batches; each scored
-batch goes straight to the buffer's ``put``. A call that runs past ``reward.call_timeout_s`` gets its actor killed
+takes up to ``reward.max_batches_per_call`` of them in one call, so a reward model sees large batches; once the call
+has succeeded, each scored batch goes to the buffer's ``put`` (by ref: the data moves from actor to actor). A call that runs past ``reward.call_timeout_s`` gets its actor killed
 (Ray restarts it); a call whose actor died is scored again from the same generated batch, at the front of the
 queue, once a worker answers a ping — up to ``MAX_REWARD_ATTEMPTS`` lost calls per batch, after which the
 controller generates its prompts again. A worker that lost a call gets no work until it answers a ping.
@@ -18,7 +18,7 @@ from collections.abc import Callable
 import ray
 from ray.exceptions import RayError
 
-from rlsys.calls import Call, Request, RewardCall, RewardPing, Scoring
+from rlsys.calls import Call, Putting, Request, RewardPing, Scoring
 from rlsys.config import RewardConfig
 from rlsys.failures import Replacements, first_line
 
@@ -33,9 +33,9 @@ FAILED_PINGS_BEFORE_REPLACING = 3
 
 
 class RewardPool:
-    """``track(ref, call)`` registers a call with the controller, which hands it back to :meth:`scored` or
-    :meth:`pinged` when its ref is ready; ``replace(i)`` puts a new actor in place of worker ``i`` (in
-    ``workers``, which it updates)."""
+    """``track(ref, call)`` registers a call with the controller, which hands a :class:`Scoring` back to
+    :meth:`scored` (it succeeded) or :meth:`lost`, and a :class:`RewardPing` to :meth:`pinged`, when its ref is
+    ready; ``replace(i)`` puts a new actor in place of worker ``i`` (in ``workers``, which it updates)."""
 
     def __init__(self, workers: list, buffer, cfg: RewardConfig, track: Callable[[ray.ObjectRef, Call], None],
                  replace: Callable[[int], object] | None = None) -> None:
@@ -44,7 +44,7 @@ class RewardPool:
         self.inflight = [0] * len(workers)  # batches in each worker's current call
         self.ready = [True] * len(workers)  # False from a lost call until the worker answers a ping
         self.ping_due: dict[int, float] = {}  # down worker → when to ping it next
-        self.scoring: dict[int, Scoring] = {}  # id → each request in a call in flight
+        self.scoring: dict[int, Scoring] = {}  # id → each call in flight
         self.retries = 0  # reward calls lost and re-scored (or given up), over the run
         self.queue_max = 0  # most batches waiting at once since the controller last reset it
         self.failed_pings = [0] * len(workers)  # in a row, per worker
@@ -69,19 +69,17 @@ class RewardPool:
             worker = idle[0]
             take = min(len(self.queue), self.cfg.max_batches_per_call)
             requests = [self.queue.popleft() for _ in range(take)]
-            scored = self.workers[worker].score.options(num_returns=take).remote(*[r.batch for r in requests])
-            call = RewardCall(worker, time.monotonic())
-            for request, batch in zip(requests, [scored] if take == 1 else scored):
-                scoring = Scoring(request, call)
-                self.scoring[id(scoring)] = scoring
-                self.track(self.buffer.put.remote(batch), scoring)
+            *scored, done = self.workers[worker].score.options(num_returns=take + 1).remote(*[r.batch for r in requests])
+            scoring = Scoring(requests, worker, time.monotonic(), scored)
+            self.scoring[id(scoring)] = scoring
+            self.track(done, scoring)
             self.inflight[worker] = take
 
     def watch(self) -> None:
         """Kill (Ray restarts it) any worker whose call has run past ``reward.call_timeout_s`` — the call's batches
         then fail and are scored again — and ping the workers that are down."""
         limit, now = self.cfg.call_timeout_s, time.monotonic()
-        for call in {id(s.call): s.call for s in self.scoring.values()}.values():
+        for call in self.scoring.values():
             if not call.timed_out and now - call.start > limit:
                 call.timed_out = True
                 log.warning("reward worker %d has been scoring for more than reward.call_timeout_s=%.0f s; "
@@ -113,28 +111,36 @@ class RewardPool:
         self.failed_pings[worker] = 0
 
     def scored(self, scoring: Scoring) -> None:
-        """The request's call returned (scored, or lost: then :meth:`lost` says what happens to it)."""
-        self.inflight[scoring.call.worker] -= 1
-        del self.scoring[id(scoring)]
+        """The call succeeded: each scored batch goes into the buffer (the controller gets each :class:`Putting`)."""
+        self._finished(scoring)
+        for request, batch in zip(scoring.requests, scoring.scored):
+            self.track(self.buffer.put.remote(batch), Putting(request))
 
-    def lost(self, scoring: Scoring, error: Exception) -> str | None:
-        """The request's call died or timed out: queue it to be scored again (None), or, after
-        ``MAX_REWARD_ATTEMPTS`` lost calls, give up and return why (the controller re-generates its prompts)."""
-        self._down(scoring.call.worker)
-        request, call = scoring.request, scoring.call
-        request.reward_attempts += 1
-        self.retries += 1
-        why = f"timed out after reward.call_timeout_s={self.cfg.call_timeout_s:.0f} s" if call.timed_out \
+    def lost(self, scoring: Scoring, error: Exception) -> list[tuple[Request, str]]:
+        """The call died or timed out: queue its requests to be scored again, except those that have lost
+        ``MAX_REWARD_ATTEMPTS`` calls: (request, why) for each of those, whose prompts the controller generates again."""
+        self._finished(scoring)
+        self._down(scoring.worker)
+        why = f"timed out after reward.call_timeout_s={self.cfg.call_timeout_s:.0f} s" if scoring.timed_out \
             else first_line(error)
-        prompts = [q.prompt_id for q in request.prompts]
-        if request.reward_attempts < MAX_REWARD_ATTEMPTS:
-            log.warning("reward worker %d lost request %d (%s); re-scoring its prompts %s (attempt %d of %d)",
-                        call.worker, request.id, why, prompts, request.reward_attempts + 1, MAX_REWARD_ATTEMPTS)
-            self.queue.appendleft(request)
-            return None
-        log.error("request %d could not be scored in %d attempts (last: %s); generating its prompts again: %s",
-                  request.id, request.reward_attempts, why, prompts)
-        return why
+        given_up = []
+        for request in reversed(scoring.requests):  # appendleft: the call's requests keep their order at the front
+            request.reward_attempts += 1
+            self.retries += 1
+            prompts = [q.prompt_id for q in request.prompts]
+            if request.reward_attempts < MAX_REWARD_ATTEMPTS:
+                log.warning("reward worker %d lost request %d (%s); re-scoring its prompts %s (attempt %d of %d)",
+                            scoring.worker, request.id, why, prompts, request.reward_attempts + 1, MAX_REWARD_ATTEMPTS)
+                self.queue.appendleft(request)
+            else:
+                log.error("request %d could not be scored in %d attempts (last: %s); generating its prompts again: %s",
+                          request.id, request.reward_attempts, why, prompts)
+                given_up.append((request, why))
+        return given_up[::-1]
+
+    def _finished(self, scoring: Scoring) -> None:
+        self.inflight[scoring.worker] = 0
+        del self.scoring[id(scoring)]
 
     def _down(self, worker: int) -> None:
         if self.ready[worker]:

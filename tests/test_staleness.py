@@ -65,6 +65,17 @@ def test_buffer_hands_out_oldest_first_and_only_full_batches():
     assert take.depth_after == 1
 
 
+def test_buffer_hands_out_in_admission_order_whatever_order_the_puts_arrive_in():
+    """Reward calls finish in any order; a batch is the oldest version's groups in the order their requests were
+    admitted (then their place in the request), so a synchronous run trains the same batches every time."""
+    buf = GroupBuffer(max_staleness=5)
+    buf.put([group("r3a", 1), group("r3b", 1)], order=3)
+    buf.put([group("r1", 1)], order=1)
+    buf.put([group("r2", 0)], order=2)
+    take = buf.take(4, learner_version=1)
+    assert [g.prompt.prompt_id for g in take.batch] == ["r2", "r1", "r3a", "r3b"]
+
+
 def test_buffer_drops_and_reports_stale_groups():
     buf = GroupBuffer(max_staleness=1)
     buf.put([group("old", 0), group("ok", 1), group("new", 2)])

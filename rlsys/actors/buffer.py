@@ -76,7 +76,7 @@ class BufferActor:
             filtered = [g for g, f in zip(batch.groups, flat) if f]
             if self.log is not None:
                 self.log.write(filtered, -1, "dynamic sampling: all rewards in the group are equal")
-        self.buffer.put(keep)
+        self.buffer.put(keep, order=batch.request_id)
         self.seq += 1
         samples = [s for g in batch.groups for s in g.samples]
         return PutSummary(

@@ -25,8 +25,10 @@ class RewardWorker:
         # actor and re-score the whole call, so rewards that hang on many samples fail those samples instead.
         self.scorer = RewardScorer(cfg.terms, cfg.timeout_s, device, max_call_s=0.8 * cfg.call_timeout_s)
 
-    def score(self, *batches: RolloutBatch) -> RolloutBatch | tuple[RolloutBatch, ...]:
-        """The batches with every sample scored: one batch back for one in (Ray's single return), else a tuple."""
+    def score(self, *batches: RolloutBatch) -> tuple:
+        """The batches with every sample scored, then their number of samples; called with
+        ``num_returns=len(batches) + 1``: the last return is a small object by which the driver learns that the call
+        succeeded without fetching the batches, which go on to the buffer."""
         start = time.perf_counter()
         items = [RewardItem(s.response_text, g.prompt.answer, g.prompt.text, group)
                  for group, g in enumerate(g for b in batches for g in b.groups) for s in g.samples]
@@ -47,7 +49,7 @@ class RewardWorker:
             n = sum(len(g.samples) for g in groups) * share
             scored.append(replace(batch, groups=groups, reward_s=seconds * n,
                                   reward_term_s={k: v * n for k, v in self.scorer.last_seconds.items()}))
-        return scored[0] if len(scored) == 1 else tuple(scored)
+        return (*scored, len(items))
 
     def versions(self) -> dict[str, str]:
         return self.scorer.versions
