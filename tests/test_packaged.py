@@ -27,13 +27,17 @@ def smollm2(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def converted(smollm2):
-    """(tokenizer, model) loaded from the converted directory, with nothing but local files."""
+    """(tokenizer, model) loaded from the converted directory, with nothing but local files, the model as rlsys loads
+    a model.path (no parameter missing from the files, none NaN or infinite)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from rlsys.model_source import load_checkpoint_part
+
     model_dir = smollm2[1]
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
+    model = load_checkpoint_part(AutoModelForCausalLM, "model.path", str(model_dir), "weights", dtype=torch.float32,
+                                 local_files_only=True)
     return tokenizer, model
 
 
