@@ -30,6 +30,7 @@ from rlsys.rewards.process import STEP_AGGREGATIONS
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 ALGO_RECIPES = Path(__file__).parent / "configs" / "algos"  # <name>.yaml: the algo keys of one algorithm
+EXAMPLES = Path(__file__).parent / "configs" / "examples"  # experiment files (also at configs/examples/)
 FILE_TASKS = ("parquet", "gsm8k")  # the task.name values that read task.train_file / task.eval_file
 # task.name → the reward.fn of a run of that task where no config file or override sets reward.fn and
 # reward.components is empty (load_config applies it); a task not listed keeps RewardConfig.fn's default.

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# The real GSM8K files (MIT licence), read where they are and never copied: the shared folder beside the repository
+# (as on the developers' machines and in CI), or $RLSYS_GSM8K_DIR. Tests that need them skip without them.
+GSM8K = Path(os.environ.get("RLSYS_GSM8K_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"))
 
 
 def tiny_overrides(tmp_path, *extra: str) -> list[str]:

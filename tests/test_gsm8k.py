@@ -1,25 +1,25 @@
 """task.name=gsm8k: GSM8K's question/answer rows, their reference numbers, the task's config and default reward.
 
-The real files are read where they are (``$RLSYS_GSM8K_DIR``, default /work/shared/data/gsm8k: train.jsonl and
-test.jsonl as OpenAI publishes them, MIT licence); nothing of them is copied here, and those tests skip without them.
+The real files are read where they are (``$RLSYS_GSM8K_DIR``, default ../shared/data/gsm8k beside the repository:
+train.jsonl and test.jsonl as OpenAI publishes them, MIT licence); nothing of them is copied here, and those tests
+skip without them.
 Every other row below is made up.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import GSM8K
 
 from rlsys.config import ConfigError, load_config
 from rlsys.data.checks import REASONS
 from rlsys.data.tasks import DatasetError, read_prompts, read_rows
 
-GSM8K = Path(os.environ.get("RLSYS_GSM8K_DIR", "/work/shared/data/gsm8k"))
 needs_gsm8k = pytest.mark.skipif(not (GSM8K / "train.jsonl").is_file() or not (GSM8K / "test.jsonl").is_file(),
                                  reason=f"the GSM8K files are not at {GSM8K} (set RLSYS_GSM8K_DIR to their folder)")
 
