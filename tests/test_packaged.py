@@ -246,3 +246,38 @@ def test_the_smollm2_gsm8k_example_trains_end_to_end(ray_session, smollm2, tmp_p
             assert tok.eos_token_id not in r["response_ids"][:-1]
         else:
             assert r["stop_reason"] == "" and len(r["response_ids"]) == new_tokens
+
+
+@pytest.mark.slow
+def test_prompt_format_and_stopping_with_smollm2s_tokenizer(smollm2, converted):
+    """rlsys.data.chat and the engine's stop rule on a real instruct tokenizer: ChatML turns, no BOS of its own, and a
+    pad token that is also the end-of-turn token."""
+    import numpy as np
+
+    from rlsys.config import TaskConfig
+    from rlsys.data.chat import PromptFormat
+    from rlsys.engines.generation import HFEngine
+    from rlsys.types import Prompt
+
+    tok, _ = converted
+    fmt = PromptFormat.of(tok, TaskConfig(system_prompt="Be brief.", prompt_template="{prompt} Answer with \\boxed{}."))
+    assert fmt.chat  # auto: the checkpoint has a template
+    p = Prompt("q", "What is 2+3?", "5")
+    text = fmt.render(p)
+    assert text == tok.apply_chat_template(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+3? Answer with \\boxed{}."}],
+        tokenize=False, add_generation_prompt=True)
+    ids = fmt.encode(p)
+    assert tok.decode(ids) == text and ids.count(tok.bos_token_id) == text.count("<|im_start|>") == 3
+    conversation = Prompt("c", "and 2+2?", "4", messages=(("user", "1+1?"), ("assistant", "2"), ("user", "and 2+2?")))
+    assert fmt.render(conversation).count("<|im_start|>assistant\n") == 2  # the earlier answer, and the prompt
+    raw = PromptFormat.of(tok, TaskConfig(prompt_format="raw"))
+    assert raw.encode(p) == tok("What is 2+3?", add_special_tokens=False)["input_ids"]  # SmolLM2 adds no BOS
+    engine = HFEngine(str(smollm2[1]), tok.pad_token_id, tok.eos_token_id, stop=("\n\n",), tokenizer=tok)
+    assert engine.end_ids == [tok.eos_token_id] == [2]
+    five = tok("The answer is 5.", add_special_tokens=False)["input_ids"]
+    padded = np.array(five + [tok.eos_token_id, tok.pad_token_id, tok.pad_token_id])  # pad == <|im_end|>
+    assert engine._stop(padded) == (len(five) + 1, "<|im_end|>")
+    two_lines = tok("5.\n\nNext", add_special_tokens=False)["input_ids"]
+    end, reason = engine._stop(np.array(two_lines))
+    assert reason == "\n\n" and tok.decode(two_lines[:end]).endswith("\n\n") and end < len(two_lines)
