@@ -64,7 +64,10 @@ def _cluster_env() -> dict[str, str]:
     env = dict(os.environ)
     for key in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         env.pop(key, None)
-    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+    # Ray gives its dashboard 60 s to come up, and `ray start --head` fails after that: on a 2-core machine loaded by
+    # the rest of the suite it once took longer (2026-12-01, load average 10: 13 s just to import its modules).
+    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+               RAY_DASHBOARD_STARTUP_TIMEOUT_S=str(STARTUP_TIMEOUT_S))
     return env
 
 
