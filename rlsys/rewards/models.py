@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
+from rlsys.data.chat import has_chat_template
 from rlsys.engines.generation import HFEngine
 from rlsys.engines.padding import pad_sequences
 from rlsys.model_source import ensure_pad_token
@@ -86,16 +87,12 @@ def _load_tokenizer(path: str, what: str) -> PreTrainedTokenizerBase:
     return ensure_pad_token(tokenizer, f"{what} {path!r}")
 
 
-def _has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
 def _rm_texts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], responses: list[str]) -> list[str]:
     """The text a reward model reads: the chat template's rendering of (user=prompt, assistant=response) when the
     tokenizer has a template, else ``prompt + response``."""
     if len(prompts) != len(responses):
         raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses; they must pair up")
-    if not _has_chat_template(tokenizer):
+    if not has_chat_template(tokenizer):
         return [p + r for p, r in zip(prompts, responses)]
     return [tokenizer.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": r}],
                                           tokenize=False) for p, r in zip(prompts, responses)]
@@ -116,7 +113,7 @@ def _encode_end(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length
     """
     if not texts:
         return []
-    templated = _has_chat_template(tokenizer)
+    templated = has_chat_template(tokenizer)
     ids = tokenizer(texts, add_special_tokens=not templated, truncation=True, max_length=max_length)["input_ids"]
     filler = next(t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
                   if t is not None)
@@ -308,7 +305,7 @@ class GenerativeJudge:
                              "references; they must pair up")
         filled = [self.template.format(prompt=p, response=r, reference=ref, low=self.low, high=self.high)
                   for p, r, ref in zip(prompts, responses, references)]
-        if _has_chat_template(self.tokenizer):
+        if has_chat_template(self.tokenizer):
             filled = [self.tokenizer.apply_chat_template([{"role": "user", "content": f}], tokenize=False,
                                                          add_generation_prompt=True) for f in filled]
         return _encode_end(self.tokenizer, filled, self._max_prompt)
