@@ -2,9 +2,9 @@
 
 A rollout :class:`Request` lives through three of them — :class:`Generating` (on a rollout worker),
 :class:`Scoring` (on a reward worker) and :class:`Putting` (into the buffer) — and is re-queued or dropped if it is
-lost on the way. The learner's step is :class:`Taking` (the buffer's ``take``) → :class:`Learning` → :class:`GatheringWeights`
-→ one :class:`LoadingWeights` per rollout worker. :class:`Evaluating` (generate, then score) and :class:`RewardPing` stand
-alone.
+lost on the way. The learner's step is :class:`Taking` (the buffer's ``take``) → :class:`Learning` →
+:class:`GatheringWeights` → one :class:`LoadingWeights` per rollout worker. :class:`Evaluating` (generate, then
+score) and :class:`RewardPing` stand alone.
 Every field is plain data or an object ref, so the controller's state is explicit (and can be checkpointed).
 """
 

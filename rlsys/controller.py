@@ -206,7 +206,8 @@ class Controller:
             for ref in done:
                 self._handle(ref, self.pending.pop(ref))
         for c in self.pending.values():
-            requests = c.requests if isinstance(c, Scoring) else [c.request] if isinstance(c, Generating | Putting) else []
+            requests = c.requests if isinstance(c, Scoring) else \
+                [c.request] if isinstance(c, Generating | Putting) else []
             for request in requests:
                 log.warning("a rollout request did not finish within %.0f s of the end of the run: prompts %s",
                             RESULT_TIMEOUT_S, [q.prompt_id for q in request.prompts])

@@ -2,8 +2,8 @@
 
 Generated batches wait here (as object refs: the data stays in the object store) for a free reward worker, which
 takes up to ``reward.max_batches_per_call`` of them in one call, so a reward model sees large batches; once the call
-has succeeded, each scored batch goes to the buffer's ``put`` (by ref: the data moves from actor to actor). A call that runs past ``reward.call_timeout_s`` gets its actor killed
-(Ray restarts it); a call whose actor died is scored again from the same generated batch, at the front of the
+has succeeded, each scored batch goes to the buffer's ``put`` (by ref: the data moves from actor to actor). A call
+that runs past ``reward.call_timeout_s`` gets its actor killed (Ray restarts it); a call whose actor died is scored again from the same generated batch, at the front of the
 queue, once a worker answers a ping — up to ``MAX_REWARD_ATTEMPTS`` lost calls per batch, after which the
 controller generates its prompts again. A worker that lost a call gets no work until it answers a ping.
 """
@@ -69,7 +69,8 @@ class RewardPool:
             worker = idle[0]
             take = min(len(self.queue), self.cfg.max_batches_per_call)
             requests = [self.queue.popleft() for _ in range(take)]
-            *scored, done = self.workers[worker].score.options(num_returns=take + 1).remote(*[r.batch for r in requests])
+            batches = [r.batch for r in requests]
+            *scored, done = self.workers[worker].score.options(num_returns=take + 1).remote(*batches)
             scoring = Scoring(requests, worker, time.monotonic(), scored)
             self.scoring[id(scoring)] = scoring
             self.track(done, scoring)
@@ -118,7 +119,8 @@ class RewardPool:
 
     def lost(self, scoring: Scoring, error: Exception) -> list[tuple[Request, str]]:
         """The call died or timed out: queue its requests to be scored again, except those that have lost
-        ``MAX_REWARD_ATTEMPTS`` calls: (request, why) for each of those, whose prompts the controller generates again."""
+        ``MAX_REWARD_ATTEMPTS`` calls: (request, why) for each of those, whose prompts the controller generates
+        again."""
         self._finished(scoring)
         self._down(scoring.worker)
         why = f"timed out after reward.call_timeout_s={self.cfg.call_timeout_s:.0f} s" if scoring.timed_out \

@@ -197,7 +197,8 @@ def test_supervised_warmup_lowers_loss() -> None:
     tok = build_char_tokenizer()
     model = build_tiny_llama(SMALL_MODEL, tok)
     prompts = [Prompt(r["id"], r["prompt"], r["answer"]) for r in make_addition_rows(2, 200, seed=0)]
-    losses, checks = supervised_warmup(model, PromptFormat.raw(tok), prompts, WarmupConfig(steps=40, batch_size=32, lr=3e-3), seed=0)
+    losses, checks = supervised_warmup(model, PromptFormat.raw(tok), prompts,
+                                       WarmupConfig(steps=40, batch_size=32, lr=3e-3), seed=0)
     assert len(losses) == 40 and checks == []
     assert all(loss == loss for loss in losses)  # no NaN
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
@@ -556,11 +557,13 @@ def test_warmup_to_a_target_accuracy_stops_at_the_first_check_that_reaches_it() 
     train, held_out = prompts[:70], prompts[70:]
     cfg = WarmupConfig(steps=600, batch_size=32, lr=3e-3, target_accuracy=0.2, check_every=20)
     model = build_tiny_llama(SMALL_MODEL, tok)
-    losses, checks = supervised_warmup(model, PromptFormat.raw(tok), train, cfg, seed=0, eval_prompts=held_out, max_new_tokens=3)
+    losses, checks = supervised_warmup(model, PromptFormat.raw(tok), train, cfg, seed=0, eval_prompts=held_out,
+                                       max_new_tokens=3)
     assert checks, "the target was never checked"
     steps, acc = checks[-1]
     assert acc >= 0.2 and all(a < 0.2 for _, a in checks[:-1]) and len(losses) == steps < 600
-    assert greedy_exact_accuracy(model, PromptFormat.raw(tok), held_out, 3) == pytest.approx(acc)  # the model is left as checked
+    # the model is left as checked
+    assert greedy_exact_accuracy(model, PromptFormat.raw(tok), held_out, 3) == pytest.approx(acc)
     capped = WarmupConfig(steps=40, batch_size=32, lr=3e-3, target_accuracy=0.99, check_every=20)
     losses, checks = supervised_warmup(build_tiny_llama(SMALL_MODEL, tok), PromptFormat.raw(tok), train, capped, seed=0,
                                        eval_prompts=held_out, max_new_tokens=3)

@@ -265,7 +265,8 @@ def test_prompt_format_and_stopping_with_smollm2s_tokenizer(smollm2, converted):
     p = Prompt("q", "What is 2+3?", "5")
     text = fmt.render(p)
     assert text == tok.apply_chat_template(
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+3? Answer with \\boxed{}."}],
+        [{"role": "system", "content": "Be brief."},
+         {"role": "user", "content": "What is 2+3? Answer with \\boxed{}."}],
         tokenize=False, add_generation_prompt=True)
     ids = fmt.encode(p)
     assert tok.decode(ids) == text and ids.count(tok.bos_token_id) == text.count("<|im_start|>") == 3

@@ -19,10 +19,10 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 from rlsys.config import WarmupConfig
+from rlsys.data.chat import PromptFormat
 from rlsys.data.model import build_tiny_llama
 from rlsys.data.tasks import make_addition_rows
 from rlsys.data.tokenizer import build_char_tokenizer, save_char_tokenizer
-from rlsys.data.chat import PromptFormat
 from rlsys.data.warmup import supervised_warmup
 from rlsys.rewards.models import (
     DEFAULT_JUDGE_TEMPLATE,
