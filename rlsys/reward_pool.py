@@ -5,8 +5,8 @@ takes up to ``reward.max_batches_per_call`` of them in one call, so a reward mod
 has succeeded, each scored batch goes to the buffer's ``put`` (by ref: the data moves from actor to actor). A call
 that runs past ``reward.call_timeout_s`` gets its actor killed (Ray restarts it); a call whose actor died is scored
 again from the same generated batch, at the front of the queue, once a worker answers a ping — up to
-``MAX_REWARD_ATTEMPTS`` lost calls per batch, after which the controller generates its prompts again. A worker that lost a
-call gets no work until it answers a ping.
+``MAX_REWARD_ATTEMPTS`` lost calls per batch, after which the controller generates its prompts again.
+A worker that lost a call gets no work until it answers a ping.
 """
 
 from __future__ import annotations
