@@ -74,7 +74,7 @@ def test_load_config_names_the_key_of_a_bad_packaged_path(tmp_path):
 
 def test_a_cache_dir_that_is_a_file_is_a_config_error(tmp_path):
     (tmp_path / "cache").write_text("")
-    with pytest.raises(ConfigError, match=r"output\.cache_dir=.*cache': cannot write the converted packaged checkpoint"):
+    with pytest.raises(ConfigError, match=r"output\.cache_dir=.*cache': cannot write the converted packaged"):
         load_config(None, ["model.path=packaged:smollm2", f"output.cache_dir={tmp_path / 'cache'}"])
 
 
