@@ -465,7 +465,10 @@ def _params_problem(c: RewardComponent, where: str) -> str | None:
     import inspect
 
     from rlsys.rewards import get_reward_fn
+    from rlsys.rewards.registry import import_kills_process
 
+    if ":" in c.fn and (problem := import_kills_process(c.fn)):  # before importing it here, which it would end
+        return f"{where}fn={c.fn!r}: {problem}"
     try:
         fn = get_reward_fn(c.fn)
     except ValueError as e:  # a 'module:function' that does not import: every reward worker would fail to start

@@ -168,3 +168,10 @@ def needs_a_scale(completion: str, reference: str, *, scale: float) -> float:
 def huge_when_right(completion: str, reference: str) -> float:
     """A finite float that float32 cannot hold."""
     return 1e39 if completion.strip() == reference.strip() else 0.0
+
+
+def prints_a_lot(completion: str, reference: str) -> float:
+    """Exact match, printing 10 000 characters per sample to stdout and a line to stderr."""
+    print("x" * 10_000)
+    print(f"scored {completion!r}", file=__import__("sys").stderr)
+    return exact_match(completion, reference)

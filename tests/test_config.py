@@ -7,6 +7,7 @@ message names the offending key and says what to change, never as a raw OmegaCon
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -521,6 +522,22 @@ def test_a_reward_module_that_exits_on_import_is_a_config_error(tmp_path, monkey
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ConfigError, match=r"could not import reward function 'exits_on_import:f': SystemExit: 3"):
         load_config(None, ["reward.fn=exits_on_import:f"])
+
+
+@pytest.mark.parametrize(("body", "how"), [
+    ("import os\nos._exit(0)\n", "exit code 0"),  # would have ended rlsys with exit code 0 and no word
+    ("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n", f"killed by signal {signal.SIGSEGV.value}"),
+    ("import os\nprint('imported')\nos._exit(1)\n", "exit code 1"),
+])
+def test_a_reward_module_that_ends_its_process_on_import_is_a_config_error(tmp_path, monkeypatch, body, how):
+    """Imported first in a child process, so the driver lives to say which module it was."""
+    name = f"ends_on_import_{abs(hash(body))}"
+    (tmp_path / f"{name}.py").write_text(body + "def f(c, r):\n    return 0.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=rf"fn='{name}:f': importing module '{name}' ended the process "
+                                          rf"\({how}\) before the import finished"):
+        load_config(None, [f"reward.fn={name}:f"])
+    assert name not in sys.modules
 
 
 def test_a_built_in_reward_in_a_scope_it_does_not_score_is_refused():

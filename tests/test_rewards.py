@@ -262,3 +262,19 @@ def test_a_reward_beyond_float32_is_a_failure_not_an_infinity():
     terms = (RewardComponent(name="a", fn="exact_match", weight=10.0), RewardComponent(name="b", fn="exact_match"))
     total = combine(terms, [TermRow(3e38, False), TermRow(0.0, False)])  # each term fits; the weighted sum does not
     assert total.failed and "outside float32's range" in total.error
+
+
+def test_what_a_reward_prints_is_bounded_per_batch(capfd) -> None:
+    """A reward printing 10 000 characters a sample: each batch shows the first REWARD_OUTPUT_CHARS of it and says
+    how much it left out; what fits (the stderr lines) is shown whole; the scores are unaffected."""
+    from rlsys.rewards.scoring import REWARD_OUTPUT_CHARS
+
+    with RewardScorer(f"{FIX}:prints_a_lot", timeout_s=5.0) as scorer:
+        for _ in range(2):
+            outcomes = scorer.score([(f"{i}", "3") for i in range(20)])
+            assert [o.reward for o in outcomes] == [1.0 if i == 3 else 0.0 for i in range(20)]
+    out, err = capfd.readouterr()
+    assert out.count("x") == 2 * REWARD_OUTPUT_CHARS
+    cut = 20 * 10_001 - REWARD_OUTPUT_CHARS  # print adds a newline to each
+    assert out.count(f"[rlsys: {cut} more characters the reward functions wrote to stdout during this batch") == 2
+    assert all(err.count(f"scored '{i}'") == 2 for i in range(20)) and "[rlsys:" not in err

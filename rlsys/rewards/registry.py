@@ -14,6 +14,7 @@ process resolve it again without pickling the function.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from typing import NamedTuple
@@ -105,3 +106,53 @@ def _import_reward(path: str) -> RewardFn:
     if not callable(obj):
         raise ValueError(f"reward function {path!r} is a {type(obj).__name__}, not a callable")
     return obj  # type: ignore[return-value]
+
+
+
+# The probe prints the nonce it is given after the import returned or raised (a raise the in-process import then
+# reports with its message); no nonce on its stdout means the import ended the process. A nonce, not a fixed word,
+# so that nothing the module prints can pass for it.
+_PROBE = """
+import importlib, json, sys
+sys.path[:] = json.loads(sys.argv[2])
+try:
+    importlib.import_module(sys.argv[1])
+finally:
+    print(sys.argv[3], flush=True)
+"""
+PROBE_TIMEOUT_S = 300.0  # a module that imports torch on a loaded node takes tens of seconds
+
+
+def import_kills_process(path: str) -> str | None:
+    """Import the module of reward import path ``path`` (``"package.module:function"``) in a child process with
+    this process's ``sys.path``, and say how the import ended that process, or None if it did not.
+
+    Importing user code in the driver runs whatever the module runs at import: ``os._exit(0)`` there would end
+    rlsys with exit code 0 and no word, and a crash in a C extension with a bare signal. The config check calls this
+    first (a second or two per custom module, once per process), so the problem is reported naming the module
+    instead. An import that merely raises is not this function's business (None): the in-process import reports it
+    with its message."""
+    import sys
+
+    return _probe(path.partition(":")[0], tuple(sys.path))
+
+
+@functools.cache
+def _probe(module: str, sys_path: tuple[str, ...]) -> str | None:
+    import json
+    import secrets
+    import subprocess
+    import sys
+
+    nonce = f"rlsys-probe-{secrets.token_hex(8)}"
+    try:
+        proc = subprocess.run([sys.executable, "-c", _PROBE, module, json.dumps(sys_path), nonce], capture_output=True,
+                              text=True, errors="replace", timeout=PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return f"importing module {module!r} did not finish within {PROBE_TIMEOUT_S:.0f} s (does it block at import?)"
+    if nonce in proc.stdout.splitlines():
+        return None
+    how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
+    tail = " | ".join(proc.stderr.strip().splitlines()[-3:])[-300:]
+    return (f"importing module {module!r} ended the process ({how}) before the import finished"
+            + (f"; its last output: {tail}" if tail else "") + ": a reward module must not exit or crash when imported")

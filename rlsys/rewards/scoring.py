@@ -21,12 +21,14 @@ RewardScorer must do so under ``if __name__ == "__main__":`` (Ray workers and py
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import multiprocessing
 import multiprocessing.util
 import numbers
 import signal
+import sys
 import threading
 import time
 from multiprocessing.connection import Connection, wait
@@ -69,6 +71,10 @@ MAX_LOST_IN_A_ROW = 8
 # or a worker killed mid-call) does not answer "crashed" for its samples in the moment before the actor dies,
 # and the driver scores the batch again instead. Any other SIGKILL (the OOM killer) costs only the wait.
 _KILLED_FROM_OUTSIDE_WAIT_S = 2.0
+
+# What reward functions print reaches the reward worker's log (and the driver's console) up to this many characters
+# per stream and score() request (_BoundedOutput): enough to debug a reward, not enough to flood a run.
+REWARD_OUTPUT_CHARS = 4096
 
 # A rule call (term, start, stop): rule term number ``term`` on items[start:stop] -- one item (sample and process
 # scope) or one prompt group (group scope). A plain tuple: a batch has one per item and term.
@@ -474,6 +480,8 @@ def _child_main(conn: Connection, progress: Any, terms: tuple[RewardComponent, .
     of the calls made since the last message (flat, in ``todo`` order: one per item of each call) and every term's
     compute seconds so far in the request; ``error`` with the reason.
     """
+    outputs = [_BoundedOutput(sys.stdout, "stdout"), _BoundedOutput(sys.stderr, "stderr")]
+    sys.stdout, sys.stderr = outputs  # before the import: a module that prints there is bounded too
     try:
         fns = [get_reward_fn(term.fn) for term in terms]
     except Exception as e:
@@ -494,6 +502,40 @@ def _child_main(conn: Connection, progress: Any, terms: tuple[RewardComponent, .
             return
         except Exception as e:  # a bug here, not in a reward
             conn.send(("error", f"reward worker process failed: {type(e).__name__}: {e}", None))
+        finally:
+            for out in outputs:
+                out.end_request()
+
+
+class _BoundedOutput(io.TextIOBase):
+    """What reward functions print (``print``, ``sys.stdout.write``; not writes to the file descriptor itself),
+    passed on to ``stream`` up to ``REWARD_OUTPUT_CHARS`` characters per score() request; the rest is counted, and
+    one line at the end of the request says how much was left out. A reward that prints per sample would otherwise
+    send megabytes a step through the reward worker's log to the driver's console."""
+
+    def __init__(self, stream: Any, name: str) -> None:
+        self.stream, self.name, self.left, self.cut = stream, name, REWARD_OUTPUT_CHARS, 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        shown = text[:max(self.left, 0)]
+        if shown:
+            self.stream.write(shown)
+        self.left -= len(shown)
+        self.cut += len(text) - len(shown)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def end_request(self) -> None:
+        if self.cut:
+            self.stream.write(f"\n[rlsys: {self.cut} more characters the reward functions wrote to {self.name} "
+                              f"during this batch were left out; at most {REWARD_OUTPUT_CHARS} are shown a batch]\n")
+        self.stream.flush()
+        self.left, self.cut = REWARD_OUTPUT_CHARS, 0
 
 
 def _child_score(conn: Connection, progress: Any, terms: tuple[RewardComponent, ...], fns: list[RewardFn],
