@@ -11,6 +11,7 @@ Every field is plain data or an object ref, so the controller's state is explici
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import ray
 
@@ -105,4 +106,16 @@ class Evaluating:
     generated: ray.ObjectRef | None = None
 
 
-Call = Generating | Scoring | Putting | RewardPing | Taking | Learning | GatheringWeights | LoadingWeights | Evaluating
+@dataclass
+class Checkpointing:
+    """Every learner rank writing its part of the checkpoint of ``version`` into ``directory`` (a temporary one);
+    ``state`` is the driver's state at that version, taken when the call was made."""
+
+    refs: list[ray.ObjectRef]  # save_checkpoint on every rank
+    version: int
+    directory: Path
+    state: dict
+
+
+Call = (Generating | Scoring | Putting | RewardPing | Taking | Learning | GatheringWeights | LoadingWeights
+        | Evaluating | Checkpointing)

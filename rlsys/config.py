@@ -221,6 +221,10 @@ class TrainConfig:
     max_staleness: int = 1  # η: a sample of version u may train policy version v only if v − u ≤ η
     sync_every: int = 1  # push weights to rollout workers every k optimizer steps
     eval_every: int = 100  # held-out greedy accuracy every k steps (0: only before and after)
+    # A full-state checkpoint (rlsys.checkpoint: every learner rank's DeepSpeed state, the policy as a Hugging Face
+    # checkpoint, the driver's state) every k steps and after the last; 0: none (the final model/ is still written)
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2  # the newest k checkpoints are kept, older ones deleted
     seed: int = 0
 
 
@@ -364,10 +368,12 @@ _BOUNDS = [
       "reward.num_workers", "reward.max_batches_per_call", "reward.failure_window", "learner.num_learners",
       "learner.micro_batch_size", "warmup.check_every", "warmup.batch_size", "task.num_train", "task.num_eval",
       "model.intermediate_size", "model.max_position_embeddings",
-      "train.num_steps", "train.groups_per_step", "train.sync_every", "task.num_digits", "model.hidden_size",
+      "train.num_steps", "train.groups_per_step", "train.sync_every", "task.num_digits", "train.keep_checkpoints",
+      "model.hidden_size",
       "model.num_layers", "model.num_heads", "algo.epochs", "algo.minibatches"), lambda v: v >= 1,
      "a positive integer (≥ 1)"),
-    (("train.max_staleness", "train.eval_every", "warmup.steps", "algo.kl_coef", "learner.weight_decay",
+    (("train.max_staleness", "train.eval_every", "train.checkpoint_every", "warmup.steps", "algo.kl_coef",
+      "learner.weight_decay",
       "rollout.num_gpus", "learner.num_gpus", "reward.num_gpus", "learner.grad_clip", "algo.entropy_coef",
       "algo.adv_bound", "algo.value_clip", "algo.overlong_buffer", "algo.clip_eps_low"), lambda v: v >= 0, "≥ 0"),
     (("learner.lr", "warmup.lr", "rollout.temperature", "reward.timeout_s", "reward.call_timeout_s",

@@ -28,6 +28,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import ray
@@ -38,6 +39,7 @@ from rlsys.actors.learner import StepResult, combine_rank_metrics
 from rlsys.actors.placement import ActorHandles
 from rlsys.calls import (
     Call,
+    Checkpointing,
     Evaluating,
     GatheringWeights,
     Generating,
@@ -50,11 +52,12 @@ from rlsys.calls import (
     SyncRound,
     Taking,
 )
+from rlsys.checkpoint import CheckpointDir
 from rlsys.config import RLConfig
 from rlsys.data.tasks import PromptStream
 from rlsys.evaluate import accuracy
 from rlsys.failures import ActorLost, PromptRetries, Replacements, RewardFailureWindow, first_line
-from rlsys.metrics import MetricsWriter, reward_scalars
+from rlsys.metrics import MetricsWriter, json_safe, reward_scalars
 from rlsys.reward_pool import RewardPool
 from rlsys.staleness import AdmissionGate
 from rlsys.types import Prompt
@@ -121,8 +124,12 @@ class Controller:
     """Runs the asynchronous loop over already created and set-up actors (see :mod:`rlsys.actors.placement`)."""
 
     def __init__(self, cfg: RLConfig, actors: ActorHandles, train_prompts: list[Prompt], eval_prompts: list[Prompt],
-                 metrics: MetricsWriter, on_step: Callable[[int, dict], None] | None = None) -> None:
+                 metrics: MetricsWriter, on_step: Callable[[int, dict], None] | None = None,
+                 run_dir: Path | None = None) -> None:
         self.cfg, self.actors, self.metrics, self.on_step = cfg, actors, metrics, on_step
+        # train.checkpoint_every > 0 needs the run directory to write into
+        self.checkpoints = CheckpointDir(run_dir, cfg.train.keep_checkpoints) \
+            if run_dir is not None and cfg.train.checkpoint_every > 0 else None
         self.stream = PromptStream(train_prompts, cfg.train.seed)
         self.eval_prompts = eval_prompts
         self.gate = AdmissionGate(cfg.train.groups_per_step, cfg.train.max_staleness)
@@ -215,7 +222,8 @@ class Controller:
     def _finishing(self) -> bool:
         """After the last step: wait for its weight sync and evaluation, not for surplus rollouts."""
         return self.eval_retry is not None or any(
-            isinstance(c, Learning | GatheringWeights | LoadingWeights | Evaluating) for c in self.pending.values())
+            isinstance(c, Learning | GatheringWeights | LoadingWeights | Evaluating | Checkpointing)
+            for c in self.pending.values())
 
     # ------------------------------------------------------------------ admit → generate → score → buffer
     def _admit(self) -> None:
@@ -403,10 +411,35 @@ class Controller:
         train = combine_rank_metrics([r.metrics for r in results])
         self._log_step(train, call.staleness, step_s)
         last = self.version >= self.cfg.train.num_steps
+        if self.checkpoints is not None and (last or self.version % self.cfg.train.checkpoint_every == 0):
+            self._checkpoint()
         if last or self.version % self.cfg.train.sync_every == 0:
             self._sync()
         elif self._eval_due():
             self._evaluate()
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint(self) -> None:
+        """Every learner rank writes its part of the checkpoint of this version (calls run in order: after the
+        step just finished, before the next one); the driver's state is taken now, at the same version."""
+        directory = self.checkpoints.begin(self.version)
+        refs = [learner.save_checkpoint.remote(str(directory)) for learner in self.actors.learners]
+        self.pending[refs[0]] = Checkpointing(refs, self.version, directory, self.checkpoint_state())
+
+    def checkpoint_state(self) -> dict:
+        """The driver's part of a checkpoint (``state.json``): the policy version, the prompt stream's position
+        (:meth:`PromptStream.state`), the held-out accuracy so far and the run's totals."""
+        return json_safe({"version": self.version, "stream": self.stream.state(),
+                          "eval_accuracy": {str(v): a for v, a in self.eval_accuracy.items()},
+                          "totals": dict(self.totals), "seed": self.cfg.train.seed})
+
+    def _on_checkpointed(self, call: Checkpointing) -> None:
+        saved = ray.get(call.refs, timeout=RESULT_TIMEOUT_S)
+        assert all(v == call.version for v in saved), f"learner ranks saved versions {saved}, not {call.version}"
+        written = self.checkpoints.commit(call.directory, call.version, call.state)
+        log.info("checkpoint of version %d: %s (%.2f GB in %.1f s)", call.version, written.path, written.bytes / 1e9,
+                 written.seconds)
+        self.metrics.log(call.version, {"checkpoint/seconds": written.seconds, "checkpoint/gb": written.bytes / 1e9})
 
     def _sync(self) -> None:
         """Put the new weights in the object store once (rank 0's return value); every rollout worker fetches
@@ -495,6 +528,8 @@ class Controller:
                 self._on_sync_ack(call, ref)
             case Evaluating():
                 self._on_eval_done(call, ref)
+            case Checkpointing():
+                self._on_checkpointed(call)
             case _:
                 raise AssertionError(f"unknown call {call!r}")
 

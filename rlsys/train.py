@@ -12,13 +12,12 @@ from pathlib import Path
 
 import ray
 from tqdm import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from rlsys.actors.placement import create_actors, setup_learners, shutdown_actors
 from rlsys.actors.resources import check_cluster, check_local_cpus, total_demand
+from rlsys.checkpoint import checkpoints, export_policy
 from rlsys.config import ConfigError, RLConfig, to_yaml
 from rlsys.controller import Controller, RunSummary
-from rlsys.engines.generation import tensors_from_numpy
 from rlsys.metrics import MetricsWriter, json_safe
 from rlsys.prepare import load_datasets, prepare
 
@@ -95,7 +94,8 @@ def train(cfg: RLConfig) -> tuple[RunSummary, Path]:
             bar.set_postfix(shown, refresh=False)
             bar.update(version - bar.n)  # tqdm decides when to redraw (at most every 0.5 s)
 
-        summary = Controller(cfg, actors, prepared.train_prompts, prepared.eval_prompts, metrics, on_step).run()
+        summary = Controller(cfg, actors, prepared.train_prompts, prepared.eval_prompts, metrics, on_step,
+                             run_dir).run()
         bar.close()
         model_out = run_dir / "model"
         # every rank is called (a collective under ZeRO-3); rank 0 returns the weights
@@ -105,7 +105,8 @@ def train(cfg: RLConfig) -> tuple[RunSummary, Path]:
         report = {**asdict(summary), "startup_s": startup_s, "groups_left_in_buffer": left,
                   "dropped_rows": prepared.dropped_rows,  # data rows left out (task.bad_rows=drop), by reason
                   "dropped_row_list": [asdict(b) for b in prepared.dropped],
-                  "model_dir": str(model_out), "run_dir": str(run_dir)}
+                  "model_dir": str(model_out), "run_dir": str(run_dir),
+                  "checkpoints": [str(c) for c in checkpoints(run_dir / "checkpoints")]}
         (run_dir / "summary.json").write_text(json.dumps(json_safe(report), indent=2, allow_nan=False))
         finished = True
     finally:
@@ -122,11 +123,7 @@ def train(cfg: RLConfig) -> tuple[RunSummary, Path]:
 
 def save_policy(weights: ray.ObjectRef, init_dir: str, out: Path) -> None:
     """Write the trained policy as a Hugging Face checkpoint on the driver's node (learners may be elsewhere)."""
-    state = ray.get(weights, timeout=600)
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(init_dir))
-    model.load_state_dict(tensors_from_numpy(state))
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(init_dir).save_pretrained(out)
+    export_policy(ray.get(weights, timeout=600), init_dir, out)
 
 
 def _print_report(s: RunSummary, run_dir: Path, left: int, startup_s: float, dropped_rows: dict[str, int]) -> None:
@@ -152,3 +149,6 @@ def _print_report(s: RunSummary, run_dir: Path, left: int, startup_s: float, dro
     print("  metrics.jsonl   the same metrics, one JSON object per line")
     print("  samples.parquet every trained or dropped sample, with its version, reward and reason")
     print("  summary.json    the figures above;  config.yaml  the resolved config")
+    if saved := checkpoints(run_dir / "checkpoints"):
+        print(f"  checkpoints/    full-state checkpoints, newest {saved[-1].name} (its policy/ is a Hugging Face "
+              "checkpoint)")

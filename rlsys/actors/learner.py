@@ -16,6 +16,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import ray
@@ -239,6 +240,18 @@ class Learner:
             return buf.to(t.device, t.dtype)
 
         return reduce
+
+    def save_checkpoint(self, directory: str) -> int:
+        """This rank's part of a checkpoint in ``directory`` (:mod:`rlsys.checkpoint`): its DeepSpeed state, and on
+        rank 0 the Hugging Face export of the policy (``policy/``). Every rank must be called (a collective); calls
+        run in order, so the checkpoint holds the state after every train_step sent before it. Returns the
+        version saved."""
+        from rlsys.checkpoint import export_policy
+
+        state = self.policy.save_checkpoint(directory, self.version)
+        if state is not None:
+            export_policy(state, self.model_dir, Path(directory) / "policy")
+        return self.version
 
     def get_weights(self) -> dict[str, np.ndarray] | None:
         """Full weights as numpy on rank 0, None on the others (every rank must be called under ZeRO-3)."""

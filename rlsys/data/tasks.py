@@ -263,3 +263,26 @@ class PromptStream:
     def requeue(self, prompts: list[Prompt]) -> None:
         """Give prompts back (their generation was lost); they are handed out again before new ones."""
         self._requeued.extend(reversed(prompts))
+
+    def state(self) -> dict:
+        """Where the stream is, by prompt id rather than by position, so that a restore against a changed dataset is
+        detected (:meth:`restore`): the epoch, the ids still to come in it in order, the given-back prompts (id and
+        epoch) and the shuffling RNG's state. JSON-serialisable."""
+        version, internal, gauss = self._rng.getstate()
+        return {"epoch": self.epoch, "remaining": [self._prompts[i].prompt_id for i in self._order],
+                "requeued": [[p.prompt_id, p.epoch] for p in self._requeued],
+                "rng": [version, list(internal), gauss]}
+
+    def restore(self, state: dict) -> None:
+        """Continue from :meth:`state`; raises ValueError naming the ids the state has and the prompts do not (the
+        dataset changed since the state was taken)."""
+        index = {p.prompt_id: i for i, p in enumerate(self._prompts)}
+        ids = [*state["remaining"], *(pid for pid, _ in state["requeued"])]
+        if missing := [pid for pid in ids if pid not in index]:
+            raise ValueError(f"{len(missing)} prompt id(s) of the saved prompt stream are not in the training prompts "
+                             f"(the dataset changed), e.g. {', '.join(map(repr, missing[:3]))}")
+        version, internal, gauss = state["rng"]
+        self._rng.setstate((version, tuple(internal), gauss))
+        self.epoch = state["epoch"]
+        self._order = [index[pid] for pid in state["remaining"]]
+        self._requeued = [replace(self._prompts[index[pid]], epoch=epoch) for pid, epoch in state["requeued"]]

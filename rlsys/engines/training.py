@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -265,6 +266,16 @@ class DeepSpeedPolicy:
         logits = self.engine(input_ids=batch.input_ids.to(self.device),
                              attention_mask=batch.attention_mask.to(self.device)).logits
         return token_logprobs(logits[:, :-1], batch.input_ids[:, 1:].to(self.device), self.temperature).cpu()
+
+    def save_checkpoint(self, directory: str, version: int) -> dict[str, np.ndarray] | None:
+        """Write this rank's DeepSpeed checkpoint(s) under ``directory``/deepspeed — tag ``policy`` (model and
+        optimizer state, this rank's ZeRO shards) and, with a critic, ``critic`` — and return the full policy
+        weights on rank 0 (None elsewhere), for the Hugging Face export. A collective: every rank must call it."""
+        target = str(Path(directory) / "deepspeed")
+        self.engine.save_checkpoint(target, tag="policy", client_state={"version": version}, save_latest=False)
+        if self.critic is not None:
+            self.critic.save_checkpoint(target, tag="critic", client_state={"version": version}, save_latest=False)
+        return self.full_state_dict()
 
     def full_state_dict(self, all_ranks: bool = False) -> dict[str, np.ndarray] | None:
         """The full float32 policy weights as numpy arrays on rank 0 (on every rank if ``all_ranks``; None elsewhere).

@@ -1,0 +1,117 @@
+"""Full-state checkpoints (rlsys.checkpoint): atomic writes, manifests that catch damage, retention, and what a run's
+checkpoint holds (DeepSpeed state of every learner rank, the policy as a Hugging Face checkpoint, the driver's state).
+Resuming from them is not built yet (issue 10)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_overrides
+
+from rlsys.checkpoint import MANIFEST, STATE, CheckpointDir, checkpoints, latest_valid, verify
+from rlsys.config import ConfigError, load_config
+from rlsys.data.tasks import PromptStream
+from rlsys.types import Prompt
+
+
+def _write(store: CheckpointDir, version: int, payload: bytes = b"weights") -> None:
+    tmp = store.begin(version)
+    (tmp / "deepspeed").mkdir()
+    (tmp / "deepspeed" / "shard.pt").write_bytes(payload * 100)
+    store.commit(tmp, version, {"version": version})
+
+
+def test_a_committed_checkpoint_verifies_and_only_the_newest_are_kept(tmp_path):
+    store = CheckpointDir(tmp_path, keep=2)
+    for v in (2, 4, 6):
+        _write(store, v)
+    assert [p.name for p in checkpoints(store.root)] == ["step-00000004", "step-00000006"]
+    assert not [p for p in store.root.iterdir() if p.name.startswith(".")]  # no temporary directory left
+    newest = store.root / "step-00000006"
+    assert verify(newest) is None and json.loads((newest / STATE).read_text()) == {"version": 6}
+    manifest = json.loads((newest / MANIFEST).read_text())
+    assert set(manifest["files"]) == {"deepspeed/shard.pt", STATE} and manifest["version"] == 6
+
+
+@pytest.mark.parametrize(("damage", "reason"), [
+    (lambda p: (p / "deepspeed" / "shard.pt").write_bytes(b"short"), "has 5 bytes, the manifest says 700"),
+    (lambda p: (p / "deepspeed" / "shard.pt").write_bytes(b"x" * 700), "does not match its SHA-256"),
+    (lambda p: (p / "deepspeed" / "shard.pt").unlink(), "deepspeed/shard.pt is missing"),
+    (lambda p: (p / MANIFEST).unlink(), "no MANIFEST.json"),
+    (lambda p: (p / MANIFEST).write_text("{not json"), "MANIFEST.json is unreadable"),
+])
+def test_a_damaged_newest_checkpoint_is_named_and_the_previous_one_used(tmp_path, damage, reason):
+    store = CheckpointDir(tmp_path, keep=3)
+    _write(store, 1)
+    _write(store, 2)
+    damage(store.root / "step-00000002")
+    path, skipped = latest_valid(store.root)
+    assert path == store.root / "step-00000001"
+    assert len(skipped) == 1 and skipped[0].startswith("step-00000002: ") and reason in skipped[0]
+
+
+def test_an_unfinished_checkpoint_is_invisible(tmp_path):
+    store = CheckpointDir(tmp_path, keep=2)
+    _write(store, 1)
+    tmp = store.begin(2)  # a crash while the learners write
+    (tmp / "half.pt").write_bytes(b"x")
+    assert latest_valid(store.root) == (store.root / "step-00000001", [])
+    assert latest_valid(tmp_path / "nowhere") == (None, [])
+
+
+def test_checkpoint_settings_are_checked():
+    with pytest.raises(ConfigError, match="train.keep_checkpoints=0"):
+        load_config(None, ["train.keep_checkpoints=0"])
+    with pytest.raises(ConfigError, match="train.checkpoint_every=-1"):
+        load_config(None, ["train.checkpoint_every=-1"])
+
+
+def test_the_prompt_stream_continues_from_its_state_and_detects_a_changed_dataset():
+    prompts = [Prompt(f"p{i}", f"{i}+1=", str(i + 1)) for i in range(7)]
+    stream = PromptStream(prompts, seed=3)
+    handed = [stream.next() for _ in range(9)]  # into the second epoch
+    stream.requeue(handed[-2:])  # lost generations, given back
+    state = json.loads(json.dumps(stream.state()))  # as state.json holds it
+    again = PromptStream(prompts, seed=99)  # another seed: everything comes from the state
+    again.restore(state)
+    assert [(p.prompt_id, p.epoch) for p in (stream.next() for _ in range(20))] == \
+        [(p.prompt_id, p.epoch) for p in (again.next() for _ in range(20))]
+    with pytest.raises(ValueError, match=r"not in the training prompts \(the dataset changed\)"):
+        PromptStream(prompts[:3], seed=3).restore(state)
+
+
+@pytest.mark.slow
+def test_a_run_checkpoints_every_k_steps_and_at_the_end(ray_session, tmp_path):
+    """GAE (a critic beside the policy), two learner ranks under ZeRO-2: every rank's DeepSpeed state, the policy
+    export equal to the run's final model, the driver's state at that version."""
+    from transformers import AutoModelForCausalLM
+
+    from rlsys.metrics import read_metrics
+    from rlsys.train import train
+
+    summary, run_dir = train(load_config(None, tiny_overrides(
+        tmp_path, "train.num_steps=5", "train.checkpoint_every=2", "train.keep_checkpoints=2",
+        "algo.advantage=gae", "learner.num_learners=2", "learner.zero_stage=2", "train.max_staleness=0")))
+    root = run_dir / "checkpoints"
+    assert [p.name for p in checkpoints(root)] == ["step-00000004", "step-00000005"]  # 2 dropped, the end added
+    path, skipped = latest_valid(root)
+    assert path == root / "step-00000005" and skipped == []
+    files = set(json.loads((path / MANIFEST).read_text())["files"])
+    for tag in ("policy", "critic"):
+        assert {f"deepspeed/{tag}/zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)} <= files, files
+        assert f"deepspeed/{tag}/mp_rank_00_model_states.pt" in files
+    state = json.loads((path / STATE).read_text())
+    assert state["version"] == 5 and state["stream"]["epoch"] == 0
+    # the evaluations finished when the checkpoint was taken: version 5's comes after it (eval_every=0)
+    assert state["eval_accuracy"] == {"0": summary.eval_accuracy[0]} and set(summary.eval_accuracy) == {0, 5}
+    exported = AutoModelForCausalLM.from_pretrained(path / "policy").state_dict()
+    final = AutoModelForCausalLM.from_pretrained(run_dir / "model").state_dict()
+    assert exported.keys() == final.keys() and all(torch.equal(exported[k], final[k]) for k in final)
+    earlier = AutoModelForCausalLM.from_pretrained(root / "step-00000004" / "policy").state_dict()
+    assert not all(torch.equal(earlier[k], final[k]) for k in final)  # a step later, other weights
+    logged = [m for m in read_metrics(run_dir) if "checkpoint/seconds" in m]
+    assert [m["step"] for m in logged] == [2, 4, 5] and all(np.isfinite(m["checkpoint/gb"]) for m in logged)
+    assert json.loads((run_dir / "summary.json").read_text())["checkpoints"] == [str(root / "step-00000004"), str(path)]
