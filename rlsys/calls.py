@@ -115,6 +115,7 @@ class Checkpointing:
     version: int
     directory: Path
     state: dict
+    log_parts: ray.ObjectRef  # the buffer's flush_log: how many sample-log parts the checkpoint's timeline has
 
 
 Call = (Generating | Scoring | Putting | RewardPing | Taking | Learning | GatheringWeights | LoadingWeights

@@ -1,6 +1,7 @@
 """``rlsys train | eval | inspect``.
 
     rlsys train [--algo NAME] [--config FILE ...] [--print-config] [key=value ...]   run RL training
+    rlsys train --resume RUN_DIR [key=value ...]                   continue a run from its newest valid checkpoint
     rlsys eval MODEL_DIR [--config FILE] [--samples N --k K ...] [--output FILE] [key=value ...]
                                                                    held-out pass@1 (greedy) and pass@k of a checkpoint
     rlsys inspect RUN_DIR                                          what a run trained, dropped and why
@@ -25,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--algo", help="an algorithm recipe merged after the config files: grpo, dr_grpo, dapo, gspo, "
                        "ppo_gae, rloo, reinforce_pp, cispo (the files in configs/algos/)")
     train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest valid "
+                       "checkpoint, with its config.yaml (key=value overrides still apply, e.g. a larger "
+                       "train.num_steps)")
     train.add_argument("overrides", nargs="*", metavar="key=value",
                        help="e.g. train.num_steps=20 train.max_staleness=0")
     evaluate = sub.add_parser("eval", help="held-out pass@1 (greedy) and pass@k (sampled) of a Hugging Face "
@@ -59,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         files = args.config if isinstance(args.config, list) or args.config is None else [args.config]
+        if getattr(args, "resume", None):
+            files, args.overrides = _resume_args(args.resume, files, args.overrides)
         if getattr(args, "algo", None) is not None:  # --algo '' is an unknown recipe, not no recipe
             files = [*(files or [DEFAULT_CONFIG]), algo_recipe(args.algo)]
         cfg = load_config(files, args.overrides)
@@ -96,6 +102,21 @@ def main(argv: list[str] | None = None) -> int:
               "metrics.jsonl, tensorboard/)", file=sys.stderr)
         return 130
     return 0
+
+
+def _resume_args(run_dir: str, files: list[str] | None, overrides: list[str]) -> tuple[list[str], list[str]]:
+    """The config files and overrides of ``rlsys train --resume RUN_DIR``: the run's own config.yaml, its directory
+    as output.root/output.run_name, and train.resume=true, then the overrides given."""
+    from pathlib import Path
+
+    path = Path(run_dir).expanduser().resolve()
+    if files:
+        raise ConfigError("--resume takes the run's own config.yaml; give changes as key=value overrides, not --config")
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(f"--resume {run_dir}: no config.yaml there; give the directory of a run (output.root/"
+                          "output.run_name)")
+    return [str(path / "config.yaml")], [f"output.root={path.parent}", f"output.run_name={path.name}",
+                                         "train.resume=true", *overrides]
 
 
 def _evaluate(model_dir: str, cfg, samples: int, ks: tuple[int, ...], output: str | None) -> int:

@@ -225,6 +225,9 @@ class TrainConfig:
     # checkpoint, the driver's state) every k steps and after the last; 0: none (the final model/ is still written)
     checkpoint_every: int = 0
     keep_checkpoints: int = 2  # the newest k checkpoints are kept, older ones deleted
+    # Continue the run in output.root/output.run_name from its newest valid checkpoint, if it has one (else start
+    # it): a job re-submitted after a crash (ray job submit) carries on. `rlsys train --resume RUN_DIR` sets it.
+    resume: bool = False
     seed: int = 0
 
 
@@ -625,6 +628,8 @@ def validate(cfg: RLConfig) -> None:
     need(0 < cfg.reward.max_failure_rate <= 1, f"reward.max_failure_rate={cfg.reward.max_failure_rate} must be in "
          "(0, 1]")
     need(a.dual_clip_c > 1, f"algo.dual_clip_c={a.dual_clip_c} must be > 1")
+    need(not cfg.train.resume or bool(cfg.output.run_name), "train.resume=true needs output.run_name: the run to "
+         "continue is output.root/output.run_name (the default name, a timestamp, is new every time)")
     need(a.clip_eps_low <= 1, f"algo.clip_eps_low={a.clip_eps_low} must be ≤ 1 (the ratio's lower bound 1 − ε_low is "
          "then ≥ 0; 1 already means no lower bound)")
     need(a.is_cap > 1, f"algo.is_cap={a.is_cap} must be > 1")

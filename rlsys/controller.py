@@ -164,6 +164,10 @@ class Controller:
                        "filtered_groups": 0, "learner_s": 0.0, "generate_s": 0.0}
         self.filtered_in_a_row = 0
         self.retries = PromptRetries(self.stream)
+        # Every prompt admitted and not yet trained, dropped or given back ((prompt id, epoch) → prompt): what a
+        # checkpoint must re-queue, since the groups in flight and in the buffer are not in it.
+        self.outstanding: dict[tuple[str, int], Prompt] = {}
+        self.resumed, self.elapsed_before = False, 0.0
         self.reward_failures = RewardFailureWindow(cfg.reward.max_failure_rate, cfg.reward.failure_window)
         # Actors that are not restarted: the run stops with ActorLost, naming the one that died.
         essential = {f"learner rank {i}": a for i, a in enumerate(actors.learners)}
@@ -172,8 +176,16 @@ class Controller:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> RunSummary:
-        self.t0 = time.perf_counter()
-        self._evaluate()
+        self.t0 = time.perf_counter() - self.elapsed_before
+        if self.resumed:  # the rollout workers start from the initial checkpoint: the restored weights go first
+            refs = [learner.get_weights.remote() for learner in self.actors.learners]  # a collective under ZeRO-3
+            self.latest_weights = refs[0]
+            for actor in self.actors.rollouts:  # ahead of every generate call (an actor runs a caller's in order)
+                actor.update_weights.remote(self.latest_weights, self.version)
+            if self._eval_due() and self.version not in self.eval_accuracy:
+                self._evaluate()
+        else:
+            self._evaluate()
         last_progress = time.monotonic()
         while self.version < self.cfg.train.num_steps or self._finishing():
             self._admit()
@@ -235,6 +247,7 @@ class Controller:
             if capacity == 0 or self.inflight_per_worker[worker] >= MAX_REQUESTS_PER_WORKER:
                 return
             prompts = self.retries.next_prompts(min(self.cfg.rollout.groups_per_request, capacity))
+            self.outstanding.update(((p.prompt_id, p.epoch), p) for p in prompts)
             self.gate.admit(len(prompts), self.rollout_version)
             rid = next(self.requests)
             batch, generated = self.actors.rollouts[worker].generate.options(num_returns=2).remote(rid, prompts)
@@ -295,6 +308,7 @@ class Controller:
         for error in put.reward_errors[:3]:
             log.warning("reward function failed on a sample of request %d: %s", put.request_id, error)
         if put.filtered_keys:  # dynamic sampling dropped them: free their slots so more are generated
+            self._settled(put.filtered_keys)
             self.gate.discard(len(put.filtered_keys))
             w.filtered_groups += len(put.filtered_keys)
             self.totals["filtered_groups"] += len(put.filtered_keys)  # here, not per step: drained puts count too
@@ -364,6 +378,7 @@ class Controller:
         ``failed``: the request itself failed (generation raised, or scoring failed every attempt), as opposed to
         its worker dying: its prompts are retried alone and dropped after a few failures (:class:`PromptRetries`)."""
         prompts, worker = request.prompts, request.worker
+        self._settled((p.prompt_id, p.epoch) for p in prompts)  # back to the stream (or dropped), not in flight
         self.inflight_per_worker[worker] -= 1
         self.gate.discard(len(prompts))
         self.totals["lost_requests"] += 1
@@ -385,8 +400,14 @@ class Controller:
             self.cfg.train.groups_per_step, self.version)
         self.pending[summary] = Taking(batch)
 
+    def _settled(self, keys) -> None:
+        """These admitted groups are done with: trained, dropped, or given back to the prompt stream."""
+        for key in keys:
+            self.outstanding.pop(tuple(key), None)
+
     def _on_take(self, call: Taking, take: TakeSummary) -> None:
         self._buffer_report(take.depth, take.seq)
+        self._settled(take.dropped_keys + take.taken_keys)
         if take.dropped_keys:
             self.gate.discard(len(take.dropped_keys))
             self.totals["dropped_stale"] += len(take.dropped_keys)
@@ -421,22 +442,47 @@ class Controller:
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self) -> None:
         """Every learner rank writes its part of the checkpoint of this version (calls run in order: after the
-        step just finished, before the next one); the driver's state is taken now, at the same version."""
+        step just finished, before the next one), the buffer flushes its sample log, and the driver's state is
+        taken now, at the same version. No take is in flight here (it waits for the step), so every admitted group
+        is in :attr:`outstanding` or trained."""
         directory = self.checkpoints.begin(self.version)
         refs = [learner.save_checkpoint.remote(str(directory)) for learner in self.actors.learners]
-        self.pending[refs[0]] = Checkpointing(refs, self.version, directory, self.checkpoint_state())
+        log_parts = self.actors.buffer.flush_log.remote()
+        self.pending[refs[0]] = Checkpointing(refs, self.version, directory, self.checkpoint_state(), log_parts)
 
     def checkpoint_state(self) -> dict:
         """The driver's part of a checkpoint (``state.json``): the policy version, the prompt stream's position
-        (:meth:`PromptStream.state`), the held-out accuracy so far and the run's totals."""
+        (:meth:`PromptStream.state`) with the prompts admitted but not trained (to generate again on a resume), the
+        retry bookkeeping, the held-out accuracy so far, the run's totals and how many metrics records were
+        written."""
         return json_safe({"version": self.version, "stream": self.stream.state(),
-                          "eval_accuracy": {str(v): a for v, a in self.eval_accuracy.items()},
-                          "totals": dict(self.totals), "seed": self.cfg.train.seed})
+                          "outstanding": [[pid, epoch] for pid, epoch in self.outstanding],
+                          "retries": self.retries.state(),
+                          "eval_accuracy": [[v, a] for v, a in self.eval_accuracy.items()],
+                          "totals": dict(self.totals), "metrics_records": self.metrics.records,
+                          "elapsed_s": time.perf_counter() - self.t0,
+                          "seed": self.cfg.train.seed})
+
+    def restore(self, state: dict) -> None:
+        """Continue from :meth:`checkpoint_state` (the learners loaded the same checkpoint): the prompts that were
+        outstanding come first, and the admission gate counts the trained groups only, so the staleness bound holds
+        relative to the restored version exactly as in a run that reached it with an empty pipeline."""
+        self.version = self.rollout_version = state["version"]
+        self.stream.restore(state["stream"])
+        self.retries.restore(state["retries"])
+        self.stream.requeue(self.stream.prompts_for(state["outstanding"]))
+        self.eval_accuracy = {int(v): (math.nan if a is None else a) for v, a in state["eval_accuracy"]}
+        self.totals.update(state["totals"])
+        self.elapsed_before = state["elapsed_s"]  # the run's time so far, for its throughput figures
+        self.gate = AdmissionGate(self.cfg.train.groups_per_step, self.cfg.train.max_staleness,
+                                  admitted=self.version * self.cfg.train.groups_per_step)
+        self.resumed = True
 
     def _on_checkpointed(self, call: Checkpointing) -> None:
         saved = ray.get(call.refs, timeout=RESULT_TIMEOUT_S)
         assert all(v == call.version for v in saved), f"learner ranks saved versions {saved}, not {call.version}"
-        written = self.checkpoints.commit(call.directory, call.version, call.state)
+        state = {**call.state, "log_parts": ray.get(call.log_parts, timeout=RESULT_TIMEOUT_S)}
+        written = self.checkpoints.commit(call.directory, call.version, state)
         log.info("checkpoint of version %d: %s (%.2f GB in %.1f s)", call.version, written.path, written.bytes / 1e9,
                  written.seconds)
         self.metrics.log(call.version, {"checkpoint/seconds": written.seconds, "checkpoint/gb": written.bytes / 1e9})
@@ -453,7 +499,7 @@ class Controller:
         sync = SyncRound(self.version, time.perf_counter() - call.start, waiting=len(self.actors.rollouts))
         for worker, actor in enumerate(self.actors.rollouts):  # each acks after its current generation batch
             self.pending[actor.update_weights.remote(weights, self.version)] = LoadingWeights(sync, worker)
-        if self._eval_due():
+        if self._eval_due() and self.version not in self.eval_accuracy:  # a resume may have evaluated it already
             self._evaluate()
 
     def _on_sync_ack(self, call: LoadingWeights, ref: ray.ObjectRef) -> None:

@@ -95,6 +95,16 @@ class PromptRetries:
     def succeeded(self) -> None:
         self.failed_in_a_row = 0
 
+    def state(self) -> dict:
+        """The failure counts and the dropped prompts, JSON-serialisable (the stream's own state is separate)."""
+        return {"failures": [[pid, epoch, n] for (pid, epoch), n in self.failures.items()],
+                "dropped": list(self.dropped), "failed_in_a_row": self.failed_in_a_row}
+
+    def restore(self, state: dict) -> None:
+        self.failures = {(pid, epoch): n for pid, epoch, n in state["failures"]}
+        self.dropped = list(state["dropped"])
+        self.failed_in_a_row = state["failed_in_a_row"]
+
     def lost(self, prompts: list[Prompt], error: str, failed: bool) -> list[Prompt]:
         """A request of ``prompts`` was lost — ``failed``: by its own failure (with ``error``), else with its worker.
         Re-queues the prompts to retry and returns them; the others are dropped and recorded."""

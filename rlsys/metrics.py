@@ -40,12 +40,23 @@ def json_safe(value):
 
 
 class MetricsWriter:
-    def __init__(self, run_dir: str | Path) -> None:
+    """TensorBoard events and ``metrics.jsonl``. ``resume=(records, version)`` continues a run from a checkpoint:
+    the file is cut back to its first ``records`` records (the checkpoint's), and TensorBoard hides the events of
+    steps after ``version`` that the discarded timeline wrote (``purge_step``)."""
+
+    def __init__(self, run_dir: str | Path, resume: tuple[int, int] | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter  # torch: only where a run writes, not for reading
 
         self.run_dir = Path(run_dir)
-        self.tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
-        self._jsonl = open(self.run_dir / METRICS_FILE, "a", buffering=1)
+        path = self.run_dir / METRICS_FILE
+        self.records = 0
+        if resume is not None:
+            kept = path.read_text().splitlines(keepends=True)[:resume[0]] if path.exists() else []
+            path.write_text("".join(kept))
+            self.records = len(kept)
+        self.tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"),
+                                purge_step=resume[1] + 1 if resume is not None else None)
+        self._jsonl = open(path, "a", buffering=1)
 
     def log(self, step: int, scalars: dict[str, float], histograms: dict[str, list[float]] | None = None) -> None:
         for key, value in scalars.items():
@@ -55,6 +66,7 @@ class MetricsWriter:
             if values:
                 self.tb.add_histogram(key, np.asarray(values, dtype=np.float64), step)
         self._jsonl.write(json.dumps(json_safe({"step": step, **scalars}), allow_nan=False) + "\n")
+        self.records += 1
 
     def close(self) -> None:
         self.tb.flush()

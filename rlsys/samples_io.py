@@ -88,6 +88,11 @@ class SampleLog:
         if len(self._rows) >= FLUSH_ROWS or time.monotonic() - self._since >= FLUSH_S:
             self.flush()
 
+    @property
+    def parts(self) -> int:
+        """How many parts the log has on disk."""
+        return self._parts
+
     def flush(self) -> None:
         """Write the buffered rows as the next part (nothing if none are buffered)."""
         if self._rows:
@@ -107,3 +112,19 @@ class SampleLog:
             os.fsync(f.fileno())  # the rename must not become visible before the data
         tmp.replace(self.path / name)
         self._parts += 1
+
+
+def set_aside_parts(path: str | Path, keep: int, name: str) -> int:
+    """Move the parts after the first ``keep`` of the sample log at ``path`` into its subdirectory ``_<name>/``,
+    which readers skip (pyarrow ignores names that start with ``_``); returns how many were moved.
+
+    For a resume: the rows a run logged after the checkpoint it continues from belong to a timeline that the
+    resume discards (their prompts are generated and trained again), and would otherwise count twice."""
+    path = Path(path)
+    later = sorted(p for p in path.glob("part-*.parquet") if int(p.stem.split("-")[1]) >= keep)
+    if later:
+        aside = path / f"_{name}"
+        aside.mkdir(exist_ok=True)
+        for part in later:
+            part.rename(aside / part.name)
+    return len(later)

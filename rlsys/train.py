@@ -15,11 +15,12 @@ from tqdm import tqdm
 
 from rlsys.actors.placement import create_actors, setup_learners, shutdown_actors
 from rlsys.actors.resources import check_cluster, check_local_cpus, total_demand
-from rlsys.checkpoint import checkpoints, export_policy
+from rlsys.checkpoint import STATE, checkpoints, export_policy, latest_valid
 from rlsys.config import ConfigError, RLConfig, to_yaml
 from rlsys.controller import Controller, RunSummary
 from rlsys.metrics import MetricsWriter, json_safe
 from rlsys.prepare import load_datasets, prepare
+from rlsys.samples_io import set_aside_parts
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +33,27 @@ ACTOR_ENV = {"DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false", "OMP_NU
 RUN_FILES = ("metrics.jsonl", "samples.parquet", "summary.json")  # what a run writes into its directory
 
 
-def run_dir_for(cfg: RLConfig) -> Path:
-    """The run's directory (not created yet). One that already holds a run is refused: a second run writing there
-    would mix its metrics and samples with the first one's."""
+def run_dir_for(cfg: RLConfig) -> tuple[Path, Path | None]:
+    """The run's directory (not created yet), and the checkpoint to continue from (``train.resume``; None: start).
+
+    A directory that already holds a run is refused — a second run writing there would mix its metrics and samples
+    with the first one's — unless ``train.resume`` continues it from its newest valid checkpoint (damaged newer
+    ones are skipped, each named in a warning). With ``train.resume`` and no run there yet, the run starts."""
     name = cfg.output.run_name or time.strftime("%Y%m%d-%H%M%S")
     path = Path(cfg.output.root).expanduser().resolve() / name
+    checkpoint = None
+    if cfg.train.resume:
+        checkpoint, skipped = latest_valid(path / "checkpoints")
+        for why in skipped:
+            log.warning("not resuming from a damaged checkpoint: %s", why)
+        if checkpoint is not None:
+            log.info("resuming %s from %s", path, checkpoint)
+            return path, checkpoint
     if found := [f for f in RUN_FILES if (path / f).exists()]:
-        raise ConfigError(f"output.run_name={name!r}: {path} already holds a run ({', '.join(found)}); choose another "
-                          "output.run_name, or move that directory away")
-    return path
+        fix = ("it has no valid checkpoint to resume from (train.checkpoint_every was 0, or the run stopped before "
+               "the first)" if cfg.train.resume else "choose another output.run_name, or move that directory away")
+        raise ConfigError(f"output.run_name={name!r}: {path} already holds a run ({', '.join(found)}); {fix}")
+    return path, None
 
 
 def init_ray(cfg: RLConfig) -> None:
@@ -71,19 +84,30 @@ def train(cfg: RLConfig) -> tuple[RunSummary, Path]:
     t_prep = time.perf_counter()
     # Bad data, then a cluster too small for the config, fail in seconds: before Ray starts, and before the warm-up.
     data = load_datasets(cfg)
-    run_dir = run_dir_for(cfg)
+    run_dir, checkpoint = run_dir_for(cfg)
+    state = json.loads((checkpoint / STATE).read_text()) if checkpoint is not None else None
     init_ray(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     prepared = prepare(cfg, data)
     print(f"initial policy: {prepared.model_dir} "
           f"({'cached warm-up' if prepared.warmup_cached else f'warm-up took {prepared.warmup_s:.0f} s'})")
-    actors = create_actors(cfg, prepared.model_dir, str(run_dir / "samples.parquet") if cfg.output.save_samples
-                           else None)
-    metrics = MetricsWriter(run_dir)
+    samples_path = run_dir / "samples.parquet"
+    if state is not None and samples_path.is_dir():  # before the buffer opens the log and counts its parts
+        moved = set_aside_parts(samples_path, state["log_parts"], f"discarded-after-v{state['version']}")
+        log.info("resuming at version %d: %d sample-log part(s) written after the checkpoint set aside",
+                 state["version"], moved)
+    actors = create_actors(cfg, prepared.model_dir, str(samples_path) if cfg.output.save_samples else None)
+    metrics = MetricsWriter(run_dir, resume=(state["metrics_records"], state["version"]) if state else None)
     finished = False
     try:
         setup_learners(actors.learners)
+        if checkpoint is not None:
+            versions = ray.get([learner.load_checkpoint.remote(str(checkpoint)) for learner in actors.learners])
+            if set(versions) != {state["version"]}:
+                raise ConfigError(f"{checkpoint}: the learner ranks restored versions {versions}, its state.json "
+                                  f"says {state['version']}")
+            print(f"resumed from {checkpoint} at version {state['version']}")
         startup_s = time.perf_counter() - t_prep
         bar = tqdm(total=cfg.train.num_steps, desc="rlsys train", unit="step", disable=not cfg.output.progress_bar,
                    mininterval=0.5)
@@ -94,8 +118,11 @@ def train(cfg: RLConfig) -> tuple[RunSummary, Path]:
             bar.set_postfix(shown, refresh=False)
             bar.update(version - bar.n)  # tqdm decides when to redraw (at most every 0.5 s)
 
-        summary = Controller(cfg, actors, prepared.train_prompts, prepared.eval_prompts, metrics, on_step,
-                             run_dir).run()
+        controller = Controller(cfg, actors, prepared.train_prompts, prepared.eval_prompts, metrics, on_step, run_dir)
+        if state is not None:
+            controller.restore(state)
+            bar.update(state["version"])
+        summary = controller.run()
         bar.close()
         model_out = run_dir / "model"
         # every rank is called (a collective under ZeRO-3); rank 0 returns the weights

@@ -49,6 +49,7 @@ class PutSummary:
 class TakeSummary:
     taken: int
     dropped_keys: list[tuple[str, int]]  # (prompt id, epoch) of each group dropped as too stale
+    taken_keys: list[tuple[str, int]]  # (prompt id, epoch) of each group taken to train
     dropped_versions: list[int]
     batch_versions: list[int]
     depth: int
@@ -105,10 +106,19 @@ class BufferActor:
                 self.log.write(result.batch, learner_version, untrained_reasons(rewards, truncated, *self.filters))
         summary = TakeSummary(
             taken=len(result.batch or []), dropped_keys=[(g.prompt.prompt_id, g.prompt.epoch) for g in result.dropped],
+            taken_keys=[(g.prompt.prompt_id, g.prompt.epoch) for g in result.batch or []],
             dropped_versions=[g.version for g in result.dropped],
             batch_versions=[g.version for g in result.batch or []], depth=result.depth_after, seq=self.seq,
         )
         return result.batch, summary
+
+    def flush_log(self) -> int:
+        """Write what the sample log buffers as a part; returns how many parts the log has (for a checkpoint: the
+        parts after that many belong to a timeline a resume discards, :func:`rlsys.samples_io.set_aside_parts`)."""
+        if self.log is None:
+            return 0
+        self.log.flush()
+        return self.log.parts
 
     def close(self, learner_version: int) -> int:
         """Record the groups still waiting as not trained, flush the sample log; returns how many there were."""

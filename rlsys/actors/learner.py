@@ -253,6 +253,11 @@ class Learner:
             export_policy(state, self.model_dir, Path(directory) / "policy")
         return self.version
 
+    def load_checkpoint(self, directory: str) -> int:
+        """Continue from this rank's part of the checkpoint in ``directory``; returns its version."""
+        self.version = self.policy.load_checkpoint(directory)
+        return self.version
+
     def get_weights(self) -> dict[str, np.ndarray] | None:
         """Full weights as numpy on rank 0, None on the others (every rank must be called under ZeRO-3)."""
         return self.policy.full_state_dict()

@@ -111,7 +111,7 @@ def _create(cfg: RLConfig, model_dir: str, sample_log_path: str | None, runtime_
         return ray.remote(RolloutWorker).options(
             num_cpus=rc.num_cpus, num_gpus=rc.num_gpus, max_restarts=WORKER_MAX_RESTARTS, runtime_env=runtime_env,
             scheduling_strategy=in_bundle("rollout worker", i),
-        ).remote(i, model_dir, rc, cfg.task, packed)
+        ).remote(i, model_dir, rc, cfg.task, packed, seed=cfg.train.seed)
 
     def reward(i: int):  # restarted without limit: the controller kills one whose call runs past call_timeout_s
         return ray.remote(RewardWorker).options(

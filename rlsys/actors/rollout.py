@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 
@@ -30,10 +31,10 @@ class RolloutBatch:
 
 class RolloutWorker:
     def __init__(self, worker_id: int, model_dir: str, cfg: RolloutConfig, task: TaskConfig,
-                 packed: list = ()) -> None:
+                 packed: list = (), seed: int = 0) -> None:
         torch.set_num_threads(max(1, int(cfg.num_cpus)))
         model_dir = local_model_dir(model_dir, list(packed))
-        self.worker_id = worker_id
+        self.worker_id, self.seed = worker_id, seed
         self.cfg = cfg
         self.tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(model_dir), model_dir)
         self.format = PromptFormat.of(self.tokenizer, task, model_dir)  # as the driver's load-time checks encoded
@@ -50,6 +51,9 @@ class RolloutWorker:
         n = 1 if greedy else self.cfg.group_size
         rendered = [self.format.render(p) for p in prompts]
         prompt_ids = [self.format.encode_text(text) for text in rendered]
+        # Sampling seeded by what is generated, not by the process's history: the same request at the same version
+        # samples the same tokens on any worker, after a restart or a resume (a resumed η = 0 run is bit-exact).
+        torch.manual_seed(request_seed(self.seed, prompts, self.engine.version))
         completions = self.engine.generate(
             [ids for ids in prompt_ids for _ in range(n)], self.cfg.max_new_tokens, self.cfg.temperature, greedy
         )
@@ -80,3 +84,9 @@ class RolloutWorker:
 
     def version(self) -> int:
         return self.engine.version
+
+
+def request_seed(seed: int, prompts: list[Prompt], version: int) -> int:
+    """A 63-bit seed from the run's seed, the request's prompts (id and epoch, in order) and the policy version."""
+    key = repr((seed, version, [(p.prompt_id, p.epoch) for p in prompts])).encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1

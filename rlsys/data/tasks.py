@@ -273,16 +273,22 @@ class PromptStream:
                 "requeued": [[p.prompt_id, p.epoch] for p in self._requeued],
                 "rng": [version, list(internal), gauss]}
 
+    def prompts_for(self, keys: list) -> list[Prompt]:
+        """The prompts of ``(prompt id, epoch)`` pairs, in order; ValueError for an id the prompts do not have."""
+        index = {p.prompt_id: p for p in self._prompts}
+        if missing := [pid for pid, _ in keys if pid not in index]:
+            raise ValueError(f"{len(missing)} prompt id(s) of the checkpoint are not in the training prompts (the "
+                             f"dataset changed), e.g. {', '.join(map(repr, missing[:3]))}")
+        return [replace(index[pid], epoch=epoch) for pid, epoch in keys]
+
     def restore(self, state: dict) -> None:
         """Continue from :meth:`state`; raises ValueError naming the ids the state has and the prompts do not (the
         dataset changed since the state was taken)."""
+        requeued = self.prompts_for(state["requeued"])  # checks every id
+        self.prompts_for([(pid, 0) for pid in state["remaining"]])
         index = {p.prompt_id: i for i, p in enumerate(self._prompts)}
-        ids = [*state["remaining"], *(pid for pid, _ in state["requeued"])]
-        if missing := [pid for pid in ids if pid not in index]:
-            raise ValueError(f"{len(missing)} prompt id(s) of the saved prompt stream are not in the training prompts "
-                             f"(the dataset changed), e.g. {', '.join(map(repr, missing[:3]))}")
         version, internal, gauss = state["rng"]
         self._rng.setstate((version, tuple(internal), gauss))
         self.epoch = state["epoch"]
         self._order = [index[pid] for pid in state["remaining"]]
-        self._requeued = [replace(self._prompts[index[pid]], epoch=epoch) for pid, epoch in state["requeued"]]
+        self._requeued = requeued

@@ -277,6 +277,20 @@ class DeepSpeedPolicy:
             self.critic.save_checkpoint(target, tag="critic", client_state={"version": version}, save_latest=False)
         return self.full_state_dict()
 
+    def load_checkpoint(self, directory: str) -> int:
+        """Restore this rank's state from :meth:`save_checkpoint`'s files (the same number of ranks and ZeRO stage);
+        returns the version saved with it. Raises RuntimeError naming the directory when a part is missing."""
+        target = str(Path(directory) / "deepspeed")
+        engines = [("policy", self.engine)] + ([("critic", self.critic)] if self.critic is not None else [])
+        version = None
+        for tag, engine in engines:
+            path, client = engine.load_checkpoint(target, tag=tag, load_optimizer_states=True,
+                                                  load_lr_scheduler_states=True)
+            if path is None:
+                raise RuntimeError(f"{directory}: no DeepSpeed checkpoint {tag!r} for this rank")
+            version = client["version"] if version is None else version
+        return int(version)
+
     def full_state_dict(self, all_ranks: bool = False) -> dict[str, np.ndarray] | None:
         """The full float32 policy weights as numpy arrays on rank 0 (on every rank if ``all_ranks``; None elsewhere).
 
