@@ -77,6 +77,7 @@ MAX_FILTERED_STEPS = 20  # dynamic sampling: give up after this many steps' wort
 # MAX_REPLACEMENTS times per worker (rlsys.failures.Replacements), after which the run stops with ActorLost. One
 # crash loses at most MAX_REQUESTS_PER_WORKER requests, so two crashes in a row do not count as dead.
 LOSSES_BEFORE_REPLACING = 2 * MAX_REQUESTS_PER_WORKER + 1
+RESTART_BACKOFF_S = (1.0, 30.0)  # a restarting rollout worker is retried after 1 s, 2 s, 4 s, ... at most 30 s
 
 
 class PipelineStalled(RuntimeError):
@@ -145,6 +146,11 @@ class Controller:
         self.rollout_started = [False] * len(actors.rollouts)  # finished a request since it (re)started
         self.generating = [0] * len(actors.rollouts)  # generate() calls out, per worker
         self.hang_restarts = [0] * len(actors.rollouts)  # per worker, since it last finished a request
+        # A worker Ray is restarting answers every call at once with ActorUnavailableError: it is sent nothing
+        # until its back-off (seconds, doubling per refusal up to RESTART_BACKOFF_S[1]) is over.
+        self.rollout_backoff = [0.0] * len(actors.rollouts)
+        self.rollout_resume_at = [0.0] * len(actors.rollouts)  # time.monotonic()
+        self.rollout_needs_weights = [False] * len(actors.rollouts)  # restarted: send the latest before generating
         # A hung worker must be restarted before the whole pipeline counts as stalled.
         hang = cfg.rollout.hang_timeout_s
         self.stall_timeout_s = max(STALL_TIMEOUT_S, 2 * hang) if math.isfinite(hang) else STALL_TIMEOUT_S
@@ -193,7 +199,8 @@ class Controller:
             self.rewards.watch()
             self._watch_rollouts()
             self._retry_eval_when_due()
-            if not self.pending and (self.rewards.waiting_for_a_restart or self.eval_retry):  # only waits
+            if not self.pending and (self.rewards.waiting_for_a_restart or self.eval_retry
+                                     or max(self.rollout_resume_at) > time.monotonic()):  # only waits
                 time.sleep(0.1)
                 continue
             if not self.pending:
@@ -243,13 +250,16 @@ class Controller:
             return
         while True:
             capacity = self.gate.capacity(self.rollout_version)
-            worker = int(np.argmin(self.inflight_per_worker))
-            if capacity == 0 or self.inflight_per_worker[worker] >= MAX_REQUESTS_PER_WORKER:
+            now = time.monotonic()
+            ready = [w for w, at in enumerate(self.rollout_resume_at) if at <= now]  # not backing off
+            worker = min(ready, key=self.inflight_per_worker.__getitem__, default=None)
+            if capacity == 0 or worker is None or self.inflight_per_worker[worker] >= MAX_REQUESTS_PER_WORKER:
                 return
             prompts = self.retries.next_prompts(min(self.cfg.rollout.groups_per_request, capacity))
             self.outstanding.update(((p.prompt_id, p.epoch), p) for p in prompts)
             self.gate.admit(len(prompts), self.rollout_version)
             rid = next(self.requests)
+            self._send_weights_if_restarted(worker)
             batch, generated = self.actors.rollouts[worker].generate.options(num_returns=2).remote(rid, prompts)
             self.pending[generated] = Generating(Request(rid, prompts, worker, batch))
             if self.generating[worker] == 0 and self.rollout_started[worker]:
@@ -327,19 +337,37 @@ class Controller:
 
         Ray restarts a dead rollout worker from its constructor, i.e. with the initial weights, so it is sent
         the latest weights again; being first in its queue, they are loaded before it generates anything."""
-        self._requeue(request, error)
         worker = request.worker
+        restarting = isinstance(error, ActorUnavailableError)  # Ray is restarting it: it is not dead
+        first = not restarting or self.rollout_backoff[worker] == 0
+        self._requeue(request, error, quiet=not first)  # one line per restart, not one per refused request
         self.rollout_started[worker], self.rollout_busy_since[worker] = False, None  # a new process, or none
-        if not isinstance(error, ActorUnavailableError):  # that one: Ray is restarting it, it is not dead
-            self.rollout_losses[worker] += 1
+        if restarting:
+            low, high = RESTART_BACKOFF_S
+            self.rollout_backoff[worker] = min(high, max(low, 2 * self.rollout_backoff[worker]))
+            self.rollout_resume_at[worker] = time.monotonic() + self.rollout_backoff[worker]
+            if first:
+                log.warning("rollout worker %d is restarting; it is sent no requests until it answers (retried "
+                            "every %g-%g s)", worker, low, high)
+            self.rollout_needs_weights[worker] = True  # sent ahead of the next request (_admit)
+            return
+        self.rollout_losses[worker] += 1
         if self.rollout_losses[worker] >= LOSSES_BEFORE_REPLACING:
             self._replace_rollout(worker, error)
         elif self.latest_weights is not None:
             self.actors.rollouts[worker].update_weights.remote(self.latest_weights, self.rollout_version)
 
+    def _send_weights_if_restarted(self, worker: int) -> None:
+        """A worker Ray restarted holds the initial weights: the latest go first in its queue, ahead of the call
+        about to be sent (if that call is refused too, they are sent again with the next one)."""
+        if self.rollout_needs_weights[worker] and self.latest_weights is not None:
+            self.actors.rollouts[worker].update_weights.remote(self.latest_weights, self.rollout_version)
+        self.rollout_needs_weights[worker] = False
+
     def _finished_one(self, worker: int) -> None:
         """The worker answered a request: the hang clock (re)starts if it has more out, stops if not."""
         self.rollout_started[worker], self.hang_restarts[worker] = True, 0
+        self.rollout_backoff[worker] = 0.0
         self.rollout_busy_since[worker] = time.monotonic() if self.generating[worker] else None
 
     def _watch_rollouts(self) -> None:
@@ -371,7 +399,7 @@ class Controller:
         if self.latest_weights is not None:
             actor.update_weights.remote(self.latest_weights, self.rollout_version)
 
-    def _requeue(self, request: Request, error: Exception, failed: bool = False) -> None:
+    def _requeue(self, request: Request, error: Exception, failed: bool = False, quiet: bool = False) -> None:
         """A request whose batch was lost (not generated, or never scored): its prompts go back to the front of the
         queue, and its admission slot and its rollout worker's in-flight slot are freed.
 
@@ -384,8 +412,9 @@ class Controller:
         self.totals["lost_requests"] += 1
         message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         retry = self.retries.lost(prompts, message, failed)
-        log.warning("lost a request of %d prompt groups from rollout worker %d (re-queued: %s): %s",
-                    len(prompts), worker, [q.prompt_id for q in retry], message if failed else error)
+        (log.debug if quiet else log.warning)(
+            "lost a request of %d prompt groups from rollout worker %d (re-queued: %s): %s", len(prompts), worker,
+            [q.prompt_id for q in retry], message if failed else error)
 
     def _buffer_report(self, depth: int, seq: int) -> None:
         if seq > self.buffer_seq:
@@ -510,6 +539,7 @@ class Controller:
         except RayError as e:  # died while loading: Ray restarts it with the initial weights, so resend
             log.warning("rollout worker %d failed to load version %d, resending: %s", worker, sync.version, e)
             self.actors.rollouts[worker].update_weights.remote(self.latest_weights, self.rollout_version)
+            self.rollout_needs_weights[worker] = True  # again before its next request, in case Ray refused this
         if sync.waiting == 0 and sync.load_s:
             total = sync.gather_s + max(sync.load_s)
             self.sync_s.append(total)
@@ -526,6 +556,7 @@ class Controller:
         is sent to be scored once generated (:meth:`_on_eval_done`), not as a pending argument: Ray runs a caller's
         calls to an actor in order, so a score call waiting for its argument would hold up every reward call after
         it for as long as the evaluation generates."""
+        self._send_weights_if_restarted(0)
         generated, count = self.actors.rollouts[0].generate.options(num_returns=2).remote(-1, self.eval_prompts,
                                                                                           greedy=True)
         self.pending[count] = Evaluating(self.rollout_version, attempt, generated)

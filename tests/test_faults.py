@@ -3,6 +3,7 @@ repeated), and the death of an actor the run cannot do without stops it naming t
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -10,14 +11,15 @@ import pytest
 from conftest import controller_run
 
 from rlsys.actors.rollout import RolloutWorker
-from rlsys.controller import STALL_TIMEOUT_S
+from rlsys.controller import MAX_REQUESTS_PER_WORKER, STALL_TIMEOUT_S
 from rlsys.failures import ActorLost
 
 pytestmark = pytest.mark.slow
 
 
-def test_killed_rollout_worker_is_restarted_and_its_work_requeued(ray_session, tmp_path):
+def test_killed_rollout_worker_is_restarted_and_its_work_requeued(ray_session, tmp_path, caplog):
     ray = ray_session
+    caplog.set_level(logging.WARNING, logger="rlsys.controller")
     steps = 8
     killed = []
     with controller_run(tmp_path, f"train.num_steps={steps}", "train.max_staleness=1") as run:
@@ -37,6 +39,11 @@ def test_killed_rollout_worker_is_restarted_and_its_work_requeued(ray_session, t
     # whatever the restarted worker produced before its weights arrived was dropped as stale, and said so
     assert all(r["learner_version"] - r["version"] <= 1 for r in trained)
     assert {r["dropped"] for r in rows} <= {"", "run ended before it was trained", "stale: older than 1 versions"}
+    # While Ray restarts it, the worker refuses every call at once: it is left alone (doubling back-off) and the
+    # restart is one line, not a warning per refused request every few milliseconds.
+    lost = [r for r in caplog.records if r.getMessage().startswith("lost a request")]
+    assert len(lost) <= MAX_REQUESTS_PER_WORKER + 1, [r.getMessage()[:120] for r in lost]
+    assert sum(r.getMessage().startswith("rollout worker 0 is restarting;") for r in caplog.records) <= 1
 
 
 @pytest.mark.parametrize("victim", ["buffer", "learner"])
