@@ -156,3 +156,21 @@ def test_gsm8k_settings_that_cannot_act_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="task.train_file=.* has no effect here: it acts only with "
                        "task.name=parquet or gsm8k"):
         load_config(None, [f"task.train_file={train}"])
+
+
+def test_the_smollm2_examples_format_term_wants_a_number_in_the_box():
+    """A 30-step run of the example with '\\boxed{<anything>}' as its format term learned to write the instruction's
+    placeholder "\\boxed{N}" for the format reward; the term now wants a number there."""
+    import yaml
+
+    from rlsys.config import EXAMPLES
+    from rlsys.rewards.text import regex_format
+
+    example = yaml.safe_load((EXAMPLES / "smollm2_gsm8k.yaml").read_text())
+    (term,) = [c for c in example["reward"]["components"] if c["name"] == "boxed"]
+    assert term["fn"] == "regex_format"
+    score = lambda text: regex_format(text, "", **term["params"])  # noqa: E731
+    for text in ("So the final answer is \\boxed{N}", "\\boxed{}", "\\boxed{x + 1}", "the answer is 18"):
+        assert score(text) == 0.0, text
+    for text in ("So the final answer is \\boxed{18}.", "\\boxed{1,234.5}", "\\boxed{ -3 }\n", "\\boxed{$18}"):
+        assert score(text) == 1.0, text
