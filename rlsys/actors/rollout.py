@@ -1,7 +1,9 @@
-"""Rollout worker: turns prompts into prompt groups with a generation engine, tagged with the policy version."""
+"""Rollout worker: turns prompts into prompt groups with a generation engine (``rollout.backend``: HF or vLLM),
+tagged with the policy version."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -11,7 +13,7 @@ from transformers import AutoTokenizer
 
 from rlsys.config import RolloutConfig, TaskConfig
 from rlsys.data.chat import PromptFormat
-from rlsys.engines.generation import HFEngine
+from rlsys.engines.generation import GenerationEngine, HFEngine
 from rlsys.model_source import ensure_pad_token, local_model_dir
 from rlsys.types import Group, Prompt, Sample
 
@@ -28,6 +30,33 @@ class RolloutBatch:
     reward_term_s: dict[str, float] = field(default_factory=dict)  # each reward component's compute seconds
 
 
+def make_engine(cfg: RolloutConfig, model_dir: str, tokenizer) -> GenerationEngine:
+    """The generation engine ``rollout.backend`` names, on the GPU when the worker has one."""
+    if cfg.backend == "vllm":
+        from rlsys.engines.vllm_engine import VLLMEngine, VLLMSettings  # imports vLLM: only where it is used
+
+        settings = VLLMSettings(
+            kv_cache_gib=cfg.vllm_kv_cache_gib, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+            tensor_parallel_size=cfg.tensor_parallel_size, enforce_eager=cfg.vllm_enforce_eager,
+            max_model_len=cfg.vllm_max_model_len)
+        # the engine's own generator serves unseeded requests: a fixed seed would repeat the same stream after every
+        # worker restart, so it is random unless rollout.seed is set
+        engine_seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
+        return VLLMEngine(model_dir, tokenizer.pad_token_id, tokenizer.eos_token_id, settings, stop=tuple(cfg.stop),
+                          tokenizer=tokenizer, seed=engine_seed)
+    device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+    return HFEngine(model_dir, tokenizer.pad_token_id, tokenizer.eos_token_id, device, stop=tuple(cfg.stop),
+                    tokenizer=tokenizer)
+
+
+def request_seed(seed: int | None, worker_id: int, request_id: int) -> int | None:
+    """The sampling seed of one generate request: a 31-bit hash of (seed, worker, request), so that requests draw
+    independent streams and a request can be replayed; None when ``rollout.seed`` is unset."""
+    if seed is None:
+        return None
+    return int(np.random.SeedSequence([seed, worker_id, request_id]).generate_state(1)[0] >> 1)
+
+
 class RolloutWorker:
     def __init__(self, worker_id: int, model_dir: str, cfg: RolloutConfig, task: TaskConfig,
                  packed: list = ()) -> None:
@@ -37,9 +66,7 @@ class RolloutWorker:
         self.cfg = cfg
         self.tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(model_dir), model_dir)
         self.format = PromptFormat.of(self.tokenizer, task, model_dir)  # as the driver's load-time checks encoded
-        device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
-        self.engine = HFEngine(model_dir, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, device,
-                               stop=tuple(cfg.stop), tokenizer=self.tokenizer)
+        self.engine = make_engine(cfg, model_dir, self.tokenizer)
 
     def generate(self, request_id: int, prompts: list[Prompt], greedy: bool = False) -> tuple[RolloutBatch, int]:
         """``group_size`` samples per prompt (one when ``greedy``, for evaluation), all at the engine's version.
@@ -51,7 +78,8 @@ class RolloutWorker:
         rendered = [self.format.render(p) for p in prompts]
         prompt_ids = [self.format.encode_text(text) for text in rendered]
         completions = self.engine.generate(
-            [ids for ids in prompt_ids for _ in range(n)], self.cfg.max_new_tokens, self.cfg.temperature, greedy
+            [ids for ids in prompt_ids for _ in range(n)], self.cfg.max_new_tokens, self.cfg.temperature, greedy,
+            seed=None if greedy else request_seed(self.cfg.seed, self.worker_id, request_id),
         )
         version = self.engine.version
         groups = []
