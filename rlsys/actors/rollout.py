@@ -108,3 +108,7 @@ class RolloutWorker:
 
     def version(self) -> int:
         return self.engine.version
+
+    def backend(self) -> str:
+        """The engine generating here: "vllm" or "hf" (what ``rollout.backend`` asked for, as it was built)."""
+        return {"HFEngine": "hf", "VLLMEngine": "vllm"}[type(self.engine).__name__]

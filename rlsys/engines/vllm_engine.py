@@ -87,6 +87,10 @@ class VLLMEngine:
             kwargs["gpu_memory_utilization"] = settings.gpu_memory_utilization
         if settings.max_model_len > 0:
             kwargs["max_model_len"] = settings.max_model_len
+        import torch
+
+        # vLLM's CPU worker replaces torch.set_num_threads in its process with a no-op; close() puts it back
+        self._set_num_threads = torch.set_num_threads
         self.llm = LLM(**kwargs)
         self.pad_token_id = pad_token_id
         try:  # the end tokens HF's from_pretrained reads: generation_config.json, or else config.json's
@@ -161,3 +165,17 @@ class VLLMEngine:
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()
         self.version = version
+
+    def close(self) -> None:
+        """Free the engine and undo what it set up in this process (the torch.distributed group vLLM's in-process
+        worker creates, torch.set_num_threads), so that another engine or a torch.distributed user can start here
+        afterwards. A Ray actor that exits needs none of it."""
+        import gc
+
+        import torch
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        del self.llm
+        gc.collect()
+        cleanup_dist_env_and_memory()
+        torch.set_num_threads = self._set_num_threads
