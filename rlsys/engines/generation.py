@@ -1,8 +1,8 @@
 """The generation-engine interface rollout workers speak, and its Hugging Face transformers backend.
 
-The interface is shared with the vLLM backend (:mod:`rlsys.engines.vllm_engine`): token ids in; token ids, per-token logprobs and
-finish reasons out; a weight update that sets a policy version. Text never crosses it, so tokenisation stays
-with the caller and a sample's token ids are exactly what the learner trains on.
+The interface is shared with the vLLM backend (:mod:`rlsys.engines.vllm_engine`): token ids in; token ids,
+per-token logprobs and finish reasons out; a weight update that sets a policy version. Text never crosses it, so
+tokenisation stays with the caller and a sample's token ids are exactly what the learner trains on.
 """
 
 from __future__ import annotations
