@@ -186,8 +186,7 @@ class Controller:
         if self.resumed:  # the rollout workers start from the initial checkpoint: the restored weights go first
             refs = [learner.get_weights.remote() for learner in self.actors.learners]  # a collective under ZeRO-3
             self.latest_weights = refs[0]
-            for actor in self.actors.rollouts:  # ahead of every generate call (an actor runs a caller's in order)
-                actor.update_weights.remote(self.latest_weights, self.version)
+            self.rollout_needs_weights = [True] * len(self.actors.rollouts)  # sent ahead of each one's first call
             if self._eval_due() and self.version not in self.eval_accuracy:
                 self._evaluate()
         else:
@@ -489,8 +488,7 @@ class Controller:
                           "retries": self.retries.state(),
                           "eval_accuracy": [[v, a] for v, a in self.eval_accuracy.items()],
                           "totals": dict(self.totals), "metrics_records": self.metrics.records,
-                          "elapsed_s": time.perf_counter() - self.t0,
-                          "seed": self.cfg.train.seed})
+                          "elapsed_s": time.perf_counter() - self.t0})
 
     def restore(self, state: dict) -> None:
         """Continue from :meth:`checkpoint_state` (the learners loaded the same checkpoint): the prompts that were
