@@ -106,7 +106,7 @@ def test_a_run_checkpoints_every_k_steps_and_at_the_end(ray_session, tmp_path):
     state = json.loads((path / STATE).read_text())
     assert state["version"] == 5 and state["stream"]["epoch"] == 0
     # the evaluations finished when the checkpoint was taken: version 5's comes after it (eval_every=0)
-    assert state["eval_accuracy"] == {"0": summary.eval_accuracy[0]} and set(summary.eval_accuracy) == {0, 5}
+    assert state["eval_accuracy"] == [[0, summary.eval_accuracy[0]]] and set(summary.eval_accuracy) == {0, 5}
     exported = AutoModelForCausalLM.from_pretrained(path / "policy").state_dict()
     final = AutoModelForCausalLM.from_pretrained(run_dir / "model").state_dict()
     assert exported.keys() == final.keys() and all(torch.equal(exported[k], final[k]) for k in final)
