@@ -236,6 +236,10 @@ class TrainConfig:
     # Continue the run in output.root/output.run_name from its newest valid checkpoint, if it has one (else start
     # it): a job re-submitted after a crash (ray job submit) carries on. `rlsys train --resume RUN_DIR` sets it.
     resume: bool = False
+    # A learner rank, the buffer or the reference actor that dies is rebuilt, with the whole learner group, from the
+    # newest valid checkpoint inside the same job (rlsys.recovery), at most this many times per job; 0: the run stops
+    # (as it does without a checkpoint to go back to)
+    max_recoveries: int = 3
     seed: int = 0
 
 
@@ -383,8 +387,8 @@ _BOUNDS = [
       "model.hidden_size", "model.num_layers", "model.num_heads", "algo.epochs", "algo.minibatches",
       "rollout.tensor_parallel_size"), lambda v: v >= 1,
      "a positive integer (≥ 1)"),
-    (("train.max_staleness", "train.eval_every", "train.checkpoint_every", "warmup.steps", "algo.kl_coef",
-      "learner.weight_decay",
+    (("train.max_staleness", "train.eval_every", "train.checkpoint_every", "train.max_recoveries", "warmup.steps",
+      "algo.kl_coef", "learner.weight_decay",
       "rollout.num_gpus", "learner.num_gpus", "reward.num_gpus", "learner.grad_clip", "algo.entropy_coef",
       "algo.adv_bound", "algo.value_clip", "algo.overlong_buffer", "algo.clip_eps_low"), lambda v: v >= 0, "≥ 0"),
     (("learner.lr", "warmup.lr", "rollout.temperature", "reward.timeout_s", "reward.call_timeout_s",

@@ -56,7 +56,7 @@ from rlsys.checkpoint import CheckpointDir
 from rlsys.config import RLConfig
 from rlsys.data.tasks import PromptStream
 from rlsys.evaluate import accuracy
-from rlsys.failures import ActorLost, PromptRetries, Replacements, RewardFailureWindow, first_line
+from rlsys.failures import PromptRetries, Replacements, RewardFailureWindow, StateLost, first_line
 from rlsys.metrics import MetricsWriter, json_safe, reward_scalars
 from rlsys.reward_pool import RewardPool
 from rlsys.staleness import AdmissionGate
@@ -119,6 +119,7 @@ class RunSummary:
     sync_s_mean: float
     failed_prompts: list[dict] = field(default_factory=list)  # dropped after failed requests (PromptRetries)
     replaced_workers: int = 0  # rollout and reward actors found dead for good and replaced by new ones
+    recoveries: int = 0  # the learner group rebuilt from a checkpoint inside the job (rlsys.recovery)
 
 
 class Controller:
@@ -174,8 +175,10 @@ class Controller:
         # checkpoint must re-queue, since the groups in flight and in the buffer are not in it.
         self.outstanding: dict[tuple[str, int], Prompt] = {}
         self.resumed, self.elapsed_before = False, 0.0
+        self.lost_at: float | None = None  # time.monotonic() of the death this controller recovers from
         self.reward_failures = RewardFailureWindow(cfg.reward.max_failure_rate, cfg.reward.failure_window)
-        # Actors that are not restarted: the run stops with ActorLost, naming the one that died.
+        # Actors that hold the run's state: the death of one stops this controller with StateLost, naming it (the
+        # learner group is then rebuilt from a checkpoint, rlsys.recovery, or the run stops).
         essential = {f"learner rank {i}": a for i, a in enumerate(actors.learners)}
         essential |= {"the buffer actor": actors.buffer, "the reference actor": actors.reference}
         self.essential = {a._actor_id.hex(): name for name, a in essential.items() if a is not None}
@@ -217,6 +220,18 @@ class Controller:
         self._drain_rollouts()
         self.reward_failures.check(final=True)  # a run shorter than the window is held to the same rate
         return self._summary()
+
+    def abandon(self) -> None:
+        """After :class:`StateLost`: cancel what is still queued on the rollout and reward workers, which outlive
+        this controller, so that the requests of the one that carries on do not wait behind it (best effort: a call
+        already running finishes, and its result is never read)."""
+        for ref, call in self.pending.items():
+            if isinstance(call, Generating | Scoring | Evaluating | LoadingWeights | RewardPing):
+                try:
+                    ray.cancel(ref)
+                except (RayError, ValueError, TypeError) as e:  # already finished, or not cancellable
+                    log.debug("could not cancel %s: %s", type(call).__name__, e)
+        self.pending.clear()
 
     def _drain_rollouts(self) -> None:
         """Let requests still generating or being scored land in the buffer, so the sample log accounts for them."""
@@ -459,6 +474,10 @@ class Controller:
         self.staleness_seen.extend(call.staleness)
         train = combine_rank_metrics([r.metrics for r in results])
         self._log_step(train, call.staleness, step_s)
+        if self.lost_at is not None:
+            seconds, self.lost_at = time.monotonic() - self.lost_at, None
+            log.warning("training again at version %d, %.0f s after the failure", self.version, seconds)
+            self.metrics.log(self.version, {"recovery/seconds": seconds})
         last = self.version >= self.cfg.train.num_steps
         if self.checkpoints is not None and (last or self.version % self.cfg.train.checkpoint_every == 0):
             self._checkpoint()
@@ -490,10 +509,14 @@ class Controller:
                           "totals": dict(self.totals), "metrics_records": self.metrics.records,
                           "elapsed_s": time.perf_counter() - self.t0})
 
-    def restore(self, state: dict) -> None:
+    def restore(self, state: dict, lost_at: float | None = None) -> None:
         """Continue from :meth:`checkpoint_state` (the learners loaded the same checkpoint): the prompts that were
         outstanding come first, and the admission gate counts the trained groups only, so the staleness bound holds
-        relative to the restored version exactly as in a run that reached it with an empty pipeline."""
+        relative to the restored version exactly as in a run that reached it with an empty pipeline.
+
+        ``lost_at``: when the actor whose death this recovers from was found dead (``time.monotonic()``); the first
+        step logs ``recovery/seconds``, the time from then to training again."""
+        self.lost_at = lost_at
         self.version = self.rollout_version = state["version"]
         self.stream.restore(state["stream"])
         self.retries.restore(state["retries"])
@@ -573,15 +596,34 @@ class Controller:
 
     # ------------------------------------------------------------------ dispatch
     def _handle(self, ref: ray.ObjectRef, call: Call) -> None:
-        """Act on a finished call; the death of an actor the run cannot go on without stops it with ActorLost."""
+        """Act on a finished call; the death of an actor the run cannot go on without stops it with StateLost."""
         try:
             self._dispatch(ref, call)
-        except RayActorError as e:
-            name = self.essential.get(e.actor_id or "")
+        except RayError as e:
+            name = self._dead_state_holder(e, call)
             if name is None:
                 raise
-            raise ActorLost(f"{name} died at version {self.version} ({first_line(e)}); the run cannot go on without "
-                            "it") from e
+            raise StateLost(f"{name} died at version {self.version} ({first_line(e)})", name) from e
+
+    def _dead_state_holder(self, error: RayError, call: Call) -> str | None:
+        """The learner rank(s), buffer or reference actor whose death ``error`` is, if it is one. When a learner
+        call failed, every rank is asked whether it lives — the survivors of a rank's death fail in their
+        collectives, or die of it — and the dead ones are named; if all live, the error is the learner's own (a bug,
+        bad data) and is raised as it is."""
+        name = self.essential.get(error.actor_id or "") if isinstance(error, RayActorError) else None
+        if name is not None and not name.startswith("learner"):
+            return name
+        if name is None and not isinstance(call, Learning | GatheringWeights | Checkpointing):
+            return None
+        dead = []
+        for rank, learner in enumerate(self.actors.learners):
+            try:
+                ray.get(learner.__ray_ready__.remote(), timeout=RESULT_TIMEOUT_S)
+            except RayError:
+                dead.append(rank)
+        if not dead:
+            return name  # the actor that raised answers now (a Ray hiccup) — still not to be trusted
+        return f"learner rank {dead[0]}" if len(dead) == 1 else f"learner ranks {', '.join(map(str, dead))}"
 
     def _dispatch(self, ref: ray.ObjectRef, call: Call) -> None:
         match call:

@@ -32,6 +32,15 @@ class ActorLost(RuntimeError):
     replaced ``MAX_REPLACEMENTS`` times already (:class:`Replacements`)."""
 
 
+class StateLost(ActorLost):
+    """An actor holding the run's state died — a learner rank, the buffer or the reference actor — so the learner
+    group must go back to a checkpoint (:mod:`rlsys.recovery`); ``actor`` names it."""
+
+    def __init__(self, message: str, actor: str) -> None:
+        super().__init__(message)
+        self.actor = actor
+
+
 MAX_REPLACEMENTS = 3  # new actors one worker slot may get before the run gives up on it
 
 

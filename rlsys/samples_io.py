@@ -9,6 +9,7 @@ be unreadable without the footer it gets at the very end.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from pathlib import Path
@@ -119,12 +120,14 @@ def set_aside_parts(path: str | Path, keep: int, name: str) -> int:
     which readers skip (pyarrow ignores names that start with ``_``); returns how many were moved.
 
     For a resume: the rows a run logged after the checkpoint it continues from belong to a timeline that the
-    resume discards (their prompts are generated and trained again), and would otherwise count twice."""
+    resume discards (their prompts are generated and trained again), and would otherwise count twice. A run that
+    goes back to the same checkpoint twice sets each timeline aside in its own directory (``_<name>-2/``, ...)."""
     path = Path(path)
     later = sorted(p for p in path.glob("part-*.parquet") if int(p.stem.split("-")[1]) >= keep)
     if later:
-        aside = path / f"_{name}"
-        aside.mkdir(exist_ok=True)
+        aside = next(d for n in itertools.count(1) if not (d := path / (f"_{name}" + (f"-{n}" if n > 1 else ""))
+                                                          ).exists())
+        aside.mkdir()
         for part in later:
             part.rename(aside / part.name)
     return len(later)

@@ -15,12 +15,13 @@ from tqdm import tqdm
 
 from rlsys.actors.placement import create_actors, setup_learners, shutdown_actors
 from rlsys.actors.resources import check_cluster, check_local_cpus, total_demand
-from rlsys.checkpoint import STATE, checkpoints, export_policy, latest_valid
+from rlsys.checkpoint import checkpoints, export_policy
 from rlsys.config import ConfigError, RLConfig, to_yaml
 from rlsys.controller import Controller, RunSummary
+from rlsys.failures import StateLost
 from rlsys.metrics import MetricsWriter, json_safe
 from rlsys.prepare import load_datasets, prepare
-from rlsys.samples_io import set_aside_parts
+from rlsys.recovery import load_learners, newest_checkpoint, recover, set_aside_later_samples
 
 log = logging.getLogger(__name__)
 
@@ -33,27 +34,25 @@ ACTOR_ENV = {"DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false", "OMP_NU
 RUN_FILES = ("metrics.jsonl", "samples.parquet", "summary.json")  # what a run writes into its directory
 
 
-def run_dir_for(cfg: RLConfig) -> tuple[Path, Path | None]:
-    """The run's directory (not created yet), and the checkpoint to continue from (``train.resume``; None: start).
+def run_dir_for(cfg: RLConfig) -> tuple[Path, Path | None, dict | None]:
+    """The run's directory (not created yet), and the checkpoint to continue from (``train.resume``; None: start)
+    with its driver state.
 
     A directory that already holds a run is refused — a second run writing there would mix its metrics and samples
     with the first one's — unless ``train.resume`` continues it from its newest valid checkpoint (damaged newer
     ones are skipped, each named in a warning). With ``train.resume`` and no run there yet, the run starts."""
     name = cfg.output.run_name or time.strftime("%Y%m%d-%H%M%S")
     path = Path(cfg.output.root).expanduser().resolve() / name
-    checkpoint = None
     if cfg.train.resume:
-        checkpoint, skipped = latest_valid(path / "checkpoints")
-        for why in skipped:
-            log.warning("not resuming from a damaged checkpoint: %s", why)
+        checkpoint, state = newest_checkpoint(path)
         if checkpoint is not None:
             log.info("resuming %s from %s", path, checkpoint)
-            return path, checkpoint
+            return path, checkpoint, state
     if found := [f for f in RUN_FILES if (path / f).exists()]:
         fix = ("it has no valid checkpoint to resume from (train.checkpoint_every was 0, or the run stopped before "
                "the first)" if cfg.train.resume else "choose another output.run_name, or move that directory away")
         raise ConfigError(f"output.run_name={name!r}: {path} already holds a run ({', '.join(found)}); {fix}")
-    return path, None
+    return path, None, None
 
 
 def init_ray(cfg: RLConfig) -> None:
@@ -84,29 +83,23 @@ def train(cfg: RLConfig) -> tuple[RunSummary, Path]:
     t_prep = time.perf_counter()
     # Bad data, then a cluster too small for the config, fail in seconds: before Ray starts, and before the warm-up.
     data = load_datasets(cfg)
-    run_dir, checkpoint = run_dir_for(cfg)
-    state = json.loads((checkpoint / STATE).read_text()) if checkpoint is not None else None
+    run_dir, checkpoint, state = run_dir_for(cfg)
     init_ray(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     prepared = prepare(cfg, data)
     print(f"initial policy: {prepared.model_dir} "
           f"({'cached warm-up' if prepared.warmup_cached else f'warm-up took {prepared.warmup_s:.0f} s'})")
-    samples_path = run_dir / "samples.parquet"
-    if state is not None and samples_path.is_dir():  # before the buffer opens the log and counts its parts
-        moved = set_aside_parts(samples_path, state["log_parts"], f"discarded-after-v{state['version']}")
-        log.info("resuming at version %d: %d sample-log part(s) written after the checkpoint set aside",
-                 state["version"], moved)
-    actors = create_actors(cfg, prepared.model_dir, str(samples_path) if cfg.output.save_samples else None)
+    samples_path = run_dir / "samples.parquet" if cfg.output.save_samples else None
+    if state is not None and samples_path is not None:  # before the buffer opens the log and counts its parts
+        set_aside_later_samples(samples_path, state)
+    actors = create_actors(cfg, prepared.model_dir, str(samples_path) if samples_path is not None else None)
     metrics = MetricsWriter(run_dir, resume=(state["metrics_records"], state["version"]) if state else None)
     finished = False
     try:
         setup_learners(actors.learners)
         if checkpoint is not None:
-            versions = ray.get([learner.load_checkpoint.remote(str(checkpoint)) for learner in actors.learners])
-            if set(versions) != {state["version"]}:
-                raise ConfigError(f"{checkpoint}: the learner ranks restored versions {versions}, its state.json "
-                                  f"says {state['version']}")
+            load_learners(actors, checkpoint, state)
             print(f"resumed from {checkpoint} at version {state['version']}")
         startup_s = time.perf_counter() - t_prep
         bar = tqdm(total=cfg.train.num_steps, desc="rlsys train", unit="step", disable=not cfg.output.progress_bar,
@@ -118,11 +111,25 @@ def train(cfg: RLConfig) -> tuple[RunSummary, Path]:
             bar.set_postfix(shown, refresh=False)
             bar.update(version - bar.n)  # tqdm decides when to redraw (at most every 0.5 s)
 
-        controller = Controller(cfg, actors, prepared.train_prompts, prepared.eval_prompts, metrics, on_step, run_dir)
-        if state is not None:
-            controller.restore(state)
-            bar.update(state["version"])
-        summary = controller.run()
+        recoveries, lost_at = 0, None
+        while True:  # once, plus once per recovery from a checkpoint (rlsys.recovery)
+            controller = Controller(cfg, actors, prepared.train_prompts, prepared.eval_prompts, metrics, on_step,
+                                    run_dir)
+            if state is not None:
+                controller.restore(state, lost_at)
+                bar.update(state["version"] - bar.n)
+            try:
+                summary = controller.run()
+                break
+            except StateLost as lost:
+                lost_at = time.monotonic()
+                controller.abandon()
+                checkpoint, state = recover(actors, run_dir, samples_path, lost, controller.version,
+                                            cfg.train.max_recoveries - recoveries)
+                recoveries += 1
+                metrics.close()  # reopened at the checkpoint's step: TensorBoard and metrics.jsonl drop what follows
+                metrics = MetricsWriter(run_dir, resume=(state["metrics_records"], state["version"]))
+        summary.recoveries = recoveries
         bar.close()
         model_out = run_dir / "model"
         # every rank is called (a collective under ZeRO-3); rank 0 returns the weights
@@ -164,6 +171,9 @@ def _print_report(s: RunSummary, run_dir: Path, left: int, startup_s: float, dro
     print(f"staleness max {s.max_staleness_seen}; dropped as stale: {s.dropped_stale_groups} groups; lost requests "
           f"(re-queued): {s.lost_requests}; reward failures: {s.reward_failures}; groups generated but never "
           f"trained (run ended): {left}")
+    if s.recoveries:
+        print(f"learner group rebuilt from a checkpoint inside the job: {s.recoveries} time(s) (metrics: "
+              "recovery/seconds)")
     if s.failed_prompts:
         print(f"prompts dropped after {len(s.failed_prompts) and s.failed_prompts[0]['attempts']} failed requests "
               f"each (listed in summary.json): {len(s.failed_prompts)}")

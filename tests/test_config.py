@@ -573,7 +573,7 @@ def test_a_run_directory_that_holds_a_run_is_refused_before_anything_starts(tmp_
     from rlsys.train import run_dir_for
 
     cfg = load_config(None, [f"output.root={tmp_path}", "output.run_name=r"])
-    assert run_dir_for(cfg) == (tmp_path / "r", None)  # not there yet: fine
+    assert run_dir_for(cfg) == (tmp_path / "r", None, None)  # not there yet: fine
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "metrics.jsonl").write_text("")
     with pytest.raises(ConfigError, match=r"output.run_name='r': .* already holds a run \(metrics.jsonl\)"):

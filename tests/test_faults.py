@@ -1,5 +1,6 @@
 """Actors that die mid-run: a restarted or replaced worker takes its work back (requests re-queued, an evaluation
-repeated), and the death of an actor the run cannot do without stops it naming the actor."""
+repeated), and the death of an actor holding the run's state stops the controller naming the actor (rebuilding it
+from a checkpoint is tests/test_recovery.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from conftest import controller_run
 
 from rlsys.actors.rollout import RolloutWorker
 from rlsys.controller import MAX_REQUESTS_PER_WORKER, STALL_TIMEOUT_S
-from rlsys.failures import ActorLost
+from rlsys.failures import ActorLost, StateLost
 
 pytestmark = pytest.mark.slow
 
@@ -48,9 +49,9 @@ def test_killed_rollout_worker_is_restarted_and_its_work_requeued(ray_session, t
 
 @pytest.mark.parametrize("victim", ["buffer", "learner"])
 def test_a_dead_actor_the_run_cannot_do_without_stops_it_naming_the_actor(ray_session, tmp_path, victim):
-    """The buffer and the learners are not restarted: their death stops the run at once with ActorLost, naming
-    the actor, instead of a raw Ray error (learner) or a loop re-generating prompts whose batches cannot land
-    (buffer)."""
+    """The buffer and the learners are not restarted by Ray: their death stops the controller at once with
+    StateLost, naming the actor, instead of a raw Ray error (learner) or a loop re-generating prompts whose batches
+    cannot land (buffer)."""
     ray = ray_session
     killed_at = []
     with controller_run(tmp_path, "train.num_steps=40") as run:
@@ -63,7 +64,8 @@ def test_a_dead_actor_the_run_cannot_do_without_stops_it_naming_the_actor(ray_se
             run.run(on_step=kill_once)
         stopped_after = time.monotonic() - killed_at[0]
     name = "the buffer actor" if victim == "buffer" else "learner rank 0"
-    assert f"{name} died at version " in str(info.value) and "the run cannot go on without it" in str(info.value)
+    assert f"{name} died at version " in str(info.value) and isinstance(info.value, StateLost)
+    assert info.value.actor == name  # what rlsys.recovery rebuilds from a checkpoint (tests/test_recovery.py)
     # Functional bound, not a timing threshold: far below the stall timeout a silent loop would have run into.
     assert stopped_after < STALL_TIMEOUT_S / 4
 

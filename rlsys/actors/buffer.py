@@ -120,11 +120,12 @@ class BufferActor:
         self.log.flush()
         return self.log.parts
 
-    def close(self, learner_version: int) -> int:
-        """Record the groups still waiting as not trained, flush the sample log; returns how many there were."""
+    def close(self, learner_version: int, reason: str = "run ended before it was trained") -> int:
+        """Record the groups still waiting as not trained (for ``reason``), flush the sample log; returns how many
+        there were."""
         left = self.buffer.drain()
         if self.log is not None:
-            self.log.write(left, learner_version, "run ended before it was trained")
+            self.log.write(left, learner_version, reason)
             self.log.close()
         return len(left)
 

@@ -43,8 +43,9 @@ class ActorHandles:
     learner_group: object
     packed_model: list  # keeps the checkpoint in the object store while restartable actors may need it
     worker_group: object | None = None  # the rollout/reward/reference actors' bundles
-    # kind ("rollout worker", "reward worker") → make worker i again, in its own bundle: a worker that died for good
-    # is replaced (the caller kills the old handle and sends the new one the current weights)
+    # kind ("rollout worker", "reward worker", "learner", "buffer", "reference actor") → make actor i of that kind
+    # again, in its own bundle: a worker that died for good is replaced (the caller kills the old handle and sends
+    # the new one the current weights), the learner group and its companions are rebuilt (rebuild_state_holders)
     factories: dict[str, Callable[[int], object]] = field(default_factory=dict)
 
     def replace(self, kind: str, i: int) -> object:
@@ -53,6 +54,17 @@ class ActorHandles:
         ray.kill(workers[i], no_restart=True)
         workers[i] = self.factories[kind](i)
         return workers[i]
+
+    def rebuild_state_holders(self) -> None:
+        """Kill the learners, the buffer and the reference actor, and create them again in their places: the
+        learners must then be set up (:func:`setup_learners`) and loaded from a checkpoint (:mod:`rlsys.recovery`).
+        The rollout and reward workers are kept."""
+        for actor in [*self.learners, self.buffer, *([self.reference] if self.reference is not None else [])]:
+            ray.kill(actor, no_restart=True)
+        self.learners = [self.factories["learner"](rank) for rank in range(len(self.learners))]
+        self.buffer = self.factories["buffer"](0)
+        if self.reference is not None:
+            self.reference = self.factories["reference actor"](0)
 
     def all(self) -> list:
         return [*self.learners, *self.rollouts, *self.rewards, self.buffer,
@@ -96,15 +108,14 @@ def _create(cfg: RLConfig, model_dir: str, sample_log_path: str | None, runtime_
     packed = pack(model_dir)
     n_learn, lc = cfg.learner.num_learners, cfg.learner
     samples_per_rank = cfg.samples_per_step // n_learn
-    learner_cls = ray.remote(Learner)
-    learners = [
-        learner_cls.options(
+
+    def learner(rank: int):
+        return ray.remote(Learner).options(
             num_cpus=lc.num_cpus, num_gpus=lc.num_gpus, max_restarts=0, runtime_env=runtime_env,
             scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=rank),
         ).remote(rank, n_learn, model_dir, cfg.learner, cfg.algo, samples_per_rank, cfg.rollout.temperature,
                  cfg.rollout.max_new_tokens, packed)
-        for rank in range(n_learn)
-    ]
+
     rc = cfg.rollout
 
     def rollout(i: int):
@@ -119,21 +130,27 @@ def _create(cfg: RLConfig, model_dir: str, sample_log_path: str | None, runtime_
             scheduling_strategy=in_bundle("reward worker", i),
         ).remote(cfg.reward)
 
-    rollouts = [rollout(i) for i in range(rc.num_workers)]
-    rewards = [reward(i) for i in range(cfg.reward.num_workers)]
-    buffer = ray.remote(BufferActor).options(
-        num_cpus=0, runtime_env=runtime_env,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
-    ).remote(cfg.train.max_staleness, sample_log_path, cfg.algo.dynamic_sampling, cfg.algo.overlong_filter,
-              cfg.algo.filter_zero_variance)
-    reference = None
-    if cfg.algo.kl_coef > 0 and cfg.algo.reference == "actor":  # same resources as one learner, restartable
-        reference = ray.remote(ReferenceWorker).options(
+    driver_node = ray.get_runtime_context().get_node_id()
+
+    def buffer(_: int = 0):
+        return ray.remote(BufferActor).options(
+            num_cpus=0, runtime_env=runtime_env,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(driver_node, soft=False),
+        ).remote(cfg.train.max_staleness, sample_log_path, cfg.algo.dynamic_sampling, cfg.algo.overlong_filter,
+                 cfg.algo.filter_zero_variance)
+
+    def reference(_: int = 0):  # same resources as one learner, restartable
+        return ray.remote(ReferenceWorker).options(
             num_cpus=lc.num_cpus, num_gpus=lc.num_gpus, max_restarts=WORKER_MAX_RESTARTS, runtime_env=runtime_env,
             scheduling_strategy=in_bundle("reference actor", 0),
         ).remote(model_dir, rc.temperature, lc.num_cpus, lc.num_gpus, packed)
-    return ActorHandles(learners, rollouts, rewards, buffer, reference, group, packed, worker_group,
-                        {"rollout worker": rollout, "reward worker": reward})
+
+    has_reference = cfg.algo.kl_coef > 0 and cfg.algo.reference == "actor"
+    return ActorHandles(
+        [learner(rank) for rank in range(n_learn)], [rollout(i) for i in range(rc.num_workers)],
+        [reward(i) for i in range(cfg.reward.num_workers)], buffer(), reference() if has_reference else None, group,
+        packed, worker_group, {"rollout worker": rollout, "reward worker": reward, "learner": learner,
+                               "buffer": buffer, "reference actor": reference})
 
 
 def setup_learners(learners: list, timeout_s: float = 600.0) -> None:
