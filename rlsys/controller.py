@@ -127,7 +127,9 @@ class Controller:
 
     def __init__(self, cfg: RLConfig, actors: ActorHandles, train_prompts: list[Prompt], eval_prompts: list[Prompt],
                  metrics: MetricsWriter, on_step: Callable[[int, dict], None] | None = None,
-                 run_dir: Path | None = None) -> None:
+                 run_dir: Path | None = None, lost_at: float | None = None) -> None:
+        """``lost_at``: when the actor whose death this controller recovers from (:mod:`rlsys.recovery`) was found
+        dead (``time.monotonic()``); its first step logs ``recovery/seconds``, the time from then to training."""
         self.cfg, self.actors, self.metrics, self.on_step = cfg, actors, metrics, on_step
         # train.checkpoint_every > 0 needs the run directory to write into
         self.checkpoints = CheckpointDir(run_dir, cfg.train.keep_checkpoints) \
@@ -175,7 +177,7 @@ class Controller:
         # checkpoint must re-queue, since the groups in flight and in the buffer are not in it.
         self.outstanding: dict[tuple[str, int], Prompt] = {}
         self.resumed, self.elapsed_before = False, 0.0
-        self.lost_at: float | None = None  # time.monotonic() of the death this controller recovers from
+        self.lost_at = lost_at
         self.reward_failures = RewardFailureWindow(cfg.reward.max_failure_rate, cfg.reward.failure_window)
         # Actors that hold the run's state: the death of one stops this controller with StateLost, naming it (the
         # learner group is then rebuilt from a checkpoint, rlsys.recovery, or the run stops).
@@ -509,14 +511,10 @@ class Controller:
                           "totals": dict(self.totals), "metrics_records": self.metrics.records,
                           "elapsed_s": time.perf_counter() - self.t0})
 
-    def restore(self, state: dict, lost_at: float | None = None) -> None:
+    def restore(self, state: dict) -> None:
         """Continue from :meth:`checkpoint_state` (the learners loaded the same checkpoint): the prompts that were
         outstanding come first, and the admission gate counts the trained groups only, so the staleness bound holds
-        relative to the restored version exactly as in a run that reached it with an empty pipeline.
-
-        ``lost_at``: when the actor whose death this recovers from was found dead (``time.monotonic()``); the first
-        step logs ``recovery/seconds``, the time from then to training again."""
-        self.lost_at = lost_at
+        relative to the restored version exactly as in a run that reached it with an empty pipeline."""
         self.version = self.rollout_version = state["version"]
         self.stream.restore(state["stream"])
         self.retries.restore(state["retries"])

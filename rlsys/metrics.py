@@ -54,8 +54,10 @@ class MetricsWriter:
             kept = path.read_text().splitlines(keepends=True)[:resume[0]] if path.exists() else []
             path.write_text("".join(kept))
             self.records = len(kept)
-        self.tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"),
-                                purge_step=resume[1] + 1 if resume is not None else None)
+        # TensorBoard keeps the steps up to the version resumed at, or none when no record is kept (a run that
+        # starts over: its version-0 evaluation is logged again)
+        purge = None if resume is None else resume[1] + 1 if resume[0] else 0
+        self.tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge)
         self._jsonl = open(path, "a", buffering=1)
 
     def log(self, step: int, scalars: dict[str, float], histograms: dict[str, list[float]] | None = None) -> None:

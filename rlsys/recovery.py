@@ -43,13 +43,13 @@ def newest_checkpoint(run_dir: Path) -> tuple[Path | None, dict | None]:
     return checkpoint, json.loads((checkpoint / STATE).read_text())
 
 
-def set_aside_later_samples(samples_path: Path, state: dict) -> None:
-    """Move the sample-log parts written after the checkpoint of ``state`` out of the log (before a buffer opens
-    it): their timeline is discarded and its prompts trained again (:func:`rlsys.samples_io.set_aside_parts`)."""
+def set_aside_later_samples(samples_path: Path, keep: int, version: int) -> None:
+    """Move the sample-log parts after the first ``keep`` (those written after the checkpoint of ``version``) out
+    of the log, before a buffer opens it: their timeline is discarded and its prompts trained again
+    (:func:`rlsys.samples_io.set_aside_parts`)."""
     if samples_path.is_dir():
-        moved = set_aside_parts(samples_path, state["log_parts"], f"discarded-after-v{state['version']}")
-        log.info("back at version %d: %d sample-log part(s) written after the checkpoint set aside", state["version"],
-                 moved)
+        moved = set_aside_parts(samples_path, keep, f"discarded-after-v{version}")
+        log.info("back at version %d: %d sample-log part(s) written after it set aside", version, moved)
 
 
 def load_learners(actors: ActorHandles, checkpoint: Path, state: dict) -> None:
@@ -62,28 +62,34 @@ def load_learners(actors: ActorHandles, checkpoint: Path, state: dict) -> None:
 
 
 def recover(actors: ActorHandles, run_dir: Path, samples_path: Path | None, lost: StateLost, version: int,
-            recoveries_left: int) -> tuple[Path, dict]:
+            checkpointing: bool, recoveries_left: int) -> tuple[Path | None, dict | None]:
     """Rebuild the learner group, buffer and reference actor after ``lost`` (found at policy ``version``) from the
-    run's newest valid checkpoint; returns it and its driver state for :meth:`Controller.restore`.
+    run's newest valid checkpoint; returns it and its driver state for :meth:`Controller.restore`. A run that
+    checkpoints (``checkpointing``) but died before its first checkpoint starts over (returns None, None): the new
+    learners hold the initial policy, and a controller with no state is the run at version 0.
 
-    Raises ``lost`` itself, with what was missing added, when there is no valid checkpoint (``train.checkpoint_every``
-    was 0, or none was written yet) or no recovery is left (``train.max_recoveries``)."""
+    Raises ``lost`` itself, with what was missing added, when the run writes no checkpoints
+    (``train.checkpoint_every=0``: going back to the start of a long run is not what anyone wants done silently) or
+    no recovery is left (``train.max_recoveries``)."""
     checkpoint, state = newest_checkpoint(run_dir)
-    if checkpoint is None or recoveries_left <= 0:
-        why = "there is no valid checkpoint to rebuild it from (train.checkpoint_every)" if checkpoint is None else \
+    if not checkpointing or recoveries_left <= 0:
+        why = "it writes no checkpoint to rebuild it from (train.checkpoint_every=0)" if not checkpointing else \
             "train.max_recoveries rebuilds from a checkpoint were used up"
         raise StateLost(f"{lost}; the run cannot go on without it: {why}", lost.actor) from lost
-    log.warning("%s; rebuilding the learner group and buffer from %s (version %d), %d rebuild(s) left after this", lost,
-                checkpoint, state["version"], recoveries_left - 1)
+    back_to = state["version"] if state is not None else 0
+    log.warning("%s; rebuilding the learner group and buffer from %s, %d rebuild(s) left after this", lost,
+                f"{checkpoint} (version {back_to})" if checkpoint is not None else
+                "the initial policy (no checkpoint was written yet: the run starts over)", recoveries_left - 1)
     try:  # the dead run's buffer, if it lives, records the groups it held: they were generated after the checkpoint
-        ray.get(actors.buffer.close.remote(version, f"rolled back to the checkpoint of version {state['version']}"),
+        ray.get(actors.buffer.close.remote(version, f"rolled back to the checkpoint of version {back_to}"),
                 timeout=CLOSE_TIMEOUT_S)
     except RayError as e:
         log.warning("the buffer could not record the groups it held (%s): they are regenerated, not logged",
                     first_line(e))
     if samples_path is not None:  # the old buffer wrote its last part (or is hung, and killed next)
-        set_aside_later_samples(samples_path, state)
+        set_aside_later_samples(samples_path, state["log_parts"] if state is not None else 0, back_to)
     actors.rebuild_state_holders()
     setup_learners(actors.learners)
-    load_learners(actors, checkpoint, state)
+    if checkpoint is not None:
+        load_learners(actors, checkpoint, state)
     return checkpoint, state

@@ -92,7 +92,7 @@ def train(cfg: RLConfig) -> tuple[RunSummary, Path]:
           f"({'cached warm-up' if prepared.warmup_cached else f'warm-up took {prepared.warmup_s:.0f} s'})")
     samples_path = run_dir / "samples.parquet" if cfg.output.save_samples else None
     if state is not None and samples_path is not None:  # before the buffer opens the log and counts its parts
-        set_aside_later_samples(samples_path, state)
+        set_aside_later_samples(samples_path, state["log_parts"], state["version"])
     actors = create_actors(cfg, prepared.model_dir, str(samples_path) if samples_path is not None else None)
     metrics = MetricsWriter(run_dir, resume=(state["metrics_records"], state["version"]) if state else None)
     finished = False
@@ -114,10 +114,10 @@ def train(cfg: RLConfig) -> tuple[RunSummary, Path]:
         recoveries, lost_at = 0, None
         while True:  # once, plus once per recovery from a checkpoint (rlsys.recovery)
             controller = Controller(cfg, actors, prepared.train_prompts, prepared.eval_prompts, metrics, on_step,
-                                    run_dir)
+                                    run_dir, lost_at)
             if state is not None:
-                controller.restore(state, lost_at)
-                bar.update(state["version"] - bar.n)
+                controller.restore(state)
+            bar.update(controller.version - bar.n)
             try:
                 summary = controller.run()
                 break
@@ -125,10 +125,11 @@ def train(cfg: RLConfig) -> tuple[RunSummary, Path]:
                 lost_at = time.monotonic()
                 controller.abandon()
                 checkpoint, state = recover(actors, run_dir, samples_path, lost, controller.version,
-                                            cfg.train.max_recoveries - recoveries)
+                                            cfg.train.checkpoint_every > 0, cfg.train.max_recoveries - recoveries)
                 recoveries += 1
                 metrics.close()  # reopened at the checkpoint's step: TensorBoard and metrics.jsonl drop what follows
-                metrics = MetricsWriter(run_dir, resume=(state["metrics_records"], state["version"]))
+                metrics = MetricsWriter(run_dir, resume=(state["metrics_records"], state["version"]) if state else
+                                        (0, 0))
         summary.recoveries = recoveries
         bar.close()
         model_out = run_dir / "model"
