@@ -56,6 +56,18 @@ def sigkill(proctitle: str, rng: random.Random) -> int:
     return victim.pid
 
 
+def bundles_on(node_id: str, deadline: float) -> int:
+    """How many placement-group bundles Ray put on the node ``node_id`` (waits up to 60 s for the first): the
+    removed node's workers, placed again where there is room."""
+    until = min(deadline, time.monotonic() + 60)
+    while True:
+        n = sum(node == node_id for pg in ray.util.placement_group_table().values()
+                for node in pg["bundles_to_node_id"].values())
+        if n or time.monotonic() > until:
+            return n
+        time.sleep(0.2)
+
+
 def _title(p: psutil.Process) -> str:
     try:
         return (p.cmdline() or [""])[0]
@@ -104,7 +116,7 @@ def main(out: Path, seed: int) -> None:
             cluster.remove_node(node)
             time.sleep(5)  # the run goes on with what is left; then a new node joins (add_node: main thread only)
             workers.append(cluster.add_node(num_cpus=NODE_CPUS))
-            event["added_node"] = workers[-1].node_id
+            event["bundles_on_added_node"] = bundles_on(workers[-1].node_id, deadline)
         else:
             event["pid"] = sigkill(VICTIMS[victim], rng)
         result["events"].append(event)

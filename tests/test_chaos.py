@@ -34,6 +34,10 @@ def test_a_run_survives_the_death_of_every_kind_of_actor_and_of_a_node(tmp_path)
     result = json.loads((tmp_path / "result.json").read_text())
     assert "error" not in result, (result.get("error"), output[-4000:])
     assert sorted(e["victim"] for e in result["events"]) == sorted(VICTIMS), result["events"]
+    # the removed node's rollout and reward workers were placed again on the node that joined (the cluster had no
+    # other room): the configured worker count is what the run keeps
+    node_event, = [e for e in result["events"] if e["victim"] == "node"]
+    assert node_event["bundles_on_added_node"] >= 1, node_event
     summary = result["summary"]
     assert summary["steps"] == STEPS and summary["recoveries"] == 2  # the learner's death and the buffer's
     run_dir = tmp_path / "runs" / "chaos"

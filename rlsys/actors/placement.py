@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import ray
+from ray.exceptions import GetTimeoutError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
@@ -154,9 +155,16 @@ def _create(cfg: RLConfig, model_dir: str, sample_log_path: str | None, runtime_
 
 
 def setup_learners(learners: list, timeout_s: float = 600.0) -> None:
-    """Form the learners' process group (rank 0 hosts the rendezvous) and build their DeepSpeed engines."""
-    addr, port = ray.get(learners[0].rendezvous_address.remote(), timeout=timeout_s)
-    ray.get([learner.setup.remote(addr, port) for learner in learners], timeout=timeout_s)
+    """Form the learners' process group (rank 0 hosts the rendezvous) and build their DeepSpeed engines; raises
+    :class:`PlacementError` if that takes more than ``timeout_s`` per stage."""
+    try:
+        addr, port = ray.get(learners[0].rendezvous_address.remote(), timeout=timeout_s)
+        ray.get([learner.setup.remote(addr, port) for learner in learners], timeout=timeout_s)
+    except GetTimeoutError as e:
+        raise PlacementError(
+            f"the {len(learners)} learner(s) were not set up within {timeout_s:.0f} s: a learner's bundle is waiting "
+            "for room on the cluster (its node was lost and no other has the resources: add a node), or loading "
+            "the model and building DeepSpeed takes longer") from e
 
 
 def shutdown_actors(handles: ActorHandles, grace_s: float = 10.0) -> None:
