@@ -14,10 +14,12 @@ One loop iteration: admit → learn (if idle and enough is buffered) → wait fo
 reward workers whose call ran past ``reward.call_timeout_s``. Every wait has a timeout; a pipeline that makes no
 progress for ``STALL_TIMEOUT_S`` raises :class:`PipelineStalled` rather than hanging.
 
-The reward pool (queue, calls, timeouts, re-scoring) is :mod:`rlsys.reward_pool`; every call in flight is a typed
-record of :mod:`rlsys.calls`. A rollout worker's request counts against its in-flight limit until its batch is *in
-the buffer*, so a slow reward slows admission instead of piling up generated data: the reward queue never holds
-more than ``MAX_REQUESTS_PER_WORKER`` batches per rollout worker.
+The reward pool (queue, calls, timeouts, re-scoring) is :mod:`rlsys.reward_pool`, the rollout workers' bookkeeping
+(where a request goes, restarts, hangs, replacements, which weights each holds) :mod:`rlsys.rollout_pool`; every
+call in flight is a typed record of :mod:`rlsys.calls`; going back to a checkpoint is :mod:`rlsys.recovery`. A
+rollout worker's request counts against its in-flight limit until its batch is *in the buffer*, so a slow reward
+slows admission instead of piling up generated data: the reward queue never holds more than
+``rlsys.rollout_pool.MAX_REQUESTS_PER_WORKER`` batches per rollout worker.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError, RayError, RayTaskError
+from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from rlsys.actors.buffer import PutSummary, TakeSummary
 from rlsys.actors.learner import StepResult, combine_rank_metrics
@@ -56,28 +58,22 @@ from rlsys.checkpoint import CheckpointDir
 from rlsys.config import RLConfig
 from rlsys.data.tasks import PromptStream
 from rlsys.evaluate import accuracy
-from rlsys.failures import PromptRetries, Replacements, RewardFailureWindow, StateLost, first_line
+from rlsys.failures import PromptRetries, RewardFailureWindow, StateLost, first_line
 from rlsys.metrics import MetricsWriter, json_safe, reward_scalars
 from rlsys.reward_pool import RewardPool
+from rlsys.rollout_pool import RolloutPool
 from rlsys.staleness import AdmissionGate
 from rlsys.types import Prompt
 
 log = logging.getLogger(__name__)
 
 STALL_TIMEOUT_S = 600.0
-MAX_REQUESTS_PER_WORKER = 2  # one generating, one queued behind it: the worker never waits for the driver
 RESULT_TIMEOUT_S = 300.0
 # A lost evaluation (rollout worker 0 or reward worker 0 died under it) is repeated after each of these waits
 # (seconds) -- time for Ray to restart the worker, or for the controller to replace it -- then skipped with an error.
 # Repeated at once, all attempts were spent within the seconds a restart takes.
 EVAL_RETRY_WAITS_S = (5.0, 15.0, 45.0)
 MAX_FILTERED_STEPS = 20  # dynamic sampling: give up after this many steps' worth of groups filtered in a row
-# A rollout worker that lost this many requests in a row (no request finished in between) is dead for good (killed,
-# out of Ray's restarts, or failing in its constructor): it is replaced by a new actor in its bundle, at most
-# MAX_REPLACEMENTS times per worker (rlsys.failures.Replacements), after which the run stops with ActorLost. One
-# crash loses at most MAX_REQUESTS_PER_WORKER requests, so two crashes in a row do not count as dead.
-LOSSES_BEFORE_REPLACING = 2 * MAX_REQUESTS_PER_WORKER + 1
-RESTART_BACKOFF_S = (1.0, 30.0)  # a restarting rollout worker is retried after 1 s, 2 s, 4 s, ... at most 30 s
 
 
 class PipelineStalled(RuntimeError):
@@ -139,28 +135,13 @@ class Controller:
         self.gate = AdmissionGate(cfg.train.groups_per_step, cfg.train.max_staleness)
         self.pending: dict[ray.ObjectRef, Call] = {}
         self.requests = itertools.count()
-        self.inflight_per_worker = [0] * len(actors.rollouts)
+        self.rollouts = RolloutPool(actors, cfg.rollout.hang_timeout_s)
         self.rewards = RewardPool(actors.rewards, actors.buffer, cfg.reward, self.pending.__setitem__,
                                   lambda i: actors.replace("reward worker", i))
-        self.rollout_losses = [0] * len(actors.rollouts)  # requests lost in a row, per worker
-        # Per worker: since when it has had requests out without finishing one (None: it has none out, or it has
-        # not finished one since it (re)started, so the hang clock does not run) -- see _watch_rollouts.
-        self.rollout_busy_since: list[float | None] = [None] * len(actors.rollouts)
-        self.rollout_started = [False] * len(actors.rollouts)  # finished a request since it (re)started
-        self.generating = [0] * len(actors.rollouts)  # generate() calls out, per worker
-        self.hang_restarts = [0] * len(actors.rollouts)  # per worker, since it last finished a request
-        # A worker Ray is restarting answers every call at once with ActorUnavailableError: it is sent nothing
-        # until its back-off (seconds, doubling per refusal up to RESTART_BACKOFF_S[1]) is over.
-        self.rollout_backoff = [0.0] * len(actors.rollouts)
-        self.rollout_resume_at = [0.0] * len(actors.rollouts)  # time.monotonic()
-        self.rollout_needs_weights = [False] * len(actors.rollouts)  # restarted: send the latest before generating
         # A hung worker must be restarted before the whole pipeline counts as stalled.
         hang = cfg.rollout.hang_timeout_s
         self.stall_timeout_s = max(STALL_TIMEOUT_S, 2 * hang) if math.isfinite(hang) else STALL_TIMEOUT_S
-        self.rollout_replaced = Replacements("rollout worker", len(actors.rollouts))
         self.version = 0  # learner's policy version = optimizer steps done
-        self.rollout_version = 0  # version whose weights every rollout worker holds (or has queued to load)
-        self.latest_weights: ray.ObjectRef | None = None  # None: the initial checkpoint is the latest policy
         self.buffer_depth = 0
         self.buffer_seq = 0  # depth reports older than this are ignored
         self.learning = False
@@ -190,8 +171,7 @@ class Controller:
         self.t0 = time.perf_counter() - self.elapsed_before
         if self.resumed:  # the rollout workers start from the initial checkpoint: the restored weights go first
             refs = [learner.get_weights.remote() for learner in self.actors.learners]  # a collective under ZeRO-3
-            self.latest_weights = refs[0]
-            self.rollout_needs_weights = [True] * len(self.actors.rollouts)  # sent ahead of each one's first call
+            self.rollouts.roll_back(refs[0], self.version)
             if self._eval_due() and self.version not in self.eval_accuracy:
                 self._evaluate()
         else:
@@ -201,16 +181,17 @@ class Controller:
             self._admit()
             self._maybe_learn()
             self.rewards.watch()
-            self._watch_rollouts()
+            self.rollouts.watch(evaluating_on_0=any(isinstance(c, Evaluating) and c.generated is not None
+                                                    for c in self.pending.values()))
             self._retry_eval_when_due()
             if not self.pending and (self.rewards.waiting_for_a_restart or self.eval_retry
-                                     or max(self.rollout_resume_at) > time.monotonic()):  # only waits
+                                     or self.rollouts.waiting_for_a_restart):  # only waits
                 time.sleep(0.1)
                 continue
             if not self.pending:
                 raise PipelineStalled(
                     f"nothing in flight at version {self.version}: buffer holds {self.buffer_depth} groups, admission "
-                    f"capacity is {self.gate.capacity(self.rollout_version)}; this is a bug in the controller")
+                    f"capacity is {self.gate.capacity(self.rollouts.version)}; this is a bug in the controller")
             done, _ = ray.wait(list(self.pending), num_returns=1, timeout=1.0)
             if done:
                 last_progress = time.monotonic()
@@ -265,39 +246,30 @@ class Controller:
         if self.version >= self.cfg.train.num_steps:
             return
         while True:
-            capacity = self.gate.capacity(self.rollout_version)
-            now = time.monotonic()
-            ready = [w for w, at in enumerate(self.rollout_resume_at) if at <= now]  # not backing off
-            worker = min(ready, key=self.inflight_per_worker.__getitem__, default=None)
-            if capacity == 0 or worker is None or self.inflight_per_worker[worker] >= MAX_REQUESTS_PER_WORKER:
+            capacity = self.gate.capacity(self.rollouts.version)
+            worker = self.rollouts.pick()
+            if capacity == 0 or worker is None:
                 return
             prompts = self.retries.next_prompts(min(self.cfg.rollout.groups_per_request, capacity))
             self.outstanding.update(((p.prompt_id, p.epoch), p) for p in prompts)
-            self.gate.admit(len(prompts), self.rollout_version)
+            self.gate.admit(len(prompts), self.rollouts.version)
             rid = next(self.requests)
-            self._send_weights_if_restarted(worker)
-            batch, generated = self.actors.rollouts[worker].generate.options(num_returns=2).remote(rid, prompts)
+            batch, generated = self.rollouts.generate(worker, rid, prompts)
             self.pending[generated] = Generating(Request(rid, prompts, worker, batch))
-            if self.generating[worker] == 0 and self.rollout_started[worker]:
-                self.rollout_busy_since[worker] = time.monotonic()
-            self.generating[worker] += 1
-            self.inflight_per_worker[worker] += 1
 
     def _on_generated(self, call: Generating, ref: ray.ObjectRef) -> None:
         worker = call.request.worker
-        self.generating[worker] -= 1
         try:
             ray.get(ref, timeout=RESULT_TIMEOUT_S)
         except RayTaskError as e:  # generate() raised: the worker is alive, the request itself failed
-            self._finished_one(worker)
+            self.rollouts.answered(worker, ok=False)
             self._requeue(call.request, e, failed=True)
             return
-        except RayError as e:
-            self._on_rollout_lost(call.request, e)
+        except RayError as e:  # the worker died or is restarting (rlsys.rollout_pool)
+            self._requeue(call.request, e, quiet=not self.rollouts.lost(worker, e))
             return
         self.retries.succeeded()
-        self.rollout_losses[worker] = 0
-        self._finished_one(worker)
+        self.rollouts.answered(worker, ok=True)
         self.rewards.submit(call.request)
 
     def _on_scored(self, call: Scoring, ref: ray.ObjectRef) -> None:
@@ -312,7 +284,7 @@ class Controller:
 
     def _on_put_done(self, call: Putting, ref: ray.ObjectRef) -> None:
         put = ray.get(ref, timeout=RESULT_TIMEOUT_S)  # the buffer's death stops the run (_handle)
-        self.inflight_per_worker[call.request.worker] -= 1
+        self.rollouts.freed(call.request.worker)
         self._on_put(put)
 
     def _on_put(self, put: PutSummary) -> None:
@@ -348,73 +320,6 @@ class Controller:
                 f"equal) at version {self.version}: the task is too easy or too hard for the policy. Turn off "
                 "algo.dynamic_sampling or raise rollout.group_size")
 
-    def _on_rollout_lost(self, request: Request, error: Exception) -> None:
-        """A rollout worker died mid-request: its prompts are re-queued (:meth:`_requeue`).
-
-        Ray restarts a dead rollout worker from its constructor, i.e. with the initial weights, so it is sent
-        the latest weights again; being first in its queue, they are loaded before it generates anything."""
-        worker = request.worker
-        restarting = isinstance(error, ActorUnavailableError)  # Ray is restarting it: it is not dead
-        first = not restarting or self.rollout_backoff[worker] == 0
-        self._requeue(request, error, quiet=not first)  # one line per restart, not one per refused request
-        self.rollout_started[worker], self.rollout_busy_since[worker] = False, None  # a new process, or none
-        if restarting:
-            low, high = RESTART_BACKOFF_S
-            self.rollout_backoff[worker] = min(high, max(low, 2 * self.rollout_backoff[worker]))
-            self.rollout_resume_at[worker] = time.monotonic() + self.rollout_backoff[worker]
-            if first:
-                log.warning("rollout worker %d is restarting; it is sent no requests until it answers (retried "
-                            "every %g-%g s)", worker, low, high)
-            self.rollout_needs_weights[worker] = True  # sent ahead of the next request (_admit)
-            return
-        self.rollout_losses[worker] += 1
-        if self.rollout_losses[worker] >= LOSSES_BEFORE_REPLACING:
-            self._replace_rollout(worker, error)
-        elif self.latest_weights is not None:
-            self.actors.rollouts[worker].update_weights.remote(self.latest_weights, self.rollout_version)
-
-    def _send_weights_if_restarted(self, worker: int) -> None:
-        """A worker Ray restarted holds the initial weights: the latest go first in its queue, ahead of the call
-        about to be sent (if that call is refused too, they are sent again with the next one)."""
-        if self.rollout_needs_weights[worker] and self.latest_weights is not None:
-            self.actors.rollouts[worker].update_weights.remote(self.latest_weights, self.rollout_version)
-        self.rollout_needs_weights[worker] = False
-
-    def _finished_one(self, worker: int) -> None:
-        """The worker answered a request: the hang clock (re)starts if it has more out, stops if not."""
-        self.rollout_started[worker], self.hang_restarts[worker] = True, 0
-        self.rollout_backoff[worker] = 0.0
-        self.rollout_busy_since[worker] = time.monotonic() if self.generating[worker] else None
-
-    def _watch_rollouts(self) -> None:
-        """Kill (Ray restarts it) a rollout worker that has had requests out for ``rollout.hang_timeout_s`` without
-        finishing one; its requests then fail and are re-queued (:meth:`_on_rollout_lost`)."""
-        limit, now = self.cfg.rollout.hang_timeout_s, time.monotonic()
-        # An evaluation generating on worker 0 holds up its requests, for as long as the held-out set takes:
-        # the clock restarts when it is done.
-        if self.rollout_busy_since[0] is not None and any(
-                isinstance(c, Evaluating) and c.generated is not None for c in self.pending.values()):
-            self.rollout_busy_since[0] = now
-        for worker, since in enumerate(self.rollout_busy_since):
-            if since is not None and now - since > limit:
-                log.warning("rollout worker %d has finished no request for more than rollout.hang_timeout_s=%g s "
-                            "with %d out; taking it for hung and restarting it", worker, limit, self.generating[worker])
-                self.rollout_busy_since[worker] = None
-                self.hang_restarts[worker] += 1
-                ray.kill(self.actors.rollouts[worker], no_restart=False)
-
-    def _replace_rollout(self, worker: int, error: Exception) -> None:
-        """A new actor in place of a rollout worker that is dead for good; it is sent the latest weights first."""
-        symptom = f"lost {self.rollout_losses[worker]} requests in a row"
-        if hung := self.hang_restarts[worker]:
-            symptom += (f", after {hung} restarts for finishing no request within rollout.hang_timeout_s="
-                        f"{self.cfg.rollout.hang_timeout_s:g} s (raise it if a request takes longer)")
-        self.rollout_replaced.spend(worker, symptom, error)
-        actor = self.actors.replace("rollout worker", worker)
-        self.rollout_losses[worker] = 0
-        if self.latest_weights is not None:
-            actor.update_weights.remote(self.latest_weights, self.rollout_version)
-
     def _requeue(self, request: Request, error: Exception, failed: bool = False, quiet: bool = False) -> None:
         """A request whose batch was lost (not generated, or never scored): its prompts go back to the front of the
         queue, and its admission slot and its rollout worker's in-flight slot are freed.
@@ -423,7 +328,7 @@ class Controller:
         its worker dying: its prompts are retried alone and dropped after a few failures (:class:`PromptRetries`)."""
         prompts, worker = request.prompts, request.worker
         self._settled((p.prompt_id, p.epoch) for p in prompts)  # back to the stream (or dropped), not in flight
-        self.inflight_per_worker[worker] -= 1
+        self.rollouts.freed(worker)
         self.gate.discard(len(prompts))
         self.totals["lost_requests"] += 1
         message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
@@ -515,7 +420,7 @@ class Controller:
         """Continue from :meth:`checkpoint_state` (the learners loaded the same checkpoint): the prompts that were
         outstanding come first, and the admission gate counts the trained groups only, so the staleness bound holds
         relative to the restored version exactly as in a run that reached it with an empty pipeline."""
-        self.version = self.rollout_version = state["version"]
+        self.version = self.rollouts.version = state["version"]
         self.stream.restore(state["stream"])
         self.retries.restore(state["retries"])
         self.stream.requeue(self.stream.prompts_for(state["outstanding"]))
@@ -542,11 +447,9 @@ class Controller:
         self.pending[refs[0]] = GatheringWeights(refs, time.perf_counter())
 
     def _on_weights(self, call: GatheringWeights) -> None:
-        weights = self.latest_weights = call.refs[0]
-        self.rollout_version = self.version
         sync = SyncRound(self.version, time.perf_counter() - call.start, waiting=len(self.actors.rollouts))
-        for worker, actor in enumerate(self.actors.rollouts):  # each acks after its current generation batch
-            self.pending[actor.update_weights.remote(weights, self.version)] = LoadingWeights(sync, worker)
+        for worker, ack in self.rollouts.sync(call.refs[0], self.version):  # acked after the current batch
+            self.pending[ack] = LoadingWeights(sync, worker)
         if self._eval_due() and self.version not in self.eval_accuracy:  # a resume may have evaluated it already
             self._evaluate()
 
@@ -557,8 +460,7 @@ class Controller:
             sync.load_s.append(ray.get(ref, timeout=RESULT_TIMEOUT_S))
         except RayError as e:  # died while loading: Ray restarts it with the initial weights, so resend
             log.warning("rollout worker %d failed to load version %d, resending: %s", worker, sync.version, e)
-            self.actors.rollouts[worker].update_weights.remote(self.latest_weights, self.rollout_version)
-            self.rollout_needs_weights[worker] = True  # again before its next request, in case Ray refused this
+            self.rollouts.resend(worker)
         if sync.waiting == 0 and sync.load_s:
             total = sync.gather_s + max(sync.load_s)
             self.sync_s.append(total)
@@ -575,10 +477,8 @@ class Controller:
         is sent to be scored once generated (:meth:`_on_eval_done`), not as a pending argument: Ray runs a caller's
         calls to an actor in order, so a score call waiting for its argument would hold up every reward call after
         it for as long as the evaluation generates."""
-        self._send_weights_if_restarted(0)
-        generated, count = self.actors.rollouts[0].generate.options(num_returns=2).remote(-1, self.eval_prompts,
-                                                                                          greedy=True)
-        self.pending[count] = Evaluating(self.rollout_version, attempt, generated)
+        generated, count = self.rollouts.generate(0, -1, self.eval_prompts, greedy=True)
+        self.pending[count] = Evaluating(self.rollouts.version, attempt, generated)
 
     def _on_eval(self, call: Evaluating, batch) -> None:
         term = self.cfg.reward.accuracy_term
@@ -721,5 +621,5 @@ class Controller:
             max_staleness_seen=max(self.staleness_seen, default=0),
             sync_s_mean=float(np.mean(self.sync_s)) if self.sync_s else math.nan,
             failed_prompts=list(self.retries.dropped),
-            replaced_workers=sum(self.rollout_replaced.used) + sum(self.rewards.replaced.used),
+            replaced_workers=sum(self.rollouts.replaced.used) + sum(self.rewards.replaced.used),
         )

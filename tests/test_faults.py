@@ -12,8 +12,9 @@ import pytest
 from conftest import controller_run
 
 from rlsys.actors.rollout import RolloutWorker
-from rlsys.controller import MAX_REQUESTS_PER_WORKER, STALL_TIMEOUT_S
+from rlsys.controller import STALL_TIMEOUT_S
 from rlsys.failures import ActorLost, StateLost
+from rlsys.rollout_pool import MAX_REQUESTS_PER_WORKER
 
 pytestmark = pytest.mark.slow
 

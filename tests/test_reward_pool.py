@@ -10,8 +10,8 @@ import time
 import pytest
 from conftest import controller_run
 
-from rlsys.controller import MAX_REQUESTS_PER_WORKER
 from rlsys.metrics import read_metrics
+from rlsys.rollout_pool import MAX_REQUESTS_PER_WORKER
 
 pytestmark = pytest.mark.slow
 
