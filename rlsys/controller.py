@@ -169,13 +169,12 @@ class Controller:
     # ------------------------------------------------------------------ the loop
     def run(self) -> RunSummary:
         self.t0 = time.perf_counter() - self.elapsed_before
-        if self.resumed:  # the rollout workers start from the initial checkpoint: the restored weights go first
+        if self.resumed or self.lost_at is not None:  # rollout workers hold the initial checkpoint's weights, or
+            # a discarded timeline's: the learners' (restored or initial) go ahead of each one's first call
             refs = [learner.get_weights.remote() for learner in self.actors.learners]  # a collective under ZeRO-3
             self.rollouts.roll_back(refs[0], self.version)
-            if self._eval_due() and self.version not in self.eval_accuracy:
-                self._evaluate()
-        else:
-            self._evaluate()
+        if self.version not in self.eval_accuracy and (self.version == 0 or self._eval_due()):
+            self._evaluate()  # a resume may have evaluated this version already
         last_progress = time.monotonic()
         while self.version < self.cfg.train.num_steps or self._finishing():
             self._admit()

@@ -1,6 +1,7 @@
 """Full-state checkpoints (rlsys.checkpoint): atomic writes, manifests that catch damage, retention, and what a run's
-checkpoint holds (DeepSpeed state of every learner rank, the policy as a Hugging Face checkpoint, the driver's state).
-Resuming from them is not built yet (issue 10)."""
+checkpoint holds (DeepSpeed state of every learner rank, the policy as a Hugging Face checkpoint, the driver's state),
+and resuming from them: bit for bit at η = 0, exactly once at η = 1, after a SIGKILL of the driver. Going back to
+one inside the job is tests/test_recovery.py."""
 
 from __future__ import annotations
 

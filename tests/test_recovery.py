@@ -4,6 +4,7 @@ rollout workers back, and ends with every step trained once and every prompt acc
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -13,6 +14,7 @@ import pytest
 from conftest import tiny_overrides
 
 from rlsys.config import load_config
+from rlsys.controller import STALL_TIMEOUT_S
 from rlsys.failures import StateLost
 from rlsys.recovery import recover
 from rlsys.samples_io import set_aside_parts
@@ -57,7 +59,7 @@ def _sigkill_when(ready, proctitle: str, killed: list, deadline: float) -> threa
                         if (p.info["cmdline"] or [""])[0].startswith(proctitle)), key=lambda p: p.pid)
         if procs:
             procs[0].send_signal(signal.SIGKILL)
-            killed.append(proctitle)
+            killed.append((proctitle, time.time()))
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -70,7 +72,8 @@ def _trained_steps(run_dir: Path) -> int:
 
 
 @pytest.mark.slow
-def test_a_learner_rank_and_the_buffer_killed_mid_run_are_rebuilt_from_the_checkpoint(ray_session, tmp_path):
+def test_a_learner_rank_and_the_buffer_killed_mid_run_are_rebuilt_from_the_checkpoint(ray_session, tmp_path,
+                                                                                        caplog):
     """Two learner ranks under ZeRO-2, η = 1, a checkpoint every 3 steps. A learner rank is SIGKILLed after the
     first step, before any checkpoint: the run starts over from the initial policy. The buffer is SIGKILLed once
     the checkpoint of version 6 exists: the run goes back to it. Each time inside the job, and the run completes.
@@ -96,12 +99,21 @@ def test_a_learner_rank_and_the_buffer_killed_mid_run_are_rebuilt_from_the_check
 
     arm = threading.Thread(target=second_kill, daemon=True)
     arm.start()
+    caplog.set_level(logging.WARNING, logger="rlsys.recovery")
     summary, run_dir = train(load_config(None, tiny_overrides(
         tmp_path, "output.run_name=r", f"train.num_steps={steps}", "train.checkpoint_every=3",
         "learner.num_learners=2", "learner.zero_stage=2", "train.max_staleness=1")))
     arm.join(timeout=5)
-    assert killed == ["ray::Learner", "ray::BufferActor"], killed
+    assert [k[0] for k in killed] == ["ray::Learner", "ray::BufferActor"], killed
     assert summary.steps == steps and summary.recoveries == 2
+    rebuilt = [r for r in caplog.records if "rebuilding the learner group" in r.getMessage()]
+    assert len(rebuilt) == 2, rebuilt  # each names the actor found dead, and where the run goes back to
+    first, second = (r.getMessage() for r in rebuilt)
+    assert first.startswith("learner rank") and "the initial policy (no checkpoint was written yet" in first
+    assert second.startswith("the buffer actor died at version") and "step-00000006 (version 6)" in second
+    # found dead at its next call, not by a stall timeout: a functional bound, far below what a silent loop takes
+    found_after = [r.created - at for r, (_, at) in zip(rebuilt, killed)]
+    assert all(0 <= s < STALL_TIMEOUT_S / 4 for s in found_after), found_after
     rows = pq.read_table(run_dir / "samples.parquet").to_pylist()
     trained = [r for r in rows if r["dropped"] == "" and r["sample_index"] == 0]
     keys = [(r["prompt_id"], r["epoch"]) for r in trained]
