@@ -148,6 +148,9 @@ class Controller:
         self.window = _Window()
         self.eval_accuracy: dict[int, float] = {}
         self.eval_retry: tuple[float, int] | None = None  # (when, attempt) of a lost evaluation's next attempt
+        # A weight sync held back while a lost evaluation waits to be repeated: the rollout workers keep the weights
+        # of the version it evaluates (admission is relative to that version, so η still holds)
+        self.sync_deferred = False
         self.sync_s: list[float] = []
         self.staleness_seen: list[int] = []
         self.totals = {"samples": 0, "tokens": 0, "dropped_stale": 0, "lost_requests": 0, "reward_failures": 0,
@@ -388,7 +391,10 @@ class Controller:
         if self.checkpoints is not None and (last or self.version % self.cfg.train.checkpoint_every == 0):
             self._checkpoint()
         if last or self.version % self.cfg.train.sync_every == 0:
-            self._sync()
+            if self.eval_retry is None:
+                self._sync()
+            else:
+                self.sync_deferred = True
         elif self._eval_due():
             self._evaluate()
 
@@ -558,6 +564,7 @@ class Controller:
             if call.attempt >= len(EVAL_RETRY_WAITS_S):
                 log.error("evaluation at version %d failed %d times; skipping it: %s", call.version, call.attempt + 1,
                           first_line(e))
+                self._sync_if_deferred()
                 return
             wait = EVAL_RETRY_WAITS_S[call.attempt]
             log.warning("evaluation at version %d was lost (%s); repeating it in %.0f s", call.version, first_line(e),
@@ -567,10 +574,18 @@ class Controller:
         self._on_eval(call, batch)
 
     def _retry_eval_when_due(self) -> None:
-        """Repeat a lost evaluation once its wait is over, at the version the workers then hold."""
+        """Repeat a lost evaluation once its wait is over, at the version the workers then hold — the lost one's,
+        unless a weight sync was already under way: the syncs due meanwhile wait for it (:attr:`sync_deferred`).
+        Without that, a replacement worker up in seconds trained the run ahead and version 0 went unevaluated."""
         if self.eval_retry is not None and self.eval_retry[0] <= time.monotonic():
             attempt, self.eval_retry = self.eval_retry[1], None
             self._evaluate(attempt)
+            self._sync_if_deferred()  # queued behind the evaluation on worker 0
+
+    def _sync_if_deferred(self) -> None:
+        if self.sync_deferred:
+            self.sync_deferred = False
+            self._sync()
 
     # ------------------------------------------------------------------ metrics
     def _log_step(self, train: dict[str, float], staleness: list[int], step_s: float) -> None:

@@ -19,8 +19,6 @@ pytestmark = pytest.mark.slow
 
 def test_a_run_survives_the_death_of_every_kind_of_actor_and_of_a_node(tmp_path):
     import psutil
-    import pyarrow.parquet as pq
-    from chaos_run import STEPS, VICTIMS
 
     script = Path(__file__).with_name("chaos_run.py")
     child = subprocess.Popen([sys.executable, str(script), str(tmp_path), "0"], stdout=subprocess.PIPE,
@@ -31,7 +29,16 @@ def test_a_run_survives_the_death_of_every_kind_of_actor_and_of_a_node(tmp_path)
         for p in psutil.Process(child.pid).children(recursive=True) if child.poll() is None else []:
             p.kill()
         child.kill()
-    result = json.loads((tmp_path / "result.json").read_text())
+    check_chaos_run(tmp_path, output)
+
+
+def check_chaos_run(out: Path, output: str = "") -> None:
+    """What a run of tests/chaos_run.py into ``out`` must show (also for other seeds, by hand:
+    ``python -c "from test_chaos import check_chaos_run; check_chaos_run(Path(OUT))"`` in tests/)."""
+    import pyarrow.parquet as pq
+    from chaos_run import STEPS, VICTIMS
+
+    result = json.loads((out / "result.json").read_text())
     assert "error" not in result, (result.get("error"), output[-4000:])
     assert sorted(e["victim"] for e in result["events"]) == sorted(VICTIMS), result["events"]
     # the removed node's rollout and reward workers were placed again on the node that joined (the cluster had no
@@ -40,7 +47,7 @@ def test_a_run_survives_the_death_of_every_kind_of_actor_and_of_a_node(tmp_path)
     assert node_event["bundles_on_added_node"] >= 1, node_event
     summary = result["summary"]
     assert summary["steps"] == STEPS and summary["recoveries"] == 2  # the learner's death and the buffer's
-    run_dir = tmp_path / "runs" / "chaos"
+    run_dir = out / "runs" / "chaos"
     rows = pq.read_table(run_dir / "samples.parquet").to_pylist()
     firsts = [r for r in rows if r["sample_index"] == 0]
     trained = [(r["prompt_id"], r["epoch"]) for r in firsts if r["dropped"] == ""]

@@ -84,8 +84,8 @@ class DiesOnItsFirstEvaluation(RolloutWorker):
 
 def test_an_evaluation_lost_with_its_worker_is_repeated_on_the_replacement(ray_session, tmp_path):
     """The first evaluation's worker dies for good mid-call: the evaluation is repeated after a wait, on the new
-    worker that replaced it (training cannot move on without a rollout worker, so it is still version 0's).
-    Repeated at once, every attempt hit the dead actor within milliseconds and version 0 went unevaluated."""
+    worker that replaced it. Repeated at once, every attempt hit the dead actor within milliseconds; and while it
+    waits, the replacement may train the run ahead, so weight syncs wait for it: it is still version 0's."""
     ray = ray_session
     steps, marker = 3, tmp_path / "armed"
     marker.touch()
