@@ -425,7 +425,7 @@ class Controller:
         """Continue from :meth:`checkpoint_state` (the learners loaded the same checkpoint): the prompts that were
         outstanding come first, and the admission gate counts the trained groups only, so the staleness bound holds
         relative to the restored version exactly as in a run that reached it with an empty pipeline."""
-        self.version = self.rollouts.version = state["version"]
+        self.version = state["version"]  # the rollout workers are rolled back to it when the run starts (run)
         self.stream.restore(state["stream"])
         self.retries.restore(state["retries"])
         self.stream.requeue(self.stream.prompts_for(state["outstanding"]))

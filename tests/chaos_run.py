@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import psutil  # noqa: E402
 import ray  # noqa: E402
-from conftest import tiny_overrides  # noqa: E402
+from conftest import actor_processes, tiny_overrides  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from rlsys.config import load_config  # noqa: E402
@@ -32,8 +32,8 @@ from rlsys.metrics import json_safe  # noqa: E402
 from rlsys.train import ACTOR_ENV, train  # noqa: E402
 
 STEPS = 30
-VICTIMS = {"rollout": "ray::RolloutWorker", "reward": "ray::RewardWorker", "learner": "ray::Learner",
-           "buffer": "ray::BufferActor", "node": None}
+VICTIMS = {"rollout": "RolloutWorker", "reward": "RewardWorker", "learner": "Learner", "buffer": "BufferActor",
+           "node": None}
 NODE_CPUS = 2  # each worker node: a rollout worker and a reward worker (1 CPU each) fit on one
 DEADLINE_S = 800
 
@@ -48,10 +48,9 @@ def last_step(run_dir: Path) -> int:
     return steps[-1] if steps else 0
 
 
-def sigkill(proctitle: str, rng: random.Random) -> int:
-    """SIGKILL one of this cluster's processes titled ``proctitle`` (Ray: ``ray::<Class>[.<method>]``); its pid."""
-    mine = [p for p in psutil.Process().children(recursive=True) if _title(p).startswith(proctitle)]
-    victim = rng.choice(sorted(mine, key=lambda p: p.pid))
+def sigkill(actor_class: str, rng: random.Random) -> int:
+    """SIGKILL one of this cluster's processes of Ray actors of ``actor_class``; its pid."""
+    victim = rng.choice(actor_processes(actor_class, among=psutil.Process().children(recursive=True)))
     victim.send_signal(signal.SIGKILL)
     return victim.pid
 
@@ -66,13 +65,6 @@ def bundles_on(node_id: str, deadline: float) -> int:
         if n or time.monotonic() > until:
             return n
         time.sleep(0.2)
-
-
-def _title(p: psutil.Process) -> str:
-    try:
-        return (p.cmdline() or [""])[0]
-    except psutil.Error:
-        return ""
 
 
 def main(out: Path, seed: int) -> None:

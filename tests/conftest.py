@@ -34,6 +34,22 @@ def tiny_overrides(tmp_path, *extra: str) -> list[str]:
     ]
 
 
+def actor_processes(actor_class: str, among: list | None = None) -> list:
+    """The processes (psutil) of Ray actors of class ``actor_class``, oldest pid first: Ray titles an actor's
+    process ``ray::<Class>``, ``ray::<Class>.<method>`` while it runs one. ``among``: only these processes (e.g. a
+    simulated cluster's, the children of the process that started it); default: every process of the machine."""
+    import psutil
+
+    def title(p) -> str:
+        try:
+            return (p.cmdline() or [""])[0]
+        except psutil.Error:  # gone meanwhile
+            return ""
+
+    procs = psutil.process_iter() if among is None else among
+    return sorted((p for p in procs if title(p).startswith(f"ray::{actor_class}")), key=lambda p: p.pid)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     import ray

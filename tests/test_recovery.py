@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import tiny_overrides
+from conftest import actor_processes, tiny_overrides
 
 from rlsys.config import load_config
 from rlsys.controller import STALL_TIMEOUT_S
@@ -45,21 +45,17 @@ def test_a_run_without_checkpoints_or_rebuilds_left_stops_saying_which(tmp_path,
     assert info.value.actor == "learner rank 1"
 
 
-def _sigkill_when(ready, proctitle: str, killed: list, deadline: float) -> threading.Thread:
-    """Once ``ready()``, SIGKILL the first process whose title starts with ``proctitle`` (Ray titles an actor's
-    process ``ray::<Class>``, ``ray::<Class>.<method>`` while it runs one)."""
-    import psutil
+def _sigkill_when(ready, actor_class: str, killed: list, deadline: float) -> threading.Thread:
+    """Once ``ready()``, SIGKILL the oldest process of a Ray actor of ``actor_class``."""
 
     def run() -> None:
         while not ready():
             if time.monotonic() > deadline:
                 return
             time.sleep(0.02)
-        procs = sorted((p for p in psutil.process_iter(["pid", "cmdline"])
-                        if (p.info["cmdline"] or [""])[0].startswith(proctitle)), key=lambda p: p.pid)
-        if procs:
+        if procs := actor_processes(actor_class):
             procs[0].send_signal(signal.SIGKILL)
-            killed.append((proctitle, time.time()))
+            killed.append((actor_class, time.time()))
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -91,11 +87,11 @@ def test_a_learner_rank_and_the_buffer_killed_mid_run_are_rebuilt_from_the_check
     checkpoints = run_dir / "checkpoints"
     killed: list = []
     deadline = time.monotonic() + 900
-    first = _sigkill_when(lambda: _trained_steps(run_dir) >= 1, "ray::Learner", killed, deadline)
+    first = _sigkill_when(lambda: _trained_steps(run_dir) >= 1, "Learner", killed, deadline)
 
     def second_kill() -> None:  # armed once the first has happened, so the step-6 it waits for is the new timeline's
         first.join()
-        _sigkill_when((checkpoints / "step-00000006").exists, "ray::BufferActor", killed, deadline).join()
+        _sigkill_when((checkpoints / "step-00000006").exists, "BufferActor", killed, deadline).join()
 
     arm = threading.Thread(target=second_kill, daemon=True)
     arm.start()
@@ -104,7 +100,7 @@ def test_a_learner_rank_and_the_buffer_killed_mid_run_are_rebuilt_from_the_check
         tmp_path, "output.run_name=r", f"train.num_steps={steps}", "train.checkpoint_every=3",
         "learner.num_learners=2", "learner.zero_stage=2", "train.max_staleness=1")))
     arm.join(timeout=5)
-    assert [k[0] for k in killed] == ["ray::Learner", "ray::BufferActor"], killed
+    assert [k[0] for k in killed] == ["Learner", "BufferActor"], killed
     assert summary.steps == steps and summary.recoveries == 2
     rebuilt = [r for r in caplog.records if "rebuilding the learner group" in r.getMessage()]
     assert len(rebuilt) == 2, rebuilt  # each names the actor found dead, and where the run goes back to
