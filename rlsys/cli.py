@@ -112,6 +112,9 @@ def _resume_args(run_dir: str, files: list[str] | None, overrides: list[str]) ->
     path = Path(run_dir).expanduser().resolve()
     if files:
         raise ConfigError("--resume takes the run's own config.yaml; give changes as key=value overrides, not --config")
+    if not path.is_dir():
+        raise ConfigError(f"--resume {run_dir}: no such directory; give the directory of a run (output.root/"
+                          "output.run_name)")
     if not (path / "config.yaml").is_file():
         raise ConfigError(f"--resume {run_dir}: no config.yaml there; give the directory of a run (output.root/"
                           "output.run_name)")

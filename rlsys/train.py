@@ -49,8 +49,11 @@ def run_dir_for(cfg: RLConfig) -> tuple[Path, Path | None, dict | None]:
             log.info("resuming %s from %s", path, checkpoint)
             return path, checkpoint, state
     if found := [f for f in RUN_FILES if (path / f).exists()]:
-        fix = ("it has no valid checkpoint to resume from (train.checkpoint_every was 0, or the run stopped before "
-               "the first)" if cfg.train.resume else "choose another output.run_name, or move that directory away")
+        damaged = len(checkpoints(path / "checkpoints"))
+        fix = ("it has no valid checkpoint to resume from " + (
+            f"(its {damaged} checkpoint(s) are all damaged: see the warnings above)" if damaged else
+            "(train.checkpoint_every was 0, or the run stopped before the first)")
+            if cfg.train.resume else "choose another output.run_name, or move that directory away")
         raise ConfigError(f"output.run_name={name!r}: {path} already holds a run ({', '.join(found)}); {fix}")
     return path, None, None
 

@@ -1,4 +1,4 @@
-"""`rlsys eval` and `rlsys inspect` refuse what they cannot read, with the reason."""
+"""`rlsys eval`, `rlsys inspect` and `rlsys train --resume` refuse what they cannot read, with the reason."""
 
 import pytest
 
@@ -18,6 +18,14 @@ def test_eval_of_a_directory_that_is_not_a_checkpoint(tmp_path, capsys):
 def test_eval_with_a_bad_override_is_a_config_error(tmp_path, capsys):
     assert main(["eval", str(tmp_path), "reward.nope=1"]) == 2
     assert "reward.nope" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("make", "says"), [
+    (lambda d: None, "no such directory"), (lambda d: d.mkdir(), "no config.yaml there")])
+def test_resume_of_a_directory_that_is_not_a_run(tmp_path, capsys, make, says):
+    make(tmp_path / "run")
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 2
+    assert f"--resume {tmp_path / 'run'}: {says}" in capsys.readouterr().err
 
 
 def _run_dir(tmp_path, summary: dict | None):

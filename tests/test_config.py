@@ -578,3 +578,8 @@ def test_a_run_directory_that_holds_a_run_is_refused_before_anything_starts(tmp_
     (tmp_path / "r" / "metrics.jsonl").write_text("")
     with pytest.raises(ConfigError, match=r"output.run_name='r': .* already holds a run \(metrics.jsonl\)"):
         run_dir_for(cfg)
+    (tmp_path / "r" / "checkpoints" / "step-00000002").mkdir(parents=True)  # no manifest: damaged
+    resume = load_config(None, [f"output.root={tmp_path}", "output.run_name=r", "train.resume=true"])
+    with pytest.raises(ConfigError, match=r"no valid checkpoint to resume from \(its 1 checkpoint\(s\) are all "
+                                          r"damaged: see the warnings above\)"):
+        run_dir_for(resume)
