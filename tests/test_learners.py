@@ -41,14 +41,17 @@ LINEAR_ADAM = {"lr": 100.0, "adam_eps": 1e3, "grad_clip": 0.0}
 
 
 def start_learners(ray, model_dir: str, num: int, zero_stage: int, samples: int, algo: AlgoConfig | None = None,
-                   micro_batch_size: int = 4, **learner) -> list:
+                   micro_batch_size: int = 4, reference: str | None = None, critic: str | None = None,
+                   **learner) -> list:
+    """``reference`` / ``critic``: checkpoints they start from other than ``model_dir`` (as model.*_path)."""
     from rlsys.actors.learner import Learner
     from rlsys.actors.placement import setup_learners
 
     cfg = LearnerConfig(num_learners=num, zero_stage=zero_stage, micro_batch_size=micro_batch_size,
                         **{"lr": 1e-2, **learner})
+    others = {k: (path, []) for k, path in (("reference", reference), ("critic", critic)) if path}
     learners = [ray.remote(Learner).options(num_cpus=0.25).remote(r, num, model_dir, cfg, algo or AlgoConfig(),
-                                                                   samples // num, 1.0, 6)
+                                                                   samples // num, 1.0, 6, **others)
                 for r in range(num)]
     setup_learners(learners)
     return learners
@@ -63,7 +66,7 @@ class Run(NamedTuple):
 
 def run_steps(ray, model_dir, batches, num: int, micro_batch_size: int, algo: AlgoConfig, zero_stage: int = 1,
               **learner) -> Run:
-    """Train ``num`` fresh learners on ``batches`` of 16 samples."""
+    """Train ``num`` fresh learners on ``batches`` of 16 samples (``learner``: :func:`start_learners`' keywords)."""
     learners = start_learners(ray, model_dir, num, zero_stage, 16, algo, micro_batch_size, **learner)
     initial = ray.get([lrn.parameter_vector.remote() for lrn in learners])[0]  # a collective under ZeRO-3
     steps = []
@@ -176,6 +179,83 @@ def test_reference_actor_gives_the_same_update_as_the_reference_in_the_learner(r
     without_kl = run_steps(ray, model_dir, batches, 1, 8, AlgoConfig()).params
     np.testing.assert_allclose(via_actor, in_learner, rtol=0, atol=2e-5)
     assert np.abs(in_learner - without_kl).max() > 1e-4, "the KL penalty in the reward changed nothing"
+
+
+@pytest.fixture(scope="module")
+def other_checkpoints(tiny_policy, tmp_path_factory):
+    """(another policy, a reward model): checkpoints with the tiny policy's tokenizer and other weights — the
+    policy's weights with noise, and a sequence classifier (one output) on the policy's transformer whose score head
+    is seeded."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    model_dir, _ = tiny_policy
+    root = tmp_path_factory.mktemp("others")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    torch.manual_seed(1)
+    other = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    rm = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
+    for model, name in ((other, "other"), (rm, "rm")):
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    return str(root / "other"), str(root / "rm")
+
+
+def test_a_reference_checkpoint_other_than_the_policy_is_what_the_kl_measures(ray_session, tiny_policy, batches,
+                                                                              other_checkpoints):
+    """model.reference_path: the KL of the first step (policy = initial policy) is 0 against the initial policy and
+    not against another checkpoint; the reference actor on that checkpoint gives the same update as the learner's
+    own copy of it."""
+    from rlsys.actors.reference import ReferenceWorker
+
+    ray = ray_session
+    model_dir, _ = tiny_policy
+    other, _ = other_checkpoints
+    algo = AlgoConfig(kl_coef=0.5, kl_in="reward")
+    in_learner = run_steps(ray, model_dir, batches, 1, 8, algo, reference=other)
+    assert in_learner.steps[0]["kl"] > 1e-2, "the first step's KL is ~0: the reference is the initial policy"
+    reference = ray.remote(ReferenceWorker).options(num_cpus=0.25).remote(other, 1.0, 1, 0)
+    learner = start_learners(ray, model_dir, 1, 1, 16, AlgoConfig(kl_coef=0.5, kl_in="reward", reference="actor"),
+                             micro_batch_size=8)[0]
+    first = ray.get(learner.train_step.remote(batches[0], reference.logprobs.remote(batches[0]))).metrics
+    ray.get(learner.train_step.remote(batches[1], reference.logprobs.remote(batches[1])))
+    via_actor = ray.get(learner.parameter_vector.remote())
+    ray.kill(learner)
+    ray.kill(reference)
+    assert first["kl"] == pytest.approx(in_learner.steps[0]["kl"], rel=1e-4)
+    np.testing.assert_allclose(via_actor, in_learner.params, rtol=0, atol=2e-5)
+
+
+def test_the_critic_starts_from_its_checkpoint(ray_session, tiny_policy, batches, other_checkpoints):
+    """model.critic_path: a reward model's transformer and score head become the critic's (exactly), a causal LM's
+    transformer gets the same seeded new value head every time; a learner whose critic starts from the RM values
+    the first batch otherwise than one whose critic starts from the policy."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from rlsys.engines.training import initial_critic
+
+    ray = ray_session
+    model_dir, _ = tiny_policy
+    _, rm_dir = other_checkpoints
+    rm = AutoModelForSequenceClassification.from_pretrained(rm_dir).state_dict()
+    critic = initial_critic(rm_dir).state_dict()
+    assert set(critic) - set(rm) <= {"score.bias"} and set(rm) <= set(critic)  # the RM's head has no bias
+    if "score.bias" in critic:
+        assert not critic["score.bias"].any(), "the critic's values are not the RM's scores: its bias is not 0"
+    for name, tensor in rm.items():
+        torch.testing.assert_close(critic[name], tensor, rtol=0, atol=0, msg=name)
+    from_policy = [initial_critic(model_dir).state_dict() for _ in range(2)]
+    torch.testing.assert_close(from_policy[0]["score.weight"], from_policy[1]["score.weight"], rtol=0, atol=0)
+    assert not torch.equal(from_policy[0]["score.weight"], rm["score.weight"])
+
+    gae = AlgoConfig(advantage="gae")
+    values = [run_steps(ray, model_dir, batches[:1], 1, 8, gae, critic=c).steps[0]["value_mean"]
+              for c in (None, rm_dir)]
+    assert abs(values[0] - values[1]) > 1e-4, values
 
 
 def test_critic_learns_the_returns(ray_session, tiny_policy, batches):

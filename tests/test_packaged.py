@@ -207,6 +207,31 @@ def test_load_config_resolves_a_packaged_model_path(smollm2):
     assert data.tokenizer.eos_token_id == 2 and len(data.train_prompts) == 200
 
 
+def test_a_reference_with_qwens_tokenizer_is_refused_for_smollm2_and_one_with_smollm2s_accepted(smollm2, tmp_path):
+    """model.reference_path with the policy's real tokenizer passes the load-time check; with Qwen2.5's (151 k tokens
+    against 49 k, other ids) it is refused before Ray starts, naming both. (The char-tokenizer cases: test_config.)"""
+    from transformers import AutoTokenizer
+
+    from rlsys.config import ModelConfig
+    from rlsys.data.model import build_tiny_llama
+    from rlsys.packaged import packaged_tokenizer
+    from rlsys.prepare import load_datasets
+
+    cache, model_dir, _, _ = smollm2
+    small = ModelConfig(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2)
+    for name, tokenizer in (("smollm2", AutoTokenizer.from_pretrained(model_dir)),
+                            ("qwen", AutoTokenizer.from_pretrained(packaged_tokenizer("qwen2.5", cache)))):
+        build_tiny_llama(small, tokenizer).save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    base = ["model.path=packaged:smollm2", f"output.cache_dir={cache}", "task.num_train=50", "task.num_eval=10",
+            "algo.kl_coef=0.1"]
+    load_datasets(load_config(None, [*base, f"model.reference_path={tmp_path / 'smollm2'}"]))
+    with pytest.raises(ConfigError) as e:
+        load_datasets(load_config(None, [*base, f"model.reference_path={tmp_path / 'qwen'}"]))
+    assert f"model.reference_path='{tmp_path / 'qwen'}' has another tokenizer than model.path='{model_dir}'" in str(
+        e.value) and "151" in str(e.value) and "it scores the policy's token ids" in str(e.value)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (GSM8K / "train.jsonl").is_file(), reason=f"the GSM8K files are not at {GSM8K}")
 def test_the_smollm2_gsm8k_example_trains_end_to_end(ray_session, smollm2, tmp_path):

@@ -178,10 +178,15 @@ class Learner:
     the same sampling distribution the engine used, and the constant normaliser / overlong penalty need L_max."""
 
     def __init__(self, rank: int, world_size: int, model_dir: str, learner: LearnerConfig, algo: AlgoConfig,
-                 samples_per_rank: int, temperature: float = 1.0, max_new_tokens: int = 16, packed: list = ()
-                 ) -> None:
+                 samples_per_rank: int, temperature: float = 1.0, max_new_tokens: int = 16, packed: list = (),
+                 reference: tuple[str, list] | None = None, critic: tuple[str, list] | None = None) -> None:
+        """``model_dir``: the initial policy (``packed``: its files, for a node that cannot read the path: see
+        :func:`rlsys.model_source.pack`); ``reference`` / ``critic``: (path, packed) of the checkpoints they start
+        from when that is not the initial policy (``model.reference_path`` / ``model.critic_path``)."""
         torch.set_num_threads(max(1, int(learner.num_cpus)))
         model_dir = local_model_dir(model_dir, list(packed))
+        self.reference_dir = local_model_dir(reference[0], list(reference[1])) if reference else None
+        self.critic_dir = local_model_dir(critic[0], list(critic[1])) if critic else None
         self.rank, self.world_size = rank, world_size
         self.model_dir, self.cfg, self.algo = model_dir, learner, algo
         self.samples_per_rank, self.temperature, self.max_new_tokens = samples_per_rank, temperature, max_new_tokens
@@ -203,7 +208,8 @@ class Learner:
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         init_distributed(self.rank, self.world_size, master_addr, master_port, "nccl" if self.use_cuda else "gloo")
         self.policy = DeepSpeedPolicy(self.model_dir, self.cfg, self.algo, self.samples_per_rank, self.world_size,
-                                      self.temperature, device="cuda" if self.use_cuda else "cpu")
+                                      self.temperature, device="cuda" if self.use_cuda else "cpu",
+                                      reference_dir=self.reference_dir, critic_dir=self.critic_dir)
 
     def train_step(self, groups: list[Group], ref_logprobs: list[np.ndarray] | None = None) -> StepResult:
         """One training step on ``groups`` (the whole batch; this rank trains its share).

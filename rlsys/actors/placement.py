@@ -107,15 +107,21 @@ def _create(cfg: RLConfig, model_dir: str, sample_log_path: str | None, runtime_
             worker_group: object, in_bundle: Callable[[str, int], PlacementGroupSchedulingStrategy]
             ) -> ActorHandles:
     packed = pack(model_dir)
-    n_learn, lc = cfg.learner.num_learners, cfg.learner
+    n_learn, lc, a = cfg.learner.num_learners, cfg.learner, cfg.algo
     samples_per_rank = cfg.samples_per_step // n_learn
+    # A reference or critic checkpoint other than the initial policy (model.reference_path / critic_path, which
+    # validate() accepts only where they are used), shipped to the actors that use it as (path, packed).
+    has_reference = a.kl_coef > 0 and a.reference == "actor"
+    other = {key: (path, pack(path)) for key, path in (("reference", cfg.model.reference_path),
+                                                        ("critic", cfg.model.critic_path)) if path}
+    in_learner = {"reference": None if has_reference else other.get("reference"), "critic": other.get("critic")}
 
     def learner(rank: int):
         return ray.remote(Learner).options(
             num_cpus=lc.num_cpus, num_gpus=lc.num_gpus, max_restarts=0, runtime_env=runtime_env,
             scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=rank),
         ).remote(rank, n_learn, model_dir, cfg.learner, cfg.algo, samples_per_rank, cfg.rollout.temperature,
-                 cfg.rollout.max_new_tokens, packed)
+                 cfg.rollout.max_new_tokens, packed, **in_learner)
 
     rc = cfg.rollout
 
@@ -141,12 +147,12 @@ def _create(cfg: RLConfig, model_dir: str, sample_log_path: str | None, runtime_
                  cfg.algo.filter_zero_variance)
 
     def reference(_: int = 0):  # same resources as one learner, restartable
+        path, files = other.get("reference", (model_dir, packed))
         return ray.remote(ReferenceWorker).options(
             num_cpus=lc.num_cpus, num_gpus=lc.num_gpus, max_restarts=WORKER_MAX_RESTARTS, runtime_env=runtime_env,
             scheduling_strategy=in_bundle("reference actor", 0),
-        ).remote(model_dir, rc.temperature, lc.num_cpus, lc.num_gpus, packed)
+        ).remote(path, rc.temperature, lc.num_cpus, lc.num_gpus, files)
 
-    has_reference = cfg.algo.kl_coef > 0 and cfg.algo.reference == "actor"
     return ActorHandles(
         [learner(rank) for rank in range(n_learn)], [rollout(i) for i in range(rc.num_workers)],
         [reward(i) for i in range(cfg.reward.num_workers)], buffer(), reference() if has_reference else None, group,

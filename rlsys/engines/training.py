@@ -101,6 +101,18 @@ def micro_batches_per_update(samples_per_rank: int, minibatches: int, micro_batc
     return math.ceil(samples_per_rank // minibatches / micro_batch_size)
 
 
+def initial_critic(model_dir: str) -> torch.nn.Module:
+    """The critic before training: ``model_dir``'s transformer with a one-output head on every position
+    (``AutoModelForTokenClassification``, float32). A causal LM's head is left out and a new value head made, seeded
+    so every run starts from the same one; a reward model's scalar head (``AutoModelForSequenceClassification``,
+    which names it as the token head does, e.g. ``score`` in Llama) is loaded as the value head — the usual
+    start for a PPO critic (Ouyang et al. 2022)."""
+    config = AutoConfig.from_pretrained(model_dir, num_labels=1, classifier_dropout=0.0)
+    with torch.random.fork_rng():  # a new value head's initialisation is the same in every run
+        torch.manual_seed(0)
+        return AutoModelForTokenClassification.from_pretrained(model_dir, config=config, dtype=torch.float32)
+
+
 class DeepSpeedPolicy:
     """A policy being trained, the optional frozen reference (KL) and the optional critic (GAE).
 
@@ -108,7 +120,10 @@ class DeepSpeedPolicy:
     """
 
     def __init__(self, model_dir: str, learner: LearnerConfig, algo: AlgoConfig, samples_per_rank: int,
-                 world_size: int, temperature: float = 1.0, device: str = "cpu") -> None:
+                 world_size: int, temperature: float = 1.0, device: str = "cpu", reference_dir: str | None = None,
+                 critic_dir: str | None = None) -> None:
+        """``model_dir``: the initial policy; ``reference_dir`` / ``critic_dir``: the checkpoints the reference and
+        the critic start from (None: ``model_dir``; ``model.reference_path`` / ``model.critic_path``)."""
         self.algo, self.temperature, self.world_size = algo, temperature, world_size
         self.device = torch.device(device)
         self.micro_batch_size = learner.micro_batch_size
@@ -117,16 +132,11 @@ class DeepSpeedPolicy:
         self.engine = self._deepspeed(model, learner, learner.lr)
         self.reference = None
         if algo.kl_coef > 0 and algo.reference == "learner":  # kl_coef = 0: no reference at all
-            self.reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(self.device)
-            self.reference.eval().requires_grad_(False)
+            self.reference = AutoModelForCausalLM.from_pretrained(reference_dir or model_dir, dtype=torch.float32)
+            self.reference.to(self.device).eval().requires_grad_(False)
         self.critic = None
         if algo.advantage == "gae":
-            config = AutoConfig.from_pretrained(model_dir, num_labels=1, classifier_dropout=0.0)
-            with torch.random.fork_rng():  # the new value head's initialisation is the same in every run
-                torch.manual_seed(0)
-                critic = AutoModelForTokenClassification.from_pretrained(model_dir, config=config,
-                                                                         dtype=torch.float32)
-            self.critic = self._deepspeed(critic, learner, algo.critic_lr)
+            self.critic = self._deepspeed(initial_critic(critic_dir or model_dir), learner, algo.critic_lr)
 
     def _deepspeed(self, model: torch.nn.Module, learner: LearnerConfig, lr: float):
         import deepspeed  # heavy import, only in learner processes
