@@ -17,10 +17,20 @@ in the README's Results):
   and +38 points measured over three seeds (at 400 steps the same seeds gave +17, +9.5 and +28.5: too close).
   That run also stands for GRPO in the training-reward check (the rise over its 800 steps is at least the rise
   over 200), which saves CI one run.
+
+The runs are independent and synchronous, and a synchronous run keeps about one core busy, so they run as
+``rlsys`` processes of their own, PARALLEL_RUNS at a time (:func:`learning_runs`), each test asserting on its run
+as soon as that has finished. Their results do not depend on the order or the overlap: η = 0.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +50,8 @@ WINDOW = 30  # steps averaged at each end of the run for the training reward's r
 MIN_REWARD_RISE = 0.02  # mean training reward, last WINDOW steps − first WINDOW steps
 MAX_ACC_DROP = 0.15  # held-out accuracy (200 problems) may not fall by more than this (measured: −9.5 pts)
 MIN_ACC_GAIN = 0.08  # held-out accuracy gain of the HELD_OUT_STEPS GRPO run (measured: +0.215, +0.33, +0.38)
+PARALLEL_RUNS = max(1, min(2, os.cpu_count() or 1))  # runs at once: about one busy core each
+RUN_TIMEOUT_S = 2400  # one run, far above the ~100-300 s they take on 2 loaded cores: a hang fails, never waits
 
 
 def learning_config(root: str | Path, algo: str | None = None, *overrides: str) -> RLConfig:
@@ -76,36 +88,107 @@ def assert_trained_every_step(run_dir: Path, steps: int) -> None:
     assert len(trained) == steps and all(np.isfinite(m["train/loss"]) for m in trained)
 
 
+RECIPES = ["dr_grpo", "dapo", "gspo", "ppo_gae", "rloo", "reinforce_pp", "cispo"]
+COMPOSITE_REWARD = (  # correctness + format + length penalty
+    "reward.components=[{name: correct, fn: addition_exact}, "
+    "{name: digits, fn: regex_format, weight: 0.2, params: {pattern: '[0-9]+'}}, "
+    "{name: short, fn: length_penalty, weight: 0.1, params: {target: 3, tolerance: 1}}]",
+    "reward.correct_component=correct")
+# Each learning run: name → (recipe or None for the default GRPO, overrides). "rm" first trains its reward model.
+RUNS: dict[str, tuple[str | None, tuple[str, ...]]] = {
+    **{algo: (algo, ()) for algo in RECIPES},
+    "grpo-held-out": ("grpo", (f"train.num_steps={HELD_OUT_STEPS}",)),
+    "composite": (None, COMPOSITE_REWARD),
+    "rm": (None, ("reward.correct_component=correct",)),
+}
+RUN_OF_TEST = {"test_grpo_raises_the_training_reward_and_held_out_accuracy": "grpo-held-out",
+               "test_composite_reward_learns_and_logs_every_term": "composite",
+               "test_a_trained_reward_model_as_the_only_reward_is_what_rl_optimises": "rm"}
+
+
+def run_learning(name: str, root: str, out: str) -> None:
+    """One learning run (``RUNS[name]``), in a process of its own: writes {summary, run_dir, ...} as JSON to ``out``.
+    The RM run trains its reward model first (RM_STEPS steps on right vs. near-miss answers) and adds
+    ``rm_held_out`` (its pairwise accuracy on held-out pairs) and ``rm_version``."""
+    algo, overrides = RUNS[name]
+    extra: dict = {}
+    if name == "rm":
+        from rlsys.prepare import prepare
+        from rlsys.rewards.models import SequenceClassifierRM
+        from rlsys.rewards.preference import addition_preference_pairs, pairwise_accuracy, train_preference_rm
+
+        prepared = prepare(learning_config(root))
+        rm_dir = Path(root) / "rm"
+        pairs = [pair for seed in range(4) for pair in addition_preference_pairs(prepared.train_prompts, seed)]
+        stats = train_preference_rm(rm_dir, prepared.model_dir, pairs, steps=RM_STEPS, lr=1e-3, batch_size=64)
+        extra = {"rm_version": stats["version"], "rm_held_out": pairwise_accuracy(
+            SequenceClassifierRM(str(rm_dir)), addition_preference_pairs(prepared.eval_prompts, 1))}
+        overrides = (*overrides, f"reward.components=[{{name: rm, model: {{kind: classifier, paths: ['{rm_dir}']}}}}, "
+                                 "{name: correct, fn: addition_exact, weight: 0.0}]")
+    summary, run_dir = train(learning_config(root, algo, f"output.run_name={name}", *overrides))
+    Path(out).write_text(json.dumps({"summary": asdict(summary), "run_dir": str(run_dir), **extra}))
+
+
+def _launch(name: str, root: Path) -> dict:
+    out, log = root / f"{name}.json", root / f"{name}.log"
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from test_learning import "
+            f"run_learning; run_learning({name!r}, {str(root)!r}, {str(out)!r})")
+    with open(log, "w") as f:
+        done = subprocess.run([sys.executable, "-c", code], stdout=f, stderr=subprocess.STDOUT,
+                              timeout=RUN_TIMEOUT_S, check=False)
+    if done.returncode != 0:
+        tail = log.read_text()[-4000:]
+        raise AssertionError(f"learning run {name!r} exited {done.returncode}; the end of its log ({log}):\n{tail}")
+    result = json.loads(out.read_text())
+    s = result["summary"]
+    result["summary"] = RunSummary(**{**s, "eval_accuracy": {int(k): v for k, v in s["eval_accuracy"].items()}})
+    result["run_dir"] = Path(result["run_dir"])
+    return result
+
+
+@pytest.fixture(scope="module")
+def learning_runs(request, tmp_path_factory):
+    """name → Future of the run's result ({summary: RunSummary, run_dir: Path, ...}) for the runs the selected tests
+    of this module need, started PARALLEL_RUNS at a time in test order. The warm-up is built here first, once, so
+    the runs share its cached checkpoint instead of each building it."""
+    from rlsys.prepare import prepare
+
+    def run_of(item) -> str:
+        return item.callspec.params["algo"] if hasattr(item, "callspec") else RUN_OF_TEST[item.originalname]
+
+    needed = list(dict.fromkeys(run_of(i) for i in request.session.items if i.module is request.module))
+    root = tmp_path_factory.mktemp("learning")
+    prepare(learning_config(root))
+    pool = ThreadPoolExecutor(PARALLEL_RUNS)
+    request.addfinalizer(lambda: pool.shutdown(wait=False, cancel_futures=True))
+    futures: dict[str, Future] = {name: pool.submit(_launch, name, root) for name in needed}
+    return futures
+
+
 # GRPO's case is the longer run below, which asserts the same and more (one run fewer in CI).
-@pytest.mark.parametrize("algo", ["dr_grpo", "dapo", "gspo", "ppo_gae", "rloo", "reinforce_pp", "cispo"])
-def test_algorithm_raises_the_training_reward_without_hurting_held_out_accuracy(ray_session, tmp_path, algo):
-    summary, run_dir = train(learning_config(tmp_path.parent, algo, f"output.run_name={algo}"))
-    assert_learned(summary, run_dir, algo)
-    assert_trained_every_step(run_dir, STEPS)
+@pytest.mark.parametrize("algo", RECIPES)
+def test_algorithm_raises_the_training_reward_without_hurting_held_out_accuracy(learning_runs, algo):
+    run = learning_runs[algo].result()
+    assert_learned(run["summary"], run["run_dir"], algo)
+    assert_trained_every_step(run["run_dir"], STEPS)
 
 
-def test_grpo_raises_the_training_reward_and_held_out_accuracy(ray_session, tmp_path):
-    summary, run_dir = train(learning_config(tmp_path.parent, "grpo", "output.run_name=grpo-held-out",
-                                             f"train.num_steps={HELD_OUT_STEPS}"))
+def test_grpo_raises_the_training_reward_and_held_out_accuracy(learning_runs):
+    run = learning_runs["grpo-held-out"].result()
+    summary, run_dir = run["summary"], run["run_dir"]
     assert_learned(summary, run_dir, "grpo")
     assert_trained_every_step(run_dir, HELD_OUT_STEPS)
     before, after, _ = learning_gains(summary, run_dir)
     assert after >= before + MIN_ACC_GAIN, f"held-out accuracy {before:.3f} → {after:.3f} in {HELD_OUT_STEPS} steps"
 
 
-COMPOSITE_REWARD = (  # correctness + format + length penalty
-    "reward.components=[{name: correct, fn: addition_exact}, "
-    "{name: digits, fn: regex_format, weight: 0.2, params: {pattern: '[0-9]+'}}, "
-    "{name: short, fn: length_penalty, weight: 0.1, params: {target: 3, tolerance: 1}}]",
-    "reward.correct_component=correct")
-
-
-def test_composite_reward_learns_and_logs_every_term(ray_session, tmp_path):
+def test_composite_reward_learns_and_logs_every_term(learning_runs):
     """Correctness + format + length penalty: the run learns on the correctness term, and each term is logged
     and stored per sample."""
     import pyarrow.parquet as pq
 
-    summary, run_dir = train(learning_config(tmp_path.parent, None, "output.run_name=composite", *COMPOSITE_REWARD))
+    run = learning_runs["composite"].result()
+    summary, run_dir = run["summary"], run["run_dir"]
     assert_learned(summary, run_dir, "composite reward", reward_key="reward/correct")
     last_step = [m for m in read_metrics(run_dir) if "train/loss" in m][-1]
     for term in ("correct", "digits", "short"):
@@ -117,7 +200,7 @@ def test_composite_reward_learns_and_logs_every_term(ray_session, tmp_path):
         assert r["reward"] == pytest.approx(terms["correct"] + 0.2 * terms["digits"] + 0.1 * terms["short"], abs=1e-6)
 
 
-def test_a_trained_reward_model_as_the_only_reward_is_what_rl_optimises(ray_session, tmp_path):
+def test_a_trained_reward_model_as_the_only_reward_is_what_rl_optimises(learning_runs):
     """RLHF in miniature: a reward model trained here from scratch on preference pairs (right vs. near-miss
     answers) ranks held-out pairs, and as the only reward RL raises its score. The exact-answer check rides along
     as a weight-0 monitor term, logged every step; every sample records the RM version that scored it.
@@ -129,20 +212,9 @@ def test_a_trained_reward_model_as_the_only_reward_is_what_rl_optimises(ray_sess
     CPUs saw 57.5 % → 64.5 % and 45 % → 18.5 %.) The README's Results say so."""
     import pyarrow.parquet as pq
 
-    from rlsys.prepare import prepare
-    from rlsys.rewards.models import SequenceClassifierRM
-    from rlsys.rewards.preference import addition_preference_pairs, pairwise_accuracy, train_preference_rm
-
-    prepared = prepare(learning_config(tmp_path.parent))
-    rm_dir = tmp_path / "rm"
-    pairs = [pair for seed in range(4) for pair in addition_preference_pairs(prepared.train_prompts, seed)]
-    stats = train_preference_rm(rm_dir, prepared.model_dir, pairs, steps=RM_STEPS, lr=1e-3, batch_size=64)
-    held_out = pairwise_accuracy(SequenceClassifierRM(str(rm_dir)), addition_preference_pairs(prepared.eval_prompts, 1))
-    assert held_out >= 0.8, f"the reward model ranks only {held_out:.0%} of held-out pairs right"
-    summary, run_dir = train(learning_config(
-        tmp_path.parent, None, "output.run_name=rm", "reward.correct_component=correct",
-        f"reward.components=[{{name: rm, model: {{kind: classifier, paths: ['{rm_dir}']}}}}, "
-        "{name: correct, fn: addition_exact, weight: 0.0}]"))
+    run = learning_runs["rm"].result()
+    summary, run_dir = run["summary"], run["run_dir"]
+    assert run["rm_held_out"] >= 0.8, f"the reward model ranks only {run['rm_held_out']:.0%} of held-out pairs right"
     assert set(summary.eval_accuracy) == {0, summary.steps}
     steps = [m for m in read_metrics(run_dir) if "train/loss" in m]
     assert len(steps) == STEPS and all(m["reward/correct"] == m["reward/correct"] for m in steps)  # monitor logged
@@ -154,5 +226,5 @@ def test_a_trained_reward_model_as_the_only_reward_is_what_rl_optimises(ray_sess
     assert last.mean() - first.mean() > 2 * se, \
         f"the reward model's score did not rise: {first.mean():.3f} → {last.mean():.3f} (standard error {se:.3f})"
     rows = pq.read_table(run_dir / "samples.parquet").to_pylist()
-    assert {dict(r["reward_versions"])["rm"] for r in rows} == {stats["version"]}
+    assert {dict(r["reward_versions"])["rm"] for r in rows} == {run["rm_version"]}
     assert all(r["reward"] == pytest.approx(dict(r["reward_components"])["rm"], abs=1e-6) for r in rows[:50])
