@@ -40,6 +40,7 @@ SCHEMA = pa.schema([
     ("prompt_ids", pa.list_(pa.int32())),  # the token ids the policy read (rendered, special tokens included)
     ("response_ids", pa.list_(pa.int32())),
     ("behaviour_logprobs", pa.list_(pa.float32())),
+    ("loss_mask", pa.list_(pa.uint8())),  # 1: a token the policy generated; null: all of them (Sample.loss_mask)
 ])
 
 
@@ -80,6 +81,7 @@ class SampleLog:
                 "reward_versions": list(s.reward_versions.items()),
                 "prompt_ids": s.prompt_ids.tolist(), "response_ids": s.response_ids.tolist(),
                 "behaviour_logprobs": s.behaviour_logprobs.tolist(),
+                "loss_mask": None if s.loss_mask is None else s.loss_mask.tolist(),
             }
             for (g, s), why in zip(samples, reasons)
         ]

@@ -31,7 +31,11 @@ class Sample:
 
     Shapes: ``prompt_ids`` [P] int32; ``response_ids`` [R] int32 (ends with the tokens that stopped it when
     ``finish_reason == "stop"``: an end token, or those completing a stop string);
-    ``behaviour_logprobs`` [R] float32, the engine's log π_behaviour(token) for each response token.
+    ``behaviour_logprobs`` [R] float32, the engine's log π_behaviour(token) for each response token;
+    ``loss_mask`` [R] uint8 or None: 1 for the tokens the policy generated, 0 for the tokens it did not (a tool's
+    or environment's observation, template tokens around it, in a multi-turn trajectory); None: every response
+    token is the policy's. Only masked-in tokens enter the loss, the KL and entropy terms, the importance weights
+    and the token counts that aggregation normalises by; ``behaviour_logprobs`` is 0 (finite) off the mask.
     """
 
     prompt_id: str
@@ -50,6 +54,12 @@ class Sample:
     reward_components: dict[str, float] = field(default_factory=dict)  # each term's value (NaN: that term failed)
     reward_notes: dict[str, str] = field(default_factory=dict)  # term → the reason it gave with its value
     reward_versions: dict[str, str] = field(default_factory=dict)  # model-based term → reward-model version
+    loss_mask: np.ndarray | None = None
+
+    @property
+    def policy_tokens(self) -> int:
+        """How many response tokens the policy generated (the ones that train)."""
+        return len(self.response_ids) if self.loss_mask is None else int(np.count_nonzero(self.loss_mask))
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,8 @@ def rank_batch(groups: list[Group], rank: int, world_size: int, pad_id: int, alg
     samples = [s for g in groups for s in g.samples]
     n = len(groups[0].samples)
     raw = np.stack([g.rewards for g in groups]).astype(np.float64)  # [G, n]
-    lengths = np.array([len(s.response_ids) for s in samples])
+    lengths = np.array([len(s.response_ids) for s in samples])  # the generation budget's count (overlong shaping)
+    policy_tokens = np.array([s.policy_tokens for s in samples])  # what the loss normalises by
     truncated = np.array([s.finish_reason == "length" for s in samples])
     zero_var = zero_variance_groups(torch.as_tensor(raw)).numpy()
     trainable = np.array([not why for why in untrained_reasons(raw, truncated, algo.overlong_filter,
@@ -112,8 +113,8 @@ def rank_batch(groups: list[Group], rank: int, world_size: int, pad_id: int, alg
     shaped = raw + overlong_penalty(lengths, max_new_tokens, algo.overlong_buffer).reshape(raw.shape)
     group_rank, group_minibatch = assign_groups(len(groups), world_size, algo.minibatches)
     minibatch = np.repeat(group_minibatch, n)
-    loss_weight = sample_loss_weights(lengths, trainable, algo.loss_agg, max_new_tokens, minibatch)
-    token_weight = sample_loss_weights(lengths, trainable, "token_mean", max_new_tokens, minibatch)
+    loss_weight = sample_loss_weights(policy_tokens, trainable, algo.loss_agg, max_new_tokens, minibatch)
+    token_weight = sample_loss_weights(policy_tokens, trainable, "token_mean", max_new_tokens, minibatch)
     group_rows = np.flatnonzero(group_rank == rank)
     rows = np.flatnonzero(np.repeat(group_rank, n) == rank)
     mine = [samples[i] for i in rows]
@@ -121,7 +122,7 @@ def rank_batch(groups: list[Group], rank: int, world_size: int, pad_id: int, alg
     batch = TrainBatch.build(
         prompts=prompts, responses=[s.response_ids for s in mine], behaviour=[s.behaviour_logprobs for s in mine],
         trainable=trainable[rows], loss_weight=loss_weight[rows], token_weight=token_weight[rows],
-        minibatch=minibatch[rows], pad_id=pad_id,
+        minibatch=minibatch[rows], pad_id=pad_id, loss_masks=[s.loss_mask for s in mine],
     )
     counts = {
         "batch/trainable_frac": float(trainable.mean()),

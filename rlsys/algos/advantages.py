@@ -118,8 +118,10 @@ def gae_advantages(token_rewards: torch.Tensor, values: torch.Tensor, mask: torc
     """Generalised advantage estimation over response tokens (Schulman et al. 2016).
 
     δ_t = r_t + γ V_{t+1} − V_t (V past the last response token is 0);  Â_t = Σ_k (γλ)^k δ_{t+k};  R_t = Â_t + V_t.
-    ``token_rewards``, ``values``, ``mask`` [B, T] with the response tokens contiguous in each row (padding after
-    or before them is ignored). Returns (advantages, returns), both 0 off the mask.
+    ``token_rewards``, ``values``, ``mask`` [B, T]; t runs over the positions where ``mask`` is 1, so tokens off
+    the mask — the prompt and padding around the response, and inside a multi-turn response the observations
+    between the policy's turns — are not steps: the sum runs through them unchanged, and V_{t+1} is the value at
+    the next policy token. Returns (advantages, returns), both 0 off the mask.
     """
     mask = mask.to(values.dtype)
     values = values * mask
@@ -130,9 +132,8 @@ def gae_advantages(token_rewards: torch.Tensor, values: torch.Tensor, mask: torc
     for t in reversed(range(values.shape[1])):
         m = mask[:, t]
         delta = rewards[:, t] + gamma * next_value - values[:, t]
-        running = delta + gamma * lam * running
+        running = torch.where(m > 0, delta + gamma * lam * running, running)  # off the mask: not a step
         adv[:, t] = running * m
-        running = running * m  # off the mask (padding, prompt) the sum restarts: only the response span counts
         next_value = torch.where(m > 0, values[:, t], next_value)
     return adv, (adv + values) * mask
 

@@ -57,12 +57,16 @@ class TrainBatch:
     @staticmethod
     def build(prompts: list[np.ndarray], responses: list[np.ndarray], behaviour: list[np.ndarray],
               trainable: np.ndarray, loss_weight: np.ndarray, token_weight: np.ndarray, minibatch: np.ndarray,
-              pad_id: int) -> TrainBatch:
+              pad_id: int, loss_masks: list[np.ndarray | None] | None = None) -> TrainBatch:
+        """``loss_masks``: per sample [R_i] (1: a token the policy generated) or None (all of them), as
+        :attr:`rlsys.types.Sample.loss_mask`; a sample that does not train (``trainable`` false) is masked out."""
         seqs = [np.concatenate([p, r]).tolist() for p, r in zip(prompts, responses)]
         ids, attn = pad_sequences(seqs, pad_id, "right")
         mask = torch.zeros(ids.shape[0], ids.shape[1] - 1)
         for i, (p, r) in enumerate(zip(prompts, responses)):
-            mask[i, len(p) - 1: len(p) - 1 + len(r)] = float(trainable[i])
+            own = loss_masks[i] if loss_masks is not None else None
+            span = torch.ones(len(r)) if own is None else torch.as_tensor(np.asarray(own, dtype=np.float32))
+            mask[i, len(p) - 1: len(p) - 1 + len(r)] = span * float(trainable[i])
         batch = TrainBatch(ids, attn, mask, torch.zeros_like(mask), torch.as_tensor(loss_weight, dtype=torch.float32),
                            torch.as_tensor(token_weight, dtype=torch.float32), torch.as_tensor(minibatch))
         return dataclasses.replace(batch, behaviour_logprobs=batch.scatter(prompts, behaviour))
@@ -75,9 +79,12 @@ class TrainBatch:
             out[i, len(p) - 1: len(p) - 1 + len(values)] = torch.from_numpy(np.array(values, dtype=np.float32))
         return out
 
-    def rows(self, index: torch.Tensor | slice) -> TrainBatch:
-        return TrainBatch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
-                             for f in dataclasses.fields(self)})
+    def rows(self, index: torch.Tensor | slice, device: torch.device | str | None = None) -> TrainBatch:
+        """The batch of rows ``index`` (on ``device``, if given)."""
+        def part(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[index] if device is None else t[index].to(device)
+
+        return TrainBatch(**{f.name: part(getattr(self, f.name)) for f in dataclasses.fields(self)})
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -99,6 +106,44 @@ def deepspeed_config(cfg: LearnerConfig, micro_batches: int, world_size: int) ->
 
 def micro_batches_per_update(samples_per_rank: int, minibatches: int, micro_batch_size: int) -> int:
     return math.ceil(samples_per_rank // minibatches / micro_batch_size)
+
+
+def policy_objective(logits: torch.Tensor, mb: TrainBatch, algo: AlgoConfig, temperature: float
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The policy loss of micro-batch ``mb`` from the policy's ``logits`` [B, L−1, V] (position t predicts target
+    t+1): L = Σ_i w_i Σ_t m_{i,t} ℓ_{i,t} with w_i = ``mb.loss_weight`` (:mod:`rlsys.algos.aggregation`) and
+    m = ``mb.mask``, ℓ = the clipped policy-gradient term (× importance weights when decoupled) + β·KL penalty (with
+    ``kl_in=loss``) − entropy bonus. Every per-token term is taken only where m is 1, so tokens off the mask (the
+    prompt, padding, observations in a multi-turn response) get exactly zero gradient.
+
+    Returns (L, per-token terms for metrics {pg_loss, kl, kl_penalty, entropy, behaviour_kl} [B, L−1], flags of the
+    clipping and importance weights [B, L−1])."""
+    a, mask = algo, mb.mask
+    behaviour = mb.behaviour_logprobs
+    logp = token_logprobs(logits, mb.input_ids[:, 1:], temperature)
+    # One update per step: π at the start of the step *is* the π_θ of this forward pass.
+    prox = mb.prox_logprobs if mb.prox_logprobs is not None else logp.detach()
+    anchor = prox if a.decoupled else behaviour
+    pg, flags = policy_loss(a.policy_loss, logp, anchor, mb.advantages, mask, a.clip_eps_low, a.clip_eps_high,
+                            a.dual_clip_c)
+    if a.decoupled:
+        weight, is_flags = importance_weights(prox, behaviour, mask, a.is_mode, a.is_level, a.is_cap)
+        pg = pg * weight
+        flags |= {"is_truncated": is_flags["truncated"], "is_masked": is_flags["masked"], "is_weight": weight}
+    per_token = pg
+    kl = kl_penalty = torch.zeros_like(pg)
+    if mb.ref_logprobs is not None:  # logged either way; in the loss only for kl_in=loss
+        kl_penalty = kl_estimate(logp, mb.ref_logprobs, a.kl_kind)  # its gradient is what the loss minimises
+        kl = kl_estimate(logp.detach(), mb.ref_logprobs, "k3")  # the metric: unbiased for KL(π ‖ π_ref) with any k
+        if a.kl_in == "loss":
+            per_token = per_token + a.kl_coef * kl_penalty
+    entropy = entropy_from_logits(logits if a.entropy_coef > 0 else logits.detach(), temperature)
+    if a.entropy_coef > 0:
+        per_token = per_token - a.entropy_coef * entropy
+    loss = (per_token * mask * mb.loss_weight.unsqueeze(-1)).sum()
+    terms = {"pg_loss": pg, "kl": kl, "kl_penalty": kl_penalty, "entropy": entropy,
+             "behaviour_kl": kl_estimate(behaviour, prox, "k3")}
+    return loss, terms, flags
 
 
 def initial_critic(model_dir: str) -> torch.nn.Module:
@@ -214,43 +259,19 @@ class DeepSpeedPolicy:
     def _micro_batch(self, mb: TrainBatch) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Backward through one micro-batch of the policy (and critic); returns metric shares and extremes."""
         a, dev = self.algo, self.device
-        ids, attn = mb.input_ids.to(dev), mb.attention_mask.to(dev)
-        mask, adv = mb.mask.to(dev), mb.advantages.to(dev)
-        behaviour = mb.behaviour_logprobs.to(dev)
-        logits = self.engine(input_ids=ids, attention_mask=attn).logits[:, :-1]
-        logp = token_logprobs(logits, ids[:, 1:], self.temperature)
-        # One update per step: π at the start of the step *is* the π_θ of this forward pass.
-        prox = mb.prox_logprobs.to(dev) if mb.prox_logprobs is not None else logp.detach()
-        anchor = prox if a.decoupled else behaviour
-        pg, flags = policy_loss(a.policy_loss, logp, anchor, adv, mask, a.clip_eps_low, a.clip_eps_high, a.dual_clip_c)
-        if a.decoupled:
-            weight, is_flags = importance_weights(prox, behaviour, mask, a.is_mode, a.is_level, a.is_cap)
-            pg = pg * weight
-            flags |= {"is_truncated": is_flags["truncated"], "is_masked": is_flags["masked"], "is_weight": weight}
-        per_token = pg
-        kl = kl_penalty = torch.zeros_like(pg)
-        if mb.ref_logprobs is not None:  # logged either way; in the loss only for kl_in=loss
-            ref = mb.ref_logprobs.to(dev)
-            kl_penalty = kl_estimate(logp, ref, a.kl_kind)  # its gradient is what the loss minimises
-            kl = kl_estimate(logp.detach(), ref, "k3")  # the metric: unbiased for KL(π ‖ π_ref) with any estimator
-            if a.kl_in == "loss":
-                per_token = per_token + a.kl_coef * kl_penalty
-        entropy = entropy_from_logits(logits if a.entropy_coef > 0 else logits.detach(), self.temperature)
-        if a.entropy_coef > 0:
-            per_token = per_token - a.entropy_coef * entropy
-        weight_per_sample = mb.loss_weight.to(dev).unsqueeze(-1)
-        loss = (per_token * mask * weight_per_sample).sum()
+        mb = mb.rows(slice(None), device=dev)
+        logits = self.engine(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[:, :-1]
+        loss, terms, flags = policy_objective(logits, mb, a, self.temperature)
         self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
         self.engine.step()  # a no-op until the last micro-batch of the update (DeepSpeed counts them)
 
-        token_w = mb.token_weight.to(dev).unsqueeze(-1) * mask
+        mask, adv = mb.mask, mb.advantages
+        token_w = mb.token_weight.unsqueeze(-1) * mask
 
         def share(x: torch.Tensor) -> torch.Tensor:
             return (x.detach() * token_w).sum()
 
-        out = {"loss": loss.detach(), "pg_loss": share(pg), "kl": share(kl), "kl_penalty": share(kl_penalty),
-               "entropy": share(entropy), "behaviour_kl": share(kl_estimate(behaviour, prox, "k3")),
-               "adv_mean": share(adv)}
+        out = {"loss": loss.detach(), **{k: share(v) for k, v in terms.items()}, "adv_mean": share(adv)}
         out |= {f"{k}_frac" if k != "is_weight" else "is_weight_mean": share(v) for k, v in flags.items()}
         live = mask > 0
         peaks = {}
@@ -260,8 +281,8 @@ class DeepSpeedPolicy:
                 peaks |= {"is_weight_max": float(flags["is_weight"][live].max()),
                           "is_weight_min": float(flags["is_weight"][live].min())}
         if self.critic is not None:
-            values = self._values(self.critic, ids, attn)
-            vloss, vclipped = value_loss(values, mb.old_values.to(dev), mb.returns.to(dev), a.value_clip)
+            values = self._values(self.critic, mb.input_ids, mb.attention_mask)
+            vloss, vclipped = value_loss(values, mb.old_values, mb.returns, a.value_clip)
             critic_loss = (vloss * token_w).sum()
             self.critic.backward(critic_loss * self.world_size, scale_wrt_gas=False)
             self.critic.step()
