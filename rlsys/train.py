@@ -7,7 +7,8 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from collections.abc import Mapping
 from pathlib import Path
 
 import ray
@@ -58,6 +59,14 @@ def run_dir_for(cfg: RLConfig) -> tuple[Path, Path | None, dict | None]:
     return path, None, None
 
 
+def ray_init_address(cfg: RLConfig, environ: Mapping[str, str]) -> str:
+    """Which Ray a run uses: ``ray.address`` if set; else the cluster the environment names (``RAY_ADDRESS``, which
+    ``ray job submit`` sets for its entrypoint); else ``"local"``, a new Ray of this run's own. Not a plain
+    ``ray.init()``: that joins the newest Ray any process on this machine started (``ray start``, another test's
+    cluster) through its ``ray_current_cluster`` file, and then refuses the local Ray's ``num_cpus``."""
+    return cfg.ray.address or environ.get("RAY_ADDRESS") or "local"
+
+
 def init_ray(cfg: RLConfig) -> None:
     """Join ``ray.address`` (``auto`` inside ``ray job submit``) or start a local Ray sized for the actors.
 
@@ -70,15 +79,18 @@ def init_ray(cfg: RLConfig) -> None:
     else:
         env["env_vars"].pop("DS_ACCELERATOR")
     if not ray.is_initialized():
-        if cfg.ray.address:
-            ray.init(address=cfg.ray.address, runtime_env=env, log_to_driver=True)
+        where = ray_init_address(cfg, os.environ)
+        if where != "local":
+            if not cfg.ray.address:
+                log.info("ray.address is unset and RAY_ADDRESS=%s (as inside `ray job submit`): joining that "
+                         "cluster", where)
+                cfg = replace(cfg, ray=replace(cfg.ray, address=where))  # what the cluster checks below report
+            ray.init(address=where, runtime_env=env, log_to_driver=True)
         else:
             check_local_cpus(cfg)
             # Logical CPUs: the actors' num_cpus are scheduling shares, so a laptop with 2 cores still hosts them.
             needed = total_demand(cfg)["CPU"]
             num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(needed - 1e-9))
-            # address="local": always a Ray of this run's own. A plain ray.init() would join the newest Ray another
-            # process started on this machine (its ray_current_cluster file) and then refuse num_cpus.
             ray.init(address="local", num_cpus=num_cpus, runtime_env=env, include_dashboard=False,
                      log_to_driver=True)
     if not cfg.ray.autoscaling:  # with autoscaling, create_actors logs the shortfall where it waits

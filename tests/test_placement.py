@@ -207,3 +207,13 @@ def test_rlsys_train_asking_for_a_gpu_on_a_machine_without_one_exits_at_once(tmp
     assert "GPU: learner.num_learners=1 × learner.num_gpus=1 = 1 GPU asked, the cluster has 0 GPU" in proc.stderr
     assert "set learner.num_gpus=0 to train on CPUs" in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_which_ray_a_run_uses():
+    """ray.address if set; else RAY_ADDRESS (as `ray job submit` gives its entrypoint); else a Ray of the run's own
+    ("local") — never a plain ray.init(), which would join whatever Ray another process last started here."""
+    from rlsys.train import ray_init_address
+
+    assert ray_init_address(cfg_of(), {}) == "local"
+    assert ray_init_address(cfg_of(), {"RAY_ADDRESS": "10.0.0.1:6379"}) == "10.0.0.1:6379"
+    assert ray_init_address(cfg_of("ray.address=auto"), {"RAY_ADDRESS": "10.0.0.1:6379"}) == "auto"
