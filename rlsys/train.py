@@ -7,8 +7,8 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, replace
 from collections.abc import Mapping
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import ray
