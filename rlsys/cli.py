@@ -18,6 +18,17 @@ from rlsys.config import DEFAULT_CONFIG, ConfigError, algo_recipe, load_config, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``rlsys`` command; returns its exit code."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # stdout's reader quit early (rlsys inspect RUN | head): what it wanted, it got
+        # Point stdout at /dev/null so that Python's flush at exit does not raise again; 141 is what a process
+        # ended by SIGPIPE (cat, grep) gives.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="rlsys", description="Asynchronous RL post-training of language models.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="run RL training (no arguments: the embedded default)")
@@ -86,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     from rlsys.actors.placement import PlacementError
     from rlsys.controller import PipelineStalled
     from rlsys.data.tasks import DatasetError
-    from rlsys.failures import ActorLost, RequestsFailing, RewardsFailing
+    from rlsys.failures import ActorLost, RequestsFailing, RewardsFailing, Terminated
     from rlsys.train import train as run_training  # heavy imports (ray, torch) only when training
 
     try:
@@ -97,10 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     except (PipelineStalled, RequestsFailing, RewardsFailing, ActorLost) as e:  # stopped mid-run: outputs kept
         print(f"rlsys: the run stopped: {e}", file=sys.stderr)
         return 3
-    except KeyboardInterrupt:  # train() has flushed the sample log and stopped the actors on its way out
-        print("rlsys: interrupted; what the run wrote so far is in its run directory (samples.parquet, "
-              "metrics.jsonl, tensorboard/)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # train() has flushed the sample log and stopped the actors on its way out
+        how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"rlsys: {how}; what the run wrote so far is in its run directory (samples.parquet, metrics.jsonl, "
+              "tensorboard/); rlsys train --resume RUN_DIR continues from its newest checkpoint", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     return 0
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -499,6 +499,15 @@ _WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bi
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
 
 
+def _weight_per_distinct_term(terms: tuple[RewardComponent, ...]) -> dict[str, float]:
+    """The summed weight of each distinct term: components equal but for their name and weight score alike."""
+    total: dict[str, float] = {}
+    for c in terms:
+        key = repr(replace(c, name="", weight=0.0))
+        total[key] = total.get(key, 0.0) + c.weight
+    return total
+
+
 def _params_problem(c: RewardComponent, where: str) -> str | None:
     """A rule component's ``params`` checked against its function's signature ``fn(first, reference, **params)``:
     every key must name a parameter (unless the function takes ``**kwargs``) and every parameter without a default
@@ -626,6 +635,9 @@ def _reward_problems(reward: RewardConfig) -> list[str]:
     if reward.terms and all(c.weight == 0 for c in reward.terms):
         problems.append("every reward term has weight 0: every reward would be 0 and nothing would train; give at "
                         "least one term a non-zero weight (a term logged only, not trained on, keeps weight 0)")
+    elif reward.terms and all(abs(w) < 1e-12 for w in _weight_per_distinct_term(reward.terms).values()):
+        problems.append("the reward terms cancel: each is the same term as another with the opposite weight (the "
+                        "same fn or model, params and scope), so every reward would be 0 and nothing would train")
     if len(set(names)) != len(names):
         problems.append(f"reward.components have duplicate names {sorted(n for n in set(names) if names.count(n) > 1)}")
     if reward.correct_component is not None and reward.correct_component not in names:

@@ -116,6 +116,7 @@ class RunSummary:
     failed_prompts: list[dict] = field(default_factory=list)  # dropped after failed requests (PromptRetries)
     replaced_workers: int = 0  # rollout and reward actors found dead for good and replaced by new ones
     recoveries: int = 0  # the learner group rebuilt from a checkpoint inside the job (rlsys.recovery)
+    eval_reward_failures: int = 0  # held-out samples whose reward failed (counted as wrong in eval_accuracy)
 
 
 class Controller:
@@ -154,7 +155,7 @@ class Controller:
         self.sync_s: list[float] = []
         self.staleness_seen: list[int] = []
         self.totals = {"samples": 0, "tokens": 0, "dropped_stale": 0, "lost_requests": 0, "reward_failures": 0,
-                       "filtered_groups": 0, "learner_s": 0.0, "generate_s": 0.0}
+                       "eval_reward_failures": 0, "filtered_groups": 0, "learner_s": 0.0, "generate_s": 0.0}
         self.filtered_in_a_row = 0
         self.retries = PromptRetries(self.stream)
         # Every prompt admitted and not yet trained, dropped or given back ((prompt id, epoch) → prompt): what a
@@ -492,7 +493,13 @@ class Controller:
         acc = accuracy(np.array([s.reward_components.get(term, np.nan) for s in samples], dtype=np.float64))
         self.eval_accuracy[call.version] = acc
         scored = rewards[~np.isnan(rewards)]  # NaN: the reward failed on that sample
-        self.metrics.log(call.version, {"eval/accuracy": acc,
+        failed = [s for s in samples if s.reward_failed or math.isnan(s.reward)]
+        if failed:  # counted as wrong: say so, or a reward that times out looks like a policy that got worse
+            self.totals["eval_reward_failures"] += len(failed)
+            log.warning("evaluation at version %d: the reward failed on %d of %d held-out samples (counted as wrong), "
+                        "e.g. on prompt %r: %s", call.version, len(failed), len(samples), failed[0].prompt_id,
+                        failed[0].reward_error)
+        self.metrics.log(call.version, {"eval/accuracy": acc, "eval/reward_failures": float(len(failed)),
                                         "eval/reward_mean": float(scored.mean()) if scored.size else math.nan})
         if self.on_step:
             self.on_step(self.version, {"eval_acc": acc})
@@ -636,4 +643,5 @@ class Controller:
             sync_s_mean=float(np.mean(self.sync_s)) if self.sync_s else math.nan,
             failed_prompts=list(self.retries.dropped),
             replaced_workers=sum(self.rollouts.replaced.used) + sum(self.rewards.replaced.used),
+            eval_reward_failures=t["eval_reward_failures"],
         )

@@ -27,6 +27,17 @@ class RewardsFailing(RuntimeError):
     """The reward failed on more than ``reward.max_failure_rate`` of the last ``reward.failure_window`` samples."""
 
 
+class Terminated(KeyboardInterrupt):
+    """The driver got SIGTERM (a scheduler's stop, ``kill``): raised where the driver is, so that a run stops as on
+    Ctrl-C — the sample log flushed, the actors stopped — instead of as Ray's own handler would (an abort)."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    """A SIGTERM handler: raise :class:`Terminated` (install it in the main thread, after ``ray.init``, which
+    installs a handler of its own)."""
+    raise Terminated
+
+
 class ActorLost(RuntimeError):
     """An actor the run cannot go on without died: a learner rank, the buffer, the reference actor, or a worker
     replaced ``MAX_REPLACEMENTS`` times already (:class:`Replacements`)."""

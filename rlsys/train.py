@@ -6,6 +6,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, replace
@@ -19,7 +21,7 @@ from rlsys.actors.resources import check_cluster, check_local_cpus, total_demand
 from rlsys.checkpoint import checkpoints, export_policy
 from rlsys.config import ConfigError, RLConfig, to_yaml
 from rlsys.controller import Controller, RunSummary
-from rlsys.failures import StateLost
+from rlsys.failures import StateLost, raise_terminated
 from rlsys.metrics import MetricsWriter, json_safe
 from rlsys.prepare import load_datasets, prepare
 from rlsys.recovery import load_learners, newest_checkpoint, recover, set_aside_later_samples
@@ -93,6 +95,8 @@ def init_ray(cfg: RLConfig) -> None:
             num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(needed - 1e-9))
             ray.init(address="local", num_cpus=num_cpus, runtime_env=env, include_dashboard=False,
                      log_to_driver=True)
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+            signal.signal(signal.SIGTERM, raise_terminated)  # replaces Ray's, which aborts with a stack dump
     if not cfg.ray.autoscaling:  # with autoscaling, create_actors logs the shortfall where it waits
         check_cluster(cfg)
 
@@ -190,6 +194,9 @@ def _print_report(s: RunSummary, run_dir: Path, left: int, startup_s: float, dro
     print(f"staleness max {s.max_staleness_seen}; dropped as stale: {s.dropped_stale_groups} groups; lost requests "
           f"(re-queued): {s.lost_requests}; reward failures: {s.reward_failures}; groups generated but never "
           f"trained (run ended): {left}")
+    if s.eval_reward_failures:
+        print(f"held-out samples whose reward failed (counted as wrong; metrics: eval/reward_failures): "
+              f"{s.eval_reward_failures}")
     if s.recoveries:
         print(f"learner group rebuilt from a checkpoint inside the job: {s.recoveries} time(s) (metrics: "
               "recovery/seconds)")

@@ -187,3 +187,53 @@ def test_metrics_and_summary_write_strict_json_with_null_for_nan(tmp_path):
     assert read_metrics(tmp_path) == [{"step": 1, "reward/mean": None, "perf/samples_per_s": 12.5, "x": None}]
     assert json_safe({"sync_s_mean": math.nan, "eval": {0: 0.5, 3: -math.inf}, "rows": [1.0, math.nan]}) == {
         "sync_s_mean": None, "eval": {0: 0.5, 3: None}, "rows": [1.0, None]}
+
+
+def test_inspect_into_a_reader_that_quit_ends_quietly(tmp_path):
+    """`rlsys inspect RUN | head -1`: the closed pipe ends the command as it ends cat (141), with no traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = _run_dir(tmp_path, {"steps": 1})
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "rlsys"), "inspect", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before it has written anything: its first write meets a closed pipe
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and b"Traceback" not in err, err.decode()[-2000:]
+
+
+@pytest.mark.slow
+def test_sigterm_of_the_driver_stops_the_run_as_ctrl_c_does(tmp_path):
+    """A scheduler's stop (SIGTERM): exit 143 with rlsys's message instead of Ray's abort (134, a stack dump); the
+    sample log is flushed and readable, and no summary is written (the run did not finish)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+    from conftest import tiny_overrides
+
+    run_dir = tmp_path / "runs" / "t"
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "rlsys"), "train",
+                                 *tiny_overrides(tmp_path, "output.run_name=t", "train.num_steps=100000")],
+                                env={**os.environ, "RAY_AUTH_MODE": "disabled"}, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            deadline = time.monotonic() + 900
+            while '"train/loss"' not in ((run_dir / "metrics.jsonl").read_text()
+                                         if (run_dir / "metrics.jsonl").is_file() else ""):
+                assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first step"
+                time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "rlsys: terminated (SIGTERM); what the run wrote so far is in its run directory" in stderr
+    assert pq.read_table(run_dir / "samples.parquet").num_rows > 0 and not (run_dir / "summary.json").exists()

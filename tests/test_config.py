@@ -447,6 +447,8 @@ def test_other_settings_that_cannot_work_are_refused_naming_the_key():
     cases = [
         (["reward.components=[{name: a, fn: addition_exact, weight: 0}, {name: b, fn: exact_match, weight: 0}]"],
          "every reward term has weight 0"),
+        (["reward.components=[{name: a, fn: addition_exact, weight: 1}, {name: b, fn: addition_exact, weight: -0.5},"
+          " {name: c, fn: addition_exact, weight: -0.5}]"], "the reward terms cancel"),
         (["reward.fn=reward_fixtures:takes_one_argument"], "takes 1 positional argument(s); a reward function is "
          "called as fn(completion, reference, **params)"),
         (["task.num_digits=1", "task.num_train=300"], "task.num_train=300 + task.num_eval=200 is more than the 100 "
@@ -591,6 +593,31 @@ def test_a_reward_module_that_ends_its_process_on_import_is_a_config_error(tmp_p
                                           rf"\({how}\) before the import finished"):
         load_config(None, [f"reward.fn={name}:f"])
     assert name not in sys.modules
+
+
+def test_a_reward_module_that_prints_at_import_without_a_newline_is_accepted(tmp_path, monkeypatch):
+    """Its unfinished line of output is not mistaken for an import that ended the process."""
+    (tmp_path / "prints_on_import.py").write_text(
+        "import sys\nsys.stdout.write('loading... ' * 1000)\nsys.stderr.write('x')\ndef f(c, r):\n    return 0.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert load_config(None, ["reward.fn=prints_on_import:f"]).reward.fn == "prints_on_import:f"
+
+
+def test_a_reward_module_slow_to_import_is_logged_while_waited_for_and_one_that_hangs_is_refused(
+        tmp_path, monkeypatch, caplog):
+    import rlsys.rewards.registry as registry
+
+    monkeypatch.setattr(registry, "PROBE_PATIENCE_S", 0.5)
+    monkeypatch.setattr(registry, "PROBE_TIMEOUT_S", 4.0)
+    (tmp_path / "slow_import.py").write_text("import time\ntime.sleep(1.5)\ndef f(c, r):\n    return 0.0\n")
+    (tmp_path / "hangs_on_import.py").write_text("import time\ntime.sleep(3600)\ndef f(c, r):\n    return 0.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with caplog.at_level("WARNING", logger="rlsys.rewards.registry"):
+        load_config(None, ["reward.fn=slow_import:f"])
+    assert "importing reward module 'slow_import' (a check in a child process) has taken 0 s; waiting up to 4 s" \
+        in caplog.text
+    with pytest.raises(ConfigError, match=r"importing module 'hangs_on_import' did not finish within 4 s"):
+        load_config(None, ["reward.fn=hangs_on_import:f"])
 
 
 def test_a_built_in_reward_in_a_scope_it_does_not_score_is_refused():

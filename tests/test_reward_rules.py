@@ -738,3 +738,13 @@ def test_math_verify_adversarial_completions_score_zero(completion):
     assert math_verify_reward(completion, "42") == 0.0
     assert math_verify_reward(completion, "C") == 0.0
     assert time.perf_counter() - start < 20.0  # generous: shared CI cores; the point is no quadratic blow-up
+
+
+@pytest.mark.parametrize("reference", ["hello world", "five", "  yes  ", r"\textbf{none}", "True"])
+def test_math_verify_refuses_a_reference_that_is_words(reference):
+    """math-verify reads "hello world" as a product of symbols, which no completion matches: every sample of the
+    prompt would score 0 in silence. Words meant as the answer are written \\text{...} (kept: see the table)."""
+    with pytest.raises(ValueError, match="is words, not maths"):
+        math_verify_reward(r"The answer is $\boxed{5}$", reference)
+    assert math_verify_reward(r"$\boxed{\text{yes}}$", r"\text{yes}") == 1.0
+    assert math_verify_reward(r"$\boxed{2x}$", "2x") == 1.0

@@ -52,8 +52,8 @@ def test_staleness_bound_holds_and_admission_keeps_rollout_in_check(ray_session,
     assert summary.steps == steps
 
 
-def test_failing_reward_marks_samples_and_the_run_goes_on(ray_session, tmp_path):
-    summary, _, rows = run(tmp_path, "reward.fn=reward_fixtures:fails_on_answers_ending_in_7",
+def test_failing_reward_marks_samples_and_the_run_goes_on(ray_session, tmp_path, capsys):
+    summary, run_dir, rows = run(tmp_path, "reward.fn=reward_fixtures:fails_on_answers_ending_in_7",
                                  "train.num_steps=6")
     failed = [r for r in rows if r["reward_error"]]
     assert failed, "some answers end in 7 among the sampled prompts"
@@ -64,6 +64,15 @@ def test_failing_reward_marks_samples_and_the_run_goes_on(ray_session, tmp_path)
     assert not [r for r in failed if r["dropped"] == ""]
     assert summary.reward_failures == len(failed) and [r for r in failed if r["dropped"] == "reward failed"]
     assert summary.steps == 6
+    # held-out samples whose reward failed count as wrong, and are counted and reported as such (versions 0 and 6)
+    from rlsys.prepare import load_datasets
+
+    held_out = load_datasets(load_config(run_dir / "config.yaml")).eval_prompts
+    sevens = sum(p.answer.endswith("7") for p in held_out)
+    assert sevens > 0 and summary.eval_reward_failures == 2 * sevens
+    assert [m["eval/reward_failures"] for m in read_metrics(run_dir) if "eval/accuracy" in m] == [sevens] * 2
+    assert f"held-out samples whose reward failed (counted as wrong; metrics: eval/reward_failures): {2 * sevens}" \
+        in capsys.readouterr().out
 
 
 def test_run_writes_every_promised_output(ray_session, tmp_path, capsys):

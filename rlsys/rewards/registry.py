@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -121,6 +122,7 @@ finally:
     print(sys.argv[3], flush=True)
 """
 PROBE_TIMEOUT_S = 300.0  # a module that imports torch on a loaded node takes tens of seconds
+PROBE_PATIENCE_S = 10.0  # an import still running after this is logged, with how long it will be waited for
 
 
 def import_kills_process(path: str) -> str | None:
@@ -145,14 +147,23 @@ def _probe(module: str, sys_path: tuple[str, ...]) -> str | None:
     import sys
 
     nonce = f"rlsys-probe-{secrets.token_hex(8)}"
+    proc = subprocess.Popen([sys.executable, "-c", _PROBE, module, json.dumps(sys_path), nonce], text=True,
+                            errors="replace", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        proc = subprocess.run([sys.executable, "-c", _PROBE, module, json.dumps(sys_path), nonce], capture_output=True,
-                              text=True, errors="replace", timeout=PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL)
+        try:
+            stdout, stderr = proc.communicate(timeout=PROBE_PATIENCE_S)
+        except subprocess.TimeoutExpired:  # say what is being waited for, rather than nothing for minutes
+            logging.getLogger(__name__).warning(
+                "importing reward module %r (a check in a child process) has taken %.0f s; waiting up to %.0f s",
+                module, PROBE_PATIENCE_S, PROBE_TIMEOUT_S)
+            stdout, stderr = proc.communicate(timeout=PROBE_TIMEOUT_S - PROBE_PATIENCE_S)
     except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
         return f"importing module {module!r} did not finish within {PROBE_TIMEOUT_S:.0f} s (does it block at import?)"
-    if nonce in proc.stdout.splitlines():
+    if nonce in stdout:  # anywhere: the module's own output may leave the line unfinished
         return None
     how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
-    tail = " | ".join(proc.stderr.strip().splitlines()[-3:])[-300:]
+    tail = " | ".join(stderr.strip().splitlines()[-3:])[-300:]
     return (f"importing module {module!r} ended the process ({how}) before the import finished"
             + (f"; its last output: {tail}" if tail else "") + ": a reward module must not exit or crash when imported")

@@ -256,10 +256,21 @@ def _reference_answer(reference: str) -> tuple[str | None, list]:
     mc = _MC_REFERENCE.fullmatch(_MC_STRIP.sub("", ref).strip())
     if mc:
         return mc.group(1) or mc.group(2), []
+    if not re.search(r"\d", ref) and _PROSE_WORD.search(_LATEX_COMMAND.sub(" ", _LATEX_TEXT.sub(" ", ref))):
+        # math-verify would read "hello world" as the product of nine symbols and score 0 against every completion
+        # (text meant as an answer is written \text{Monday}, which math-verify compares as text)
+        raise ValueError(f"math_verify's reference answer {reference!r} is words, not maths (no number, and a word "
+                         "of three or more letters outside \\text{...}); fix the dataset entry, or score text with "
+                         "exact_match")
     parsed = _parse_answer(ref)
     if not parsed:
         raise ValueError(f"math_verify could not parse the reference answer {reference!r}; fix the dataset entry")
     return None, parsed
+
+
+_LATEX_TEXT = re.compile(r"\\text\{[^{}]*\}")  # an answer meant as text: math-verify compares it as such
+_LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")  # \frac, \pi, \infty: not words
+_PROSE_WORD = re.compile(r"[A-Za-z]{3,}")
 
 
 def _exact(expr):
