@@ -50,6 +50,26 @@ def actor_processes(actor_class: str, among: list | None = None) -> list:
     return sorted((p for p in procs if title(p).startswith(f"ray::{actor_class}")), key=lambda p: p.pid)
 
 
+def checkpoints_beside(policy_dir: str, root: Path, seed: int = 0) -> tuple[str, str]:
+    """(another policy, a reward model) under ``root``: checkpoints with ``policy_dir``'s tokenizer and other weights
+    — the policy's weights plus noise (sd 0.2), and a one-output sequence classifier on the policy's transformer
+    (its score head newly initialised) — as model.reference_path / model.critic_path take them."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    torch.manual_seed(seed)
+    other = AutoModelForCausalLM.from_pretrained(policy_dir)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    rm = AutoModelForSequenceClassification.from_pretrained(policy_dir, num_labels=1)
+    for model, name in ((other, "other"), (rm, "rm")):
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    return str(root / "other"), str(root / "rm")
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     import ray

@@ -183,25 +183,10 @@ def test_reference_actor_gives_the_same_update_as_the_reference_in_the_learner(r
 
 @pytest.fixture(scope="module")
 def other_checkpoints(tiny_policy, tmp_path_factory):
-    """(another policy, a reward model): checkpoints with the tiny policy's tokenizer and other weights — the
-    policy's weights with noise, and a sequence classifier (one output) on the policy's transformer whose score head
-    is seeded."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    """(another policy, a reward model) with the tiny policy's tokenizer: :func:`conftest.checkpoints_beside`."""
+    from conftest import checkpoints_beside
 
-    model_dir, _ = tiny_policy
-    root = tmp_path_factory.mktemp("others")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    torch.manual_seed(1)
-    other = AutoModelForCausalLM.from_pretrained(model_dir)
-    with torch.no_grad():
-        for p in other.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    rm = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
-    for model, name in ((other, "other"), (rm, "rm")):
-        model.save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
-    return str(root / "other"), str(root / "rm")
+    return checkpoints_beside(tiny_policy[0], tmp_path_factory.mktemp("others"), seed=1)
 
 
 def test_a_reference_checkpoint_other_than_the_policy_is_what_the_kl_measures(ray_session, tiny_policy, batches,

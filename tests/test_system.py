@@ -143,24 +143,13 @@ def test_dynamic_sampling_reference_actor_and_decoupled_updates_end_to_end(ray_s
 def test_reference_and_critic_from_checkpoints_of_their_own_end_to_end(ray_session, tmp_path):
     """model.reference_path and model.critic_path reach the learner: the first step's KL is already > 0 (against the
     initial policy it is 0: test_learners), and PPO-GAE trains with a critic started from a reward model."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from conftest import checkpoints_beside
 
     from rlsys.prepare import prepare
 
-    policy = prepare(load_config(None, tiny_overrides(tmp_path))).model_dir
-    tokenizer = AutoTokenizer.from_pretrained(policy)
-    torch.manual_seed(0)
-    other = AutoModelForCausalLM.from_pretrained(policy)
-    with torch.no_grad():
-        for p in other.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    rm = AutoModelForSequenceClassification.from_pretrained(policy, num_labels=1)
-    for model, name in ((other, "reference"), (rm, "rm")):
-        model.save_pretrained(tmp_path / name)
-        tokenizer.save_pretrained(tmp_path / name)
+    reference, rm = checkpoints_beside(prepare(load_config(None, tiny_overrides(tmp_path))).model_dir, tmp_path)
     summary, run_dir, _ = run(tmp_path, "train.num_steps=2", "algo.kl_coef=0.1", "algo.advantage=gae",
-                              f"model.reference_path={tmp_path / 'reference'}", f"model.critic_path={tmp_path / 'rm'}")
+                              f"model.reference_path={reference}", f"model.critic_path={rm}")
     trained = [m for m in read_metrics(run_dir) if "train/loss" in m]
     assert summary.steps == 2 and len(trained) == 2
     assert trained[0]["train/kl"] > 1e-2 and all(m["train/value_loss"] > 0 for m in trained)
