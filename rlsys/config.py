@@ -352,7 +352,8 @@ def load_config(path: str | os.PathLike | list[str | os.PathLike] | None = None,
     return config
 
 
-MODEL_PATHS = ("path", "reference_path", "critic_path")  # the model.* keys that name a checkpoint
+SCORER_PATHS = ("reference_path", "critic_path")  # checkpoints that score the policy's token ids
+MODEL_PATHS = ("path", *SCORER_PATHS)  # the model.* keys that name a checkpoint
 
 
 def _sets_reward_fn(source: DictConfig) -> bool:

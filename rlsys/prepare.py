@@ -22,7 +22,7 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 import rlsys
-from rlsys.config import FILE_TASKS, ConfigError, RLConfig
+from rlsys.config import FILE_TASKS, SCORER_PATHS, ConfigError, RLConfig
 from rlsys.data.chat import PromptFormat
 from rlsys.data.checks import BadRow, DatasetError, check_tokens, in_file_order, require_usable, settle
 from rlsys.data.model import build_tiny_llama
@@ -186,7 +186,7 @@ def load_datasets(cfg: RLConfig) -> Datasets:
     tokenizer, context, source = _policy_tokenizer(cfg, splits[0].data.prompts)
     policy = f"model.path={cfg.model.path!r}" if cfg.model.path else "the policy"
     fmt = PromptFormat.of(tokenizer, cfg.task, policy)
-    for key in ("reference_path", "critic_path"):
+    for key in SCORER_PATHS:
         if path := getattr(cfg.model, key):
             check_reads_policy_tokens(tokenizer, policy, f"model.{key}", path)
     cell_bad = [b for s in splits for b in s.data.bad]
@@ -216,7 +216,7 @@ def prepare(cfg: RLConfig, data: Datasets | None = None) -> Prepared:
     source = [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
               for p in sorted(root.rglob("*")) if p.is_file()] if root else []
     # The reference and critic checkpoints do not shape the initial policy: not part of its key.
-    shape = {k: v for k, v in asdict(cfg.model).items() if k not in ("reference_path", "critic_path")}
+    shape = {k: v for k, v in asdict(cfg.model).items() if k not in SCORER_PATHS}
     key = _digest(shape, asdict(cfg.warmup), train_file, os.path.getmtime(train_file), *source,
                   rlsys.__version__, transformers.__version__, torch.__version__, *left_out, *target)
     model_dir = cache / "models" / key
