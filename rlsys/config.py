@@ -32,6 +32,7 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 ALGO_RECIPES = Path(__file__).parent / "configs" / "algos"  # <name>.yaml: the algo keys of one algorithm
 EXAMPLES = Path(__file__).parent / "configs" / "examples"  # experiment files (also at configs/examples/)
 FILE_TASKS = ("parquet", "gsm8k")  # the task.name values that read task.train_file / task.eval_file
+SYNTHETIC_TASKS = ("synthetic_addition", "synthetic_multiplication")  # written by rlsys.data.tasks
 # task.name → the reward.fn of a run of that task where no config file or override sets reward.fn and
 # reward.components is empty (load_config applies it); a task not listed keeps RewardConfig.fn's default.
 TASK_REWARDS = {"gsm8k": "math_verify"}
@@ -64,7 +65,8 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    """The prompt dataset. ``synthetic_addition`` writes its own Parquet files; ``parquet`` reads yours, and
+    """The prompt dataset. ``synthetic_addition`` (and ``synthetic_multiplication``, a task for the calculator
+    tool: ``env.name=calculator``) writes its own Parquet files; ``parquet`` reads yours, and
     ``gsm8k`` GSM8K's (its reward defaults to ``math_verify``: :data:`TASK_REWARDS`).
 
     A ``parquet`` dataset is a Parquet or JSONL file with a string column ``prompt`` or a conversation column
@@ -72,10 +74,10 @@ class TaskConfig:
     optionally ``id``; a ``gsm8k`` one has GSM8K's ``question`` and ``answer`` (whose final line is ``#### <number>``).
     """
 
-    name: str = "synthetic_addition"  # synthetic_addition | parquet | gsm8k
+    name: str = "synthetic_addition"  # synthetic_addition | synthetic_multiplication | parquet | gsm8k
     train_file: str | None = None  # for name=parquet or gsm8k: a .parquet or .jsonl file
     eval_file: str | None = None  # for name=parquet or gsm8k; optional (num_eval rows of train_file are held out)
-    num_digits: int = 2  # synthetic_addition: operands have 1..num_digits digits
+    num_digits: int = 2  # synthetic_*: operands have 1..num_digits digits
     num_train: int = 4000
     num_eval: int = 200
     seed: int = 1234
@@ -131,6 +133,30 @@ class RolloutConfig:
     vllm_enforce_eager: bool = True  # false: CUDA graphs / torch.compile (faster on GPU; compiling takes minutes)
     vllm_max_model_len: int = 0  # longest prompt + response; 0: the checkpoint's context length
     tensor_parallel_size: int = 1  # GPUs one vLLM engine spans (needs rollout.num_gpus ≥ it); untested above 1
+
+
+@dataclass
+class EnvConfig:
+    """Multi-turn rollouts (:mod:`rlsys.agent_loop`): with ``name`` set, each sample is a trajectory — the policy
+    acts (generates to an end token or a stop string), the environment answers (:mod:`rlsys.envs`), up to
+    ``max_turns`` actions and ``rollout.max_new_tokens`` response tokens in all (actions and observations).
+    Environments run in ``num_workers`` environment-worker actors, apart from the rollout and reward workers."""
+
+    name: str | None = None  # calculator | python | package.module:Class; None: one completion per sample
+    params: dict[str, Any] = field(default_factory=dict)  # the environment's constructor arguments
+    num_workers: int = 1
+    num_cpus: float = 0.25
+    max_concurrency: int = 64  # calls one environment worker runs at once (threads)
+    # A reset or step that takes longer fails its trajectory; the worker is killed and restarted (Ray), which fails
+    # the other trajectories it hosted
+    step_timeout_s: float = 30.0
+    max_turns: int = 4  # actions per trajectory
+    max_action_tokens: int = 0  # tokens per action; 0: what is left of rollout.max_new_tokens
+    observation_role: str = "tool"  # the chat-template role an observation is rendered in
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.name)
 
 
 @dataclass
@@ -281,6 +307,7 @@ class RLConfig:
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -397,16 +424,17 @@ _BOUNDS = [
       "model.intermediate_size", "model.max_position_embeddings",
       "train.num_steps", "train.groups_per_step", "train.sync_every", "task.num_digits", "train.keep_checkpoints",
       "model.hidden_size", "model.num_layers", "model.num_heads", "algo.epochs", "algo.minibatches",
-      "rollout.tensor_parallel_size"), lambda v: v >= 1,
+      "rollout.tensor_parallel_size", "env.num_workers", "env.max_concurrency", "env.max_turns"), lambda v: v >= 1,
      "a positive integer (≥ 1)"),
     (("train.max_staleness", "train.eval_every", "train.checkpoint_every", "train.max_recoveries", "warmup.steps",
       "algo.kl_coef", "learner.weight_decay",
       "rollout.num_gpus", "learner.num_gpus", "reward.num_gpus", "learner.grad_clip", "algo.entropy_coef",
-      "algo.adv_bound", "algo.value_clip", "algo.overlong_buffer", "algo.clip_eps_low"), lambda v: v >= 0, "≥ 0"),
+      "algo.adv_bound", "algo.value_clip", "algo.overlong_buffer", "algo.clip_eps_low", "env.max_action_tokens"),
+     lambda v: v >= 0, "≥ 0"),
     (("learner.lr", "warmup.lr", "rollout.temperature", "reward.timeout_s", "reward.call_timeout_s",
       "ray.placement_timeout_s", "rollout.hang_timeout_s",
       "algo.clip_eps_high", "algo.critic_lr", "algo.adv_eps", "learner.adam_eps", "rollout.num_cpus",
-      "reward.num_cpus", "learner.num_cpus"), lambda v: v > 0, "> 0"),
+      "reward.num_cpus", "learner.num_cpus", "env.num_cpus", "env.step_timeout_s"), lambda v: v > 0, "> 0"),
 ]
 
 
@@ -415,7 +443,7 @@ _CHOICES = {
     "algo.advantage": ESTIMATORS, "algo.policy_loss": POLICY_LOSSES, "algo.loss_agg": AGGREGATIONS,
     "algo.adv_bound_mode": ("clamp", "scale"), "algo.kl_estimator": ("k1", "k2", "k3", None),
     "algo.kl_in": ("loss", "reward"), "algo.reference": ("learner", "actor"), "algo.is_mode": IS_MODES,
-    "algo.is_level": IS_LEVELS, "learner.zero_stage": (0, 1, 2, 3), "task.name": ("synthetic_addition", *FILE_TASKS),
+    "algo.is_level": IS_LEVELS, "learner.zero_stage": (0, 1, 2, 3), "task.name": (*SYNTHETIC_TASKS, *FILE_TASKS),
     "task.bad_rows": ("fail", "drop"), "task.prompt_format": ("auto", "chat", "raw"),
     "rollout.backend": ("hf", "vllm"),
 }
@@ -435,8 +463,11 @@ _ACTS_WHEN = [
      "critic)"),
     *((f"task.{k}", lambda c: c.task.name in FILE_TASKS, "with task.name=parquet or gsm8k")
       for k in ("train_file", "eval_file")),
-    *((f"task.{k}", lambda c: c.task.name == "synthetic_addition", "with task.name=synthetic_addition")
+    *((f"task.{k}", lambda c: c.task.name in SYNTHETIC_TASKS, "with a synthetic task (task.name=synthetic_*)")
       for k in ("num_digits", "num_train")),
+    *((f"env.{k}", lambda c: c.env.enabled, "with env.name set (multi-turn rollouts)")
+      for k in ("params", "num_workers", "num_cpus", "max_concurrency", "step_timeout_s", "max_turns",
+                "max_action_tokens", "observation_role")),
     ("task.num_eval", lambda c: not (c.task.name in FILE_TASKS and c.task.eval_file),
      "without task.eval_file (it is how many rows are held out; an eval file is used whole)"),
     ("warmup.check_every", lambda c: c.warmup.target_accuracy > 0, "with warmup.target_accuracy > 0"),
@@ -676,6 +707,22 @@ def _vllm_problems(r: RolloutConfig) -> list[str]:
     return problems
 
 
+def _env_problems(env: EnvConfig) -> list[str]:
+    """The environment must resolve and accept ``env.params``: it is built once here to check them."""
+    if not env.enabled:
+        return []
+    from rlsys.envs import EnvError, make_env  # the built-in environments register on import
+
+    try:
+        instance = make_env(env.name, env.params)
+    except (ValueError, EnvError) as e:
+        return [f"env.name={env.name!r}: {e}"]
+    closing = getattr(instance, "close", None)
+    if callable(closing):
+        closing()
+    return []
+
+
 def validate(cfg: RLConfig) -> None:
     """Reject values that type-check but cannot work; each message names the key, the value and the fix."""
     problems: list[str] = []
@@ -771,9 +818,13 @@ def validate(cfg: RLConfig) -> None:
                                 "rewards, so every group would be dropped; raise rollout.group_size")
     t = cfg.task
     distinct = (10**t.num_digits) ** 2 if t.num_digits <= 9 else math.inf  # ordered pairs of 0..10^d − 1
-    need(t.name != "synthetic_addition" or t.num_train + t.num_eval <= distinct,
+    need(t.name not in SYNTHETIC_TASKS or t.num_train + t.num_eval <= distinct,
          f"task.num_train={t.num_train} + task.num_eval={t.num_eval} is more than the {distinct} distinct "
-         f"{t.num_digits}-digit additions; lower them or raise task.num_digits")
+         f"{t.num_digits}-digit problems; lower them or raise task.num_digits")
+    problems += _env_problems(cfg.env)
+    need(not (cfg.env.enabled and cfg.warmup.target_accuracy > 0 and cfg.warmup.steps),
+         "warmup.target_accuracy with env.name: the warm-up's accuracy check generates single completions, not "
+         "trajectories; give warmup.steps instead")
     for key in ("root", "cache_dir"):
         value = Path(getattr(cfg.output, key)).expanduser()
         need(not value.exists() or value.is_dir(), f"output.{key}={str(value)!r} is a file; give a directory")

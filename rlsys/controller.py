@@ -59,7 +59,7 @@ from rlsys.config import RLConfig
 from rlsys.data.tasks import PromptStream
 from rlsys.evaluate import accuracy
 from rlsys.failures import PromptRetries, RewardFailureWindow, StateLost, first_line
-from rlsys.metrics import MetricsWriter, json_safe, reward_scalars
+from rlsys.metrics import MetricsWriter, json_safe, reward_scalars, trajectory_scalars, trajectory_totals
 from rlsys.reward_pool import RewardPool
 from rlsys.rollout_pool import RolloutPool
 from rlsys.staleness import AdmissionGate
@@ -93,6 +93,7 @@ class _Window:
     component_s: dict[str, float] = field(default_factory=dict)  # reward term → compute seconds
     reward_s: float = 0.0
     response_lengths: list[int] = field(default_factory=list)
+    trajectories: dict[str, int] = field(default_factory=dict)  # multi-turn counts (rlsys.metrics.trajectory_totals)
     generate_s: float = 0.0
     learner_s: float = 0.0
 
@@ -300,6 +301,8 @@ class Controller:
         w.tokens += put.num_tokens
         w.rewards.extend(put.rewards)
         w.response_lengths.extend(put.response_lengths)
+        for name, total in put.trajectories.items():
+            w.trajectories[name] = w.trajectories.get(name, 0) + total
         for name, values in put.components.items():
             w.components.setdefault(name, []).extend(values)
         w.generate_s += put.generate_s
@@ -500,7 +503,8 @@ class Controller:
                         "e.g. on prompt %r: %s", call.version, len(failed), len(samples), failed[0].prompt_id,
                         failed[0].reward_error)
         self.metrics.log(call.version, {"eval/accuracy": acc, "eval/reward_failures": float(len(failed)),
-                                        "eval/reward_mean": float(scored.mean()) if scored.size else math.nan})
+                                        "eval/reward_mean": float(scored.mean()) if scored.size else math.nan,
+                                        **trajectory_scalars(trajectory_totals(samples), "eval")})
         if self.on_step:
             self.on_step(self.version, {"eval_acc": acc})
 
@@ -603,6 +607,7 @@ class Controller:
             **{f"train/{k}": v for k, v in train.items()},
             **reward_scalars(w.rewards, w.response_lengths, w.components),
             "rollout/response_len": float(np.mean(w.response_lengths)) if w.response_lengths else math.nan,
+            **trajectory_scalars(w.trajectories, "rollout"),
             "perf/samples_per_s": w.samples / elapsed,
             "perf/tokens_per_s": w.tokens / elapsed,
             "perf/step_s": elapsed,

@@ -76,6 +76,30 @@ class MetricsWriter:
         self._jsonl.close()
 
 
+def trajectory_totals(samples: list) -> dict[str, int]:
+    """Counts over the multi-turn ``samples`` (:class:`rlsys.types.Sample`; {} if none is a trajectory), which add
+    up across batches: trajectories, turns, tool calls, trajectories with a tool call, environment failures."""
+    trajectories = [s.trajectory for s in samples if s.trajectory is not None]
+    if not trajectories:
+        return {}
+    return {"trajectories": len(trajectories), "turns": sum(len(t.turns) for t in trajectories),
+            "tool_calls": sum(t.tool_calls for t in trajectories),
+            "with_tool_calls": sum(t.tool_calls > 0 for t in trajectories),
+            "env_failures": sum(t.error is not None for t in trajectories)}
+
+
+def trajectory_scalars(totals: dict[str, int], prefix: str) -> dict[str, float]:
+    """``<prefix>/turns`` (actions per trajectory, mean), ``<prefix>/tool_calls`` (mean), ``<prefix>/tool_call_rate``
+    (the fraction of trajectories with at least one tool call) and ``<prefix>/env_failures`` (count) from
+    :func:`trajectory_totals`; none without trajectories."""
+    n = totals.get("trajectories", 0)
+    if not n:
+        return {}
+    return {f"{prefix}/turns": totals["turns"] / n, f"{prefix}/tool_calls": totals["tool_calls"] / n,
+            f"{prefix}/tool_call_rate": totals["with_tool_calls"] / n,
+            f"{prefix}/env_failures": float(totals["env_failures"])}
+
+
 def reward_scalars(rewards: list[float], lengths: list[int], components: dict[str, list[float]]) -> dict[str, float]:
     """Reward metrics over a window of samples (NaN rewards: failed).
 

@@ -26,9 +26,10 @@ from rlsys.config import FILE_TASKS, SCORER_PATHS, ConfigError, RLConfig
 from rlsys.data.chat import PromptFormat
 from rlsys.data.checks import BadRow, DatasetError, check_tokens, in_file_order, require_usable, settle
 from rlsys.data.model import build_tiny_llama
-from rlsys.data.tasks import Rows, make_addition_rows, prompt_row, read_rows, write_parquet
+from rlsys.data.tasks import Rows, make_arithmetic_rows, prompt_row, read_rows, write_parquet
 from rlsys.data.tokenizer import DEFAULT_ALPHABET, build_char_tokenizer
 from rlsys.data.warmup import supervised_warmup
+from rlsys.envs import env_stop_strings, make_env
 from rlsys.model_source import check_reads_policy_tokens, ensure_pad_token, load_checkpoint_part
 from rlsys.types import Prompt
 
@@ -101,12 +102,13 @@ def _read_splits(cfg: RLConfig, cache: Path) -> tuple[_Split, _Split]:
         return (_Split(label, directory / "train.parquet", train, held_out=True),
                 _Split(f"the eval split held out from {label} (task.num_eval={task.num_eval})",
                        directory / "eval.parquet", source.subset(order[: task.num_eval]), held_out=True))
-    directory = cache / "data" / _digest("addition", task.num_digits, task.num_train, task.num_eval, task.seed)
+    kind = [] if task.name == "synthetic_addition" else [task.name]  # the addition task's cache key as it was
+    directory = cache / "data" / _digest("addition", task.num_digits, task.num_train, task.num_eval, task.seed, *kind)
     train_path, eval_path = directory / "train.parquet", directory / "eval.parquet"
     if not (train_path.exists() and eval_path.exists()):
-        eval_rows = make_addition_rows(task.num_digits, task.num_eval, task.seed)
-        train_rows = make_addition_rows(task.num_digits, task.num_train, task.seed + 1,
-                                        exclude={r["prompt"] for r in eval_rows})
+        eval_rows = make_arithmetic_rows(task.num_digits, task.num_eval, task.seed, task=task.name)
+        train_rows = make_arithmetic_rows(task.num_digits, task.num_train, task.seed + 1,
+                                          exclude={r["prompt"] for r in eval_rows}, task=task.name)
         write_parquet(eval_rows, eval_path)
         write_parquet(train_rows, train_path)
     return (_Split(f"the synthetic train split {train_path}", train_path, read_rows(train_path)),
@@ -141,10 +143,27 @@ def _policy_tokenizer(cfg: RLConfig, train_prompts: list[Prompt]) -> tuple[PreTr
         config = config.get_text_config() if hasattr(config, "get_text_config") else config
         context = getattr(config, "max_position_embeddings", None)
         return tokenizer, context, f"max_position_embeddings of {cfg.model.path}"
-    # The tiny default's vocabulary is the alphabet of its training data: only eval rows can hold unknown characters.
+    # The tiny default's vocabulary is the alphabet of its training data (and of the environment's demonstrations and
+    # stop strings): only eval rows, and observations, can hold unknown characters.
     texts = [t for p in train_prompts for t in (p.text, p.answer, *(c for _, c in p.messages))]
+    texts += [t for turns in demonstrations(cfg, train_prompts) or [] for t in turns]
+    if cfg.env.enabled:
+        texts += env_stop_strings(cfg.env.name, cfg.env.params)
     alphabet = DEFAULT_ALPHABET + "".join(sorted(set("".join(texts) + (cfg.task.prompt_template or ""))))
     return build_char_tokenizer(alphabet), cfg.model.max_position_embeddings, "model.max_position_embeddings"
+
+
+def demonstrations(cfg: RLConfig, prompts: list[Prompt]) -> list[list[str]] | None:
+    """The environment's worked trajectories for the supervised warm-up, one per prompt (drawn with
+    ``model.seed``), where ``env.name`` is set and the environment has a ``demonstration`` method; else None."""
+    if not cfg.env.enabled:
+        return None
+    env = make_env(cfg.env.name, cfg.env.params)
+    demonstrate = getattr(env, "demonstration", None)
+    if not callable(demonstrate):
+        return None
+    rng = random.Random(cfg.model.seed)
+    return [list(demonstrate(p, rng)) for p in prompts]
 
 
 def _token_checks(cfg: RLConfig, splits: tuple[_Split, ...], fmt: PromptFormat, context: int | None,
@@ -217,8 +236,10 @@ def prepare(cfg: RLConfig, data: Datasets | None = None) -> Prepared:
               for p in sorted(root.rglob("*")) if p.is_file()] if root else []
     # The reference and critic checkpoints do not shape the initial policy: not part of its key.
     shape = {k: v for k, v in asdict(cfg.model).items() if k not in SCORER_PATHS}
+    # An environment's demonstrations replace the answers the warm-up trains on (none: the key is as it was).
+    env = [cfg.env.name, cfg.env.params, cfg.env.observation_role] if cfg.env.enabled else []
     key = _digest(shape, asdict(cfg.warmup), train_file, os.path.getmtime(train_file), *source,
-                  rlsys.__version__, transformers.__version__, torch.__version__, *left_out, *target)
+                  rlsys.__version__, transformers.__version__, torch.__version__, *left_out, *target, *env)
     model_dir = cache / "models" / key
     done = partial(Prepared, str(model_dir), train_file, data.eval_file, train_prompts, data.eval_prompts,
                    dropped_rows=data.dropped_rows, dropped=data.dropped)
@@ -232,7 +253,9 @@ def prepare(cfg: RLConfig, data: Datasets | None = None) -> Prepared:
         model = build_tiny_llama(cfg.model, tokenizer)
     if cfg.warmup.steps:
         losses, checks = supervised_warmup(model, data.prompt_format, train_prompts, cfg.warmup, seed=cfg.model.seed,
-                                           eval_prompts=data.eval_prompts, max_new_tokens=cfg.rollout.max_new_tokens)
+                                           eval_prompts=data.eval_prompts, max_new_tokens=cfg.rollout.max_new_tokens,
+                                           demonstrations=demonstrations(cfg, train_prompts),
+                                           observation_role=cfg.env.observation_role)
         log.info("warm-up: %d steps, loss %.3f → %.3f%s", len(losses), losses[0], losses[-1],
                  f"; held-out greedy accuracy {checks[-1][1]:.1%} (target {cfg.warmup.target_accuracy:.0%})"
                  if checks else "")

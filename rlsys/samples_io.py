@@ -10,6 +10,7 @@ be unreadable without the footer it gets at the very end.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rlsys.types import Group
+from rlsys.types import Group, Trajectory
 
 SCHEMA = pa.schema([
     ("prompt_id", pa.string()),
@@ -41,7 +42,21 @@ SCHEMA = pa.schema([
     ("response_ids", pa.list_(pa.int32())),
     ("behaviour_logprobs", pa.list_(pa.float32())),
     ("loss_mask", pa.list_(pa.uint8())),  # 1: a token the policy generated; null: all of them (Sample.loss_mask)
+    # A multi-turn sample's turns (null for a single completion): each action, the environment's observation,
+    # its step reward and done flag, and its info as JSON; env_error: why the environment failed the trajectory
+    ("turns", pa.list_(pa.struct([("action", pa.string()), ("observation", pa.string()), ("env_reward", pa.float32()),
+                                  ("done", pa.bool_()), ("info", pa.string())]))),
+    ("first_observation", pa.string()),
+    ("env_error", pa.string()),
 ])
+
+
+def _trajectory_columns(trajectory: Trajectory | None) -> dict:
+    if trajectory is None:
+        return {"turns": None, "first_observation": None, "env_error": None}
+    turns = [{"action": t.action, "observation": t.observation, "env_reward": t.reward, "done": t.done,
+              "info": json.dumps(t.info, default=repr)} for t in trajectory.turns]
+    return {"turns": turns, "first_observation": trajectory.first_observation, "env_error": trajectory.error}
 
 
 FLUSH_S = 10.0  # a part is written once the oldest row buffered is this old ...
@@ -82,6 +97,7 @@ class SampleLog:
                 "prompt_ids": s.prompt_ids.tolist(), "response_ids": s.response_ids.tolist(),
                 "behaviour_logprobs": s.behaviour_logprobs.tolist(),
                 "loss_mask": None if s.loss_mask is None else s.loss_mask.tolist(),
+                **_trajectory_columns(s.trajectory),
             }
             for (g, s), why in zip(samples, reasons)
         ]

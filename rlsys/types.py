@@ -26,6 +26,45 @@ class Prompt:
 
 
 @dataclass(frozen=True)
+class Turn:
+    """One step of a multi-turn trajectory: the policy's ``action`` (its text, decoded from the tokens it sampled)
+    and what the environment's ``step`` answered (:mod:`rlsys.envs`)."""
+
+    action: str
+    observation: str | None = None  # None: the environment showed nothing (e.g. it ended the trajectory)
+    reward: float | None = None  # the environment's own reward for this step, if it gives one
+    done: bool = False
+    info: dict = field(default_factory=dict)  # the environment's step info (JSON-able values)
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """The turns of one multi-turn sample, as the environment saw them (the token ids are the sample's).
+
+    ``first_observation``: what ``reset`` showed before the first action (None: the prompt alone); ``error``: why
+    the environment failed this trajectory (it raised, hung past ``env.step_timeout_s``, or its worker died) — the
+    sample's reward then fails with it and it does not train."""
+
+    turns: tuple[Turn, ...] = ()
+    first_observation: str | None = None
+    error: str | None = None
+
+    @property
+    def tool_calls(self) -> int:
+        """Actions the environment answered without ending the trajectory: the calls of a tool."""
+        return sum(not t.done and t.observation is not None for t in self.turns)
+
+    @property
+    def env_rewards(self) -> list[float]:
+        """The environment's per-step rewards, where it gave one."""
+        return [t.reward for t in self.turns if t.reward is not None]
+
+    @property
+    def final_action(self) -> str:
+        return self.turns[-1].action if self.turns else ""
+
+
+@dataclass(frozen=True)
 class Sample:
     """One completion of one prompt, as the generation engine produced it, plus its reward once scored.
 
@@ -55,6 +94,12 @@ class Sample:
     reward_notes: dict[str, str] = field(default_factory=dict)  # term → the reason it gave with its value
     reward_versions: dict[str, str] = field(default_factory=dict)  # model-based term → reward-model version
     loss_mask: np.ndarray | None = None
+    trajectory: Trajectory | None = None
+
+    @property
+    def answer_text(self) -> str:
+        """What a reward checks as the answer: the final action of a trajectory, else the whole response."""
+        return self.trajectory.final_action if self.trajectory is not None else self.response_text
 
     @property
     def policy_tokens(self) -> int:

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlsys.config import ConfigError, ModelConfig, WarmupConfig, load_config
 from rlsys.data.chat import PromptFormat
 from rlsys.data.model import build_tiny_llama
-from rlsys.data.tasks import PromptStream, make_addition_rows, read_prompts, write_parquet
+from rlsys.data.tasks import PromptStream, make_arithmetic_rows, read_prompts, write_parquet
 from rlsys.data.tokenizer import DEFAULT_ALPHABET, build_char_tokenizer, save_char_tokenizer
 from rlsys.data.warmup import supervised_warmup
 from rlsys.prepare import prepare
@@ -31,11 +31,11 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-# ---- make_addition_rows ----
+# ---- make_arithmetic_rows ----
 
 
 def test_addition_rows_count_unique_and_correct() -> None:
-    rows = make_addition_rows(num_digits=2, num_rows=300, seed=7)
+    rows = make_arithmetic_rows(num_digits=2, num_rows=300, seed=7)
     assert len(rows) == 300
     assert len({r["prompt"] for r in rows}) == 300
     assert len({r["id"] for r in rows}) == 300
@@ -47,31 +47,31 @@ def test_addition_rows_count_unique_and_correct() -> None:
 
 
 def test_addition_rows_are_deterministic_per_seed() -> None:
-    assert make_addition_rows(2, 50, seed=3) == make_addition_rows(2, 50, seed=3)
-    assert make_addition_rows(2, 50, seed=3) != make_addition_rows(2, 50, seed=4)
+    assert make_arithmetic_rows(2, 50, seed=3) == make_arithmetic_rows(2, 50, seed=3)
+    assert make_arithmetic_rows(2, 50, seed=3) != make_arithmetic_rows(2, 50, seed=4)
 
 
 def test_addition_rows_exclude_keeps_splits_disjoint() -> None:
-    held_out = make_addition_rows(1, 30, seed=0)
+    held_out = make_arithmetic_rows(1, 30, seed=0)
     exclude = {r["prompt"] for r in held_out}
     # 1-digit problems: 100 exist, 30 excluded, so the remaining 70 must all be drawn and none may be excluded.
-    train = make_addition_rows(1, 70, seed=1, exclude=exclude)
+    train = make_arithmetic_rows(1, 70, seed=1, exclude=exclude)
     assert not exclude & {r["prompt"] for r in train}
     assert len({r["prompt"] for r in train} | exclude) == 100
 
 
 def test_addition_rows_too_many_raises() -> None:
     with pytest.raises(ValueError, match="cannot draw 101 distinct"):
-        make_addition_rows(1, 101, seed=0)
+        make_arithmetic_rows(1, 101, seed=0)
     with pytest.raises(ValueError, match="only 90 exist"):
-        make_addition_rows(1, 91, seed=0, exclude={f"{i}+0=" for i in range(10)})
+        make_arithmetic_rows(1, 91, seed=0, exclude={f"{i}+0=" for i in range(10)})
 
 
 # ---- Parquet round trip ----
 
 
 def test_write_and_read_parquet_round_trip(tmp_path: Path) -> None:
-    rows = make_addition_rows(2, 40, seed=5)
+    rows = make_arithmetic_rows(2, 40, seed=5)
     path = write_parquet(rows, tmp_path / "sub" / "train.parquet")
     assert path.is_file()
     assert not list(path.parent.glob("*.tmp"))  # the atomic-write temp file is gone
@@ -196,7 +196,7 @@ def test_tiny_llama_save_and_reload_identical_logits(tmp_path: Path) -> None:
 def test_supervised_warmup_lowers_loss() -> None:
     tok = build_char_tokenizer()
     model = build_tiny_llama(SMALL_MODEL, tok)
-    prompts = [Prompt(r["id"], r["prompt"], r["answer"]) for r in make_addition_rows(2, 200, seed=0)]
+    prompts = [Prompt(r["id"], r["prompt"], r["answer"]) for r in make_arithmetic_rows(2, 200, seed=0)]
     losses, checks = supervised_warmup(model, PromptFormat.raw(tok), prompts,
                                        WarmupConfig(steps=40, batch_size=32, lr=3e-3), seed=0)
     assert len(losses) == 40 and checks == []
@@ -552,7 +552,7 @@ def test_warmup_to_a_target_accuracy_stops_at_the_first_check_that_reaches_it() 
     from rlsys.data.warmup import greedy_exact_accuracy
 
     tok = build_char_tokenizer()
-    rows = make_addition_rows(1, 100, seed=0)  # 1-digit sums: learnable in a few hundred steps
+    rows = make_arithmetic_rows(1, 100, seed=0)  # 1-digit sums: learnable in a few hundred steps
     prompts = [Prompt(r["id"], r["prompt"], r["answer"]) for r in rows]
     train, held_out = prompts[:70], prompts[70:]
     cfg = WarmupConfig(steps=600, batch_size=32, lr=3e-3, target_accuracy=0.2, check_every=20)

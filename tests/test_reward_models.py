@@ -21,7 +21,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForS
 from rlsys.config import WarmupConfig
 from rlsys.data.chat import PromptFormat
 from rlsys.data.model import build_tiny_llama
-from rlsys.data.tasks import make_addition_rows
+from rlsys.data.tasks import make_arithmetic_rows
 from rlsys.data.tokenizer import build_char_tokenizer, save_char_tokenizer
 from rlsys.data.warmup import supervised_warmup
 from rlsys.rewards.models import (
@@ -391,7 +391,7 @@ def test_reference_relative_hand_computed() -> None:
 
 
 def test_addition_preference_pairs_are_correct_vs_plausibly_wrong() -> None:
-    prompts = [Prompt(r["id"], r["prompt"], r["answer"]) for r in make_addition_rows(2, 300, seed=0)]
+    prompts = [Prompt(r["id"], r["prompt"], r["answer"]) for r in make_arithmetic_rows(2, 300, seed=0)]
     pairs = addition_preference_pairs(prompts, seed=0)
     assert pairs == addition_preference_pairs(prompts, seed=0)
     assert pairs != addition_preference_pairs(prompts, seed=1)
@@ -408,8 +408,8 @@ def test_rm_from_warmed_up_policy_learns_addition(tiny_policy, tmp_path) -> None
     # The conftest policy is warmed up briefly on 400 prompts; the RM gets its own 3000 (2 wrong answers each) so
     # that it learns to check sums rather than memorise pairs. ~30 s of training on 2 cores (0.5 at step 0).
     model_dir, _ = tiny_policy
-    held_out = [Prompt(r["id"], r["prompt"], r["answer"]) for r in make_addition_rows(2, 200, seed=99)]
-    rows = make_addition_rows(2, 3000, seed=5, exclude={p.text for p in held_out})
+    held_out = [Prompt(r["id"], r["prompt"], r["answer"]) for r in make_arithmetic_rows(2, 200, seed=99)]
+    rows = make_arithmetic_rows(2, 3000, seed=5, exclude={p.text for p in held_out})
     train = [Prompt(r["id"], r["prompt"], r["answer"]) for r in rows]
     pairs = [x for seed in range(2) for x in addition_preference_pairs(train, seed)]
     stats = train_preference_rm(tmp_path / "rm", model_dir, pairs, init_from=model_dir, steps=800, lr=3e-4,

@@ -18,6 +18,7 @@ from rlsys.actors.rollout import RolloutBatch
 from rlsys.algos import untrained_reasons, zero_variance_groups
 from rlsys.buffer import GroupBuffer
 from rlsys.failures import FailedExample
+from rlsys.metrics import trajectory_totals
 from rlsys.samples_io import SampleLog
 from rlsys.types import Group
 
@@ -43,6 +44,7 @@ class PutSummary:
     components: dict[str, list[float]] = field(default_factory=dict)  # each reward term's values (NaN: failed)
     component_s: dict[str, float] = field(default_factory=dict)  # each reward term's compute seconds
     failed_example: FailedExample | None = None  # the first sample whose reward failed, if any
+    trajectories: dict[str, int] = field(default_factory=dict)  # multi-turn counts (rlsys.metrics.trajectory_totals)
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class BufferActor:
             component_s=dict(batch.reward_term_s),
             failed_example=next((FailedExample(s.prompt_id, s.response_text, s.reward_error or "")
                                  for s in samples if s.reward_failed), None),
+            trajectories=trajectory_totals(samples),
         )
 
     def take(self, num_groups: int, learner_version: int) -> tuple[list[Group] | None, TakeSummary]:

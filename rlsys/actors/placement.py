@@ -1,7 +1,7 @@
 """Where actors run: every Ray actor of a run is made remote here, with its resources and restart policy.
 
 Learners share one placement group (PACK: data-parallel ranks as close together as the cluster allows); the
-rollout and reward workers and the reference actor reserve their resources in a second one (PACK) and are
+rollout, reward and environment workers and the reference actor reserve their resources in a second one (PACK) and are
 restarted by Ray when they die, in their own bundle (the controller re-queues what they had in flight) — and
 replaced by a new actor in that bundle (:meth:`ActorHandles.replace`) when the controller finds one dead for good;
 the buffer is pinned to the driver's node, so its sample log lands in the run directory.
@@ -21,6 +21,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 from rlsys.actors.buffer import BufferActor
+from rlsys.actors.env import EnvWorker
 from rlsys.actors.learner import Learner
 from rlsys.actors.reference import ReferenceWorker
 from rlsys.actors.resources import PlacementError, check_cluster, resource_demand, wait_for_groups
@@ -42,6 +43,7 @@ class ActorHandles:
     buffer: object
     reference: object | None  # the reference actor (algo.reference=actor and kl_coef > 0), else None
     learner_group: object
+    envs: list  # the environment workers (env.name set), which only the rollout workers call
     packed_model: list  # keeps the checkpoint in the object store while restartable actors may need it
     worker_group: object | None = None  # the rollout/reward/reference actors' bundles
     # kind ("rollout worker", "reward worker", "learner", "buffer", "reference actor") → make actor i of that kind
@@ -68,7 +70,7 @@ class ActorHandles:
             self.reference = self.factories["reference actor"](0)
 
     def all(self) -> list:
-        return [*self.learners, *self.rollouts, *self.rewards, self.buffer,
+        return [*self.learners, *self.rollouts, *self.rewards, *self.envs, self.buffer,
                 *([self.reference] if self.reference is not None else [])]
 
 
@@ -123,13 +125,19 @@ def _create(cfg: RLConfig, model_dir: str, sample_log_path: str | None, runtime_
         ).remote(rank, n_learn, model_dir, cfg.learner, cfg.algo, samples_per_rank, cfg.rollout.temperature,
                  cfg.rollout.max_new_tokens, packed, **in_learner)
 
-    rc = cfg.rollout
+    rc, ec = cfg.rollout, cfg.env
+    # Restarted without limit, calls never retried: a rollout worker kills one whose call hangs (the trajectories
+    # it hosted fail), and a step must not run twice.
+    envs = [ray.remote(EnvWorker).options(
+        num_cpus=ec.num_cpus, max_restarts=-1, max_task_retries=0, max_concurrency=ec.max_concurrency,
+        runtime_env=runtime_env, scheduling_strategy=in_bundle("environment worker", i),
+    ).remote(ec.name, ec.params) for i in range(ec.num_workers if ec.enabled else 0)]
 
     def rollout(i: int):
         return ray.remote(RolloutWorker).options(
             num_cpus=rc.num_cpus, num_gpus=rc.num_gpus, max_restarts=WORKER_MAX_RESTARTS, runtime_env=runtime_env,
             scheduling_strategy=in_bundle("rollout worker", i),
-        ).remote(i, model_dir, rc, cfg.task, packed, seed=cfg.train.seed)
+        ).remote(i, model_dir, rc, cfg.task, packed, seed=cfg.train.seed, env=ec, envs=envs)
 
     def reward(i: int):  # restarted without limit: the controller kills one whose call runs past call_timeout_s
         return ray.remote(RewardWorker).options(
@@ -156,7 +164,7 @@ def _create(cfg: RLConfig, model_dir: str, sample_log_path: str | None, runtime_
     return ActorHandles(
         [learner(rank) for rank in range(n_learn)], [rollout(i) for i in range(rc.num_workers)],
         [reward(i) for i in range(cfg.reward.num_workers)], buffer(), reference() if has_reference else None, group,
-        packed, worker_group, {"rollout worker": rollout, "reward worker": reward, "learner": learner,
+        envs, packed, worker_group, {"rollout worker": rollout, "reward worker": reward, "learner": learner,
                                "buffer": buffer, "reference actor": reference})
 
 

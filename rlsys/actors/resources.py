@@ -67,6 +67,8 @@ def resource_demand(cfg: RLConfig) -> list[ActorDemand]:
                     "rollout.num_cpus", "rollout.num_gpus"),
         ActorDemand("reward worker", wc.num_workers, wc.num_cpus, wc.num_gpus, f"reward.num_workers={wc.num_workers}",
                     "reward.num_cpus", "reward.num_gpus"),
+        ActorDemand("environment worker", cfg.env.num_workers if cfg.env.enabled else 0, cfg.env.num_cpus, 0.0,
+                    f"env.num_workers={cfg.env.num_workers}", "env.num_cpus", "env.num_cpus"),
     ]
     if cfg.algo.kl_coef > 0 and cfg.algo.reference == "actor":  # the resources of one learner
         out.append(ActorDemand("reference actor", 1, lc.num_cpus, lc.num_gpus,

@@ -15,7 +15,8 @@ import torch
 
 from rlsys.actors.rollout import RolloutBatch
 from rlsys.config import RewardConfig
-from rlsys.rewards import RewardItem, RewardScorer
+from rlsys.rewards import RewardItem, RewardOutcome, RewardScorer
+from rlsys.types import Sample
 
 
 class RewardWorker:
@@ -30,11 +31,16 @@ class RewardWorker:
         ``num_returns=len(batches) + 1``: the last return is a small object by which the driver learns that the call
         succeeded without fetching the batches, which go on to the buffer."""
         start = time.perf_counter()
-        items = [RewardItem(s.response_text, g.prompt.answer, g.prompt.text, group)
-                 for group, g in enumerate(g for b in batches for g in b.groups) for s in g.samples]
-        outcomes = iter(self.scorer.score(items))
+        samples = [s for b in batches for g in b.groups for s in g.samples]
+        # A trajectory whose environment failed is not scored: its reward fails with the environment's reason.
+        items = [RewardItem(s.answer_text, g.prompt.answer, g.prompt.text, group, s.trajectory)
+                 for group, g in enumerate(g for b in batches for g in b.groups) for s in g.samples
+                 if not _env_failed(s)]
+        scored_items = iter(self.scorer.score(items))
+        outcomes = iter([RewardOutcome(0.0, True, f"environment: {s.trajectory.error}") if _env_failed(s)
+                         else next(scored_items) for s in samples])
         seconds = time.perf_counter() - start
-        share = 1 / max(1, len(items))  # each batch is charged its share of the call's time
+        share = 1 / max(1, len(samples))  # each batch is charged its share of the call's time
         scored = []
         for batch in batches:
             groups = []
@@ -49,10 +55,14 @@ class RewardWorker:
             n = sum(len(g.samples) for g in groups) * share
             scored.append(replace(batch, groups=groups, reward_s=seconds * n,
                                   reward_term_s={k: v * n for k, v in self.scorer.last_seconds.items()}))
-        return (*scored, len(items))
+        return (*scored, len(samples))
 
     def versions(self) -> dict[str, str]:
         return self.scorer.versions
 
     def close(self) -> None:
         self.scorer.close()
+
+
+def _env_failed(sample: Sample) -> bool:
+    return sample.trajectory is not None and sample.trajectory.error is not None

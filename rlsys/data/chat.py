@@ -14,6 +14,13 @@ rollout workers and ``rlsys eval`` — so the length a check counted is the leng
   cannot be raw: there is no agreed way to write turns as plain text.
 * ``auto`` (the default): ``chat`` when the tokenizer has a chat template, else ``raw``.
 
+In a multi-turn trajectory (:mod:`rlsys.agent_loop`) an environment's observation follows the policy's action as
+the template writes a turn of ``observation_role`` (``tool``): :meth:`PromptFormat.observation_ids` is the text the
+template puts between an assistant turn's content and the next assistant turn's first token — the end of the
+assistant turn, the tool turn, the next generation prompt — less what the policy already wrote (its end token);
+raw prompts get the observation's text as it is. A first observation (from ``reset``) is a user turn after the
+prompt's (raw: its text after the prompt's).
+
 ``prompt_template`` (with ``{prompt}`` in it) wraps a ``prompt`` row's text, or the last user turn of a
 conversation, before either: e.g. ``"{prompt}\\nPut the final answer after ####."``.
 """
@@ -28,6 +35,7 @@ from rlsys.config import ConfigError, TaskConfig
 from rlsys.types import Prompt
 
 PLACEHOLDER = "{prompt}"
+_ACTION = "RLSYS-ACTION-7f3a"  # stands for the policy's action when the template renders the turns around it
 
 
 def has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -75,14 +83,38 @@ class PromptFormat:
             turns.insert(0, {"role": "system", "content": self.system_prompt})
         return turns
 
-    def render(self, prompt: Prompt) -> str:
+    def render(self, prompt: Prompt, first_observation: str | None = None) -> str:
         if self.chat:
-            return self.tokenizer.apply_chat_template(self.messages(prompt), tokenize=False,
-                                                      add_generation_prompt=True)
+            turns = self.messages(prompt)
+            if first_observation is not None:
+                turns.append({"role": "user", "content": first_observation})
+            return self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
         if prompt.messages:
             raise ConfigError(f"prompt {prompt.prompt_id!r} is a conversation, but prompts are raw text (no chat "
                               "template): a conversation needs task.prompt_format=chat and a tokenizer with a template")
-        return self._wrap(prompt.text)
+        return self._wrap(prompt.text) + (first_observation or "")
+
+    def observation_ids(self, prompt: Prompt, observation: str, role: str = "tool", written: str = "") -> list[int]:
+        """The token ids [O] that follow a policy action for the environment's ``observation`` (see the module's
+        docstring); ``written``: the text of the tokens that ended the action (e.g. "<|im_end|>"), left out where
+        the template would write it again. Raises :class:`ConfigError` if the chat template cannot render a turn
+        of ``role`` after an assistant turn."""
+        if not self.chat:
+            return self.tokenizer(observation, add_special_tokens=False)["input_ids"]
+        turns = [*self.messages(prompt), {"role": "assistant", "content": _ACTION},
+                 {"role": role, "content": observation}]
+        try:
+            text = self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        except Exception as e:  # jinja2's TemplateError, or a template's raise_exception() on an unknown role
+            raise ConfigError(f"the chat template cannot render an observation as a {role!r} turn after the "
+                              f"policy's ({type(e).__name__}: {e}); set env.observation_role to a role it has") from e
+        if text.count(_ACTION) != 1:
+            raise ConfigError("the chat template does not write an assistant turn's content as it is, so an "
+                              "observation cannot be placed after the policy's tokens")
+        between = text.split(_ACTION, 1)[1]
+        if written and between.startswith(written):
+            between = between[len(written):]
+        return self.tokenizer(between, add_special_tokens=False)["input_ids"]
 
     def encode(self, prompt: Prompt) -> list[int]:
         return self.encode_text(self.render(prompt))

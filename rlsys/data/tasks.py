@@ -37,7 +37,8 @@ __all__ = [
     "DatasetError",
     "PromptStream",
     "Rows",
-    "make_addition_rows",
+    "SYNTHETIC_OPS",
+    "make_arithmetic_rows",
     "prompt_row",
     "read_prompts",
     "read_rows",
@@ -50,26 +51,33 @@ SUFFIXES = (".parquet", ".jsonl")  # the file formats read_rows reads, by the fi
 LAYOUTS = ("prompt", "gsm8k")  # the columns of a row: id/prompt|messages/answer, or GSM8K's question/answer
 
 
-def make_addition_rows(num_digits: int, num_rows: int, seed: int, exclude: set[str] = frozenset()) -> list[dict]:
-    """Unique problems ``a+b=`` with operands of 1..num_digits digits; the answer is the decimal sum.
+SYNTHETIC_OPS = {"synthetic_addition": ("+", "add"), "synthetic_multiplication": ("*", "mul")}  # task → (op, id)
+
+
+def make_arithmetic_rows(num_digits: int, num_rows: int, seed: int, exclude: set[str] = frozenset(),
+                         task: str = "synthetic_addition") -> list[dict]:
+    """Unique problems ``a+b=`` (``synthetic_multiplication``: ``a*b=``) with operands of 1..num_digits digits; the
+    answer is the decimal sum (product).
 
     Problems in ``exclude`` (by prompt text) are skipped, which keeps the held-out split disjoint from training.
     """
+    op, tag = SYNTHETIC_OPS[task]
     rng = random.Random(seed)
     hi = 10**num_digits - 1
     max_unique = (hi + 1) ** 2 - len(exclude)
     if num_rows > max_unique:
-        raise ValueError(f"cannot draw {num_rows} distinct {num_digits}-digit additions (only {max_unique} exist); "
+        raise ValueError(f"cannot draw {num_rows} distinct {num_digits}-digit problems (only {max_unique} exist); "
                          "lower task.num_train/num_eval or raise task.num_digits")
     seen: set[str] = set(exclude)
     rows = []
     while len(rows) < num_rows:
         a, b = rng.randint(0, hi), rng.randint(0, hi)
-        prompt = f"{a}+{b}="
+        prompt = f"{a}{op}{b}="
         if prompt in seen:
             continue
         seen.add(prompt)
-        rows.append({"id": f"add{num_digits}-{a}+{b}", "prompt": prompt, "answer": str(a + b)})
+        answer = a + b if op == "+" else a * b
+        rows.append({"id": f"{tag}{num_digits}-{a}{op}{b}", "prompt": prompt, "answer": str(answer)})
     return rows
 
 

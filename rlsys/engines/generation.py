@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, StoppingCriteria, StoppingCriteriaList
 
 from rlsys.algos import token_logprobs
 from rlsys.engines.padding import pad_sequences
@@ -92,8 +92,8 @@ class HFEngine:
             top_p=1.0 if not greedy else None,
             pad_token_id=self.pad_token_id,
             eos_token_id=self.end_ids or None,
-            stop_strings=list(self.stop) or None,
-            tokenizer=self.tokenizer if self.stop else None,
+            stopping_criteria=StoppingCriteriaList([StopOnText(self.stop, self.tokenizer, input_ids.shape[1])])
+            if self.stop else None,
             return_dict_in_generate=True,
             output_logits=True,
         )
@@ -127,6 +127,24 @@ class HFEngine:
     def update_weights(self, state: dict[str, np.ndarray], version: int) -> None:
         self.model.load_state_dict(tensors_from_numpy(state), strict=True)
         self.version = version
+
+
+class StopOnText(StoppingCriteria):
+    """Stops a row once the text of its generated tokens holds one of ``stop``: the decoding of the last few
+    tokens (as many as the longest stop string has characters, and one more: a token is at least one character) is
+    searched, so each check costs a short decode per row. transformers' own ``stop_strings`` needs a tokenizer whose
+    vocabulary it can take apart (it fails on a word-level one such as the tiny default's); this needs only
+    ``decode``. Where the response ends exactly is :func:`stop_position`'s."""
+
+    def __init__(self, stop: tuple[str, ...], tokenizer, prompt_length: int) -> None:
+        self.stop, self.tokenizer, self.start = stop, tokenizer, prompt_length
+        self.window = max(len(s) for s in stop) + 1
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        tail = input_ids[:, max(self.start, input_ids.shape[1] - self.window):]
+        texts = self.tokenizer.batch_decode(tail, skip_special_tokens=False)
+        return torch.tensor([any(s in t for s in self.stop) for t in texts], dtype=torch.bool,
+                            device=input_ids.device)
 
 
 def tensors_from_numpy(state: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:

@@ -7,6 +7,10 @@ scores:
 - ``sample``  — one completion: ``fn(completion, reference, **params) -> float | Scored``.
 - ``group``   — a prompt's whole group at once (pairwise or group-relative rewards):
   ``fn(completions: list[str], reference, **params) -> list[float | Scored]``, one value per completion.
+- ``trajectory`` — a whole multi-turn trajectory (``env.name``): ``fn(trajectory, reference, **params) -> float |
+  Scored``, where ``trajectory`` is a :class:`rlsys.types.Trajectory` — its turns (each action, observation, the
+  environment's own reward, done and info), ``tool_calls`` and ``env_rewards``; a single completion comes as a
+  trajectory of one turn. (The other scopes see a trajectory's final action as its completion.)
 - ``process`` — one score per reasoning step: the completion is split into steps at ``step_split`` (a regex),
   ``fn(steps: list[str], reference, **params) -> list[float]`` (or a reward model scores every prefix of steps),
   and the step scores are aggregated by ``step_aggregate`` (:mod:`rlsys.rewards.process`).
@@ -21,7 +25,9 @@ import string
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-SCOPES = ("sample", "group", "process")
+from rlsys.types import Trajectory, Turn
+
+SCOPES = ("sample", "group", "process", "trajectory")
 MODEL_KINDS = ("classifier", "judge")
 ENSEMBLE_MODES = ("mean", "min", "mean_minus_std")
 FLOAT32_MAX = 3.4028234663852886e38  # rewards are float32 from the buffer on: a larger one would become inf
@@ -103,6 +109,7 @@ class RewardItem(NamedTuple):
     reference: str
     prompt: str = ""
     group: int = -1
+    trajectory: Trajectory | None = None  # a multi-turn sample's turns; None: a single completion
 
 
 class TermRow(NamedTuple):
@@ -145,6 +152,11 @@ def combine(terms: tuple[RewardComponent, ...], rows: list[TermRow], versions: d
         return RewardOutcome(0.0, True, f"the weighted sum of the terms, {total!r}, is outside float32's range "
                              f"(|x| ≤ {FLOAT32_MAX:.3g})", components, notes, versions)
     return RewardOutcome(float(total), False, None, components, notes, versions)
+
+
+def trajectory_of(item: RewardItem) -> Trajectory:
+    """The item's trajectory; a single completion as a trajectory of one turn that ended it."""
+    return item.trajectory if item.trajectory is not None else Trajectory((Turn(item.completion, done=True),))
 
 
 def group_slices(items: list[RewardItem]) -> list[slice]:

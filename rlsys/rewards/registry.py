@@ -41,8 +41,9 @@ def register_reward(name: str, check_params: Callable[..., object] | None = None
     ``scope`` attached.
 
     ``scope`` is what the function scores (:data:`rlsys.rewards.components.SCOPES`): ``sample`` takes one
-    completion, ``group`` a prompt's list of completions, ``process`` a completion's list of steps. The config
-    check refuses a component that uses the function in another scope (every call would fail).
+    completion, ``group`` a prompt's list of completions, ``process`` a completion's list of steps,
+    ``trajectory`` a multi-turn trajectory. The config check refuses a component that uses the function in
+    another scope (every call would fail).
 
     ``check_params(**params)`` — called at start-up with every param of a component (its defaults filled in) —
     raises ValueError for values the function would reject on every sample (a regex that does not compile, a

@@ -44,6 +44,7 @@ from rlsys.rewards.components import (
     TermRow,
     combine,
     group_slices,
+    trajectory_of,
 )
 from rlsys.rewards.process import split_steps, summarize_steps
 from rlsys.rewards.registry import RewardFn, Scored, get_reward_fn
@@ -556,6 +557,8 @@ def _child_score(conn: Connection, progress: Any, terms: tuple[RewardComponent, 
                 done.append(_score_sample(fn, items[start], term))
             elif term.scope == "process":
                 done.append(_score_process(fn, items[start], term))
+            elif term.scope == "trajectory":
+                done.append(_score_trajectory(fn, items[start], term))
             else:
                 done.extend(_score_group(fn, items[start:stop], term.params))
         except BaseException as e:  # _call catches what rewards raise; this is e.g. KeyboardInterrupt
@@ -597,6 +600,11 @@ def _as_row(value: Any) -> TermRow:
 
 def _score_sample(fn: RewardFn, item: RewardItem, term: RewardComponent) -> TermRow:
     value, error = _call(fn, item.completion, item.reference, **term.params)
+    return TermRow(0.0, True, error) if error else _as_row(value)
+
+
+def _score_trajectory(fn: RewardFn, item: RewardItem, term: RewardComponent) -> TermRow:
+    value, error = _call(fn, trajectory_of(item), item.reference, **term.params)
     return TermRow(0.0, True, error) if error else _as_row(value)
 
 
