@@ -24,7 +24,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from results_io import markdown_table, save
-from test_learning import COMPOSITE_REWARD, learning_config, learning_gains
+from test_learning import COMPOSITE_REWARD, calculator_config, learning_config, learning_gains, tool_call_rates
 
 from rlsys.config import ALGO_RECIPES
 from rlsys.train import train
@@ -40,7 +40,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     recipes = sorted(p.stem for p in ALGO_RECIPES.glob("*.yaml"))
     parser.add_argument("--algos", nargs="+", default=[*recipes, "composite"],
-                        help="recipes of configs/algos/, or 'composite' (the composite-reward test's run)")
+                        help="recipes of configs/algos/, 'composite' (the composite-reward test's run) or "
+                             "'calculator' (the calculator tool example's)")
     parser.add_argument("--name", default="learning_spread", help="results file name")
     parser.add_argument("--root", help="runs and warm-up cache (default: a new temporary folder)")
     parser.add_argument("overrides", nargs="*", help="key=value for every run")
@@ -53,13 +54,18 @@ def main() -> None:
                          f"output.run_name={algo}-{seed}-{args.steps or 'default'}",
                          *([f"train.num_steps={args.steps}"] if args.steps else []), *args.overrides]
             composite = algo == "composite"
-            cfg = learning_config(root, None if composite else algo, *(COMPOSITE_REWARD if composite else ()),
-                                  *overrides)
+            if algo == "calculator":
+                cfg = calculator_config(root, *overrides)
+            else:
+                cfg = learning_config(root, None if composite else algo, *(COMPOSITE_REWARD if composite else ()),
+                                      *overrides)
             summary, run_dir = train(cfg)
             acc_before, acc_after, reward_rise = learning_gains(
                 summary, run_dir, "reward/correct" if composite else "reward/mean")
             rows.append({"algo": algo, "seed": seed, "acc_before": acc_before, "acc_after": acc_after,
                          "acc_gain": acc_after - acc_before, "reward_rise": reward_rise, "wall_s": summary.wall_s})
+            if algo == "calculator":
+                rows[-1]["tool_call_rate_before"], rows[-1]["tool_call_rate_after"] = tool_call_rates(run_dir)
             print(rows[-1], flush=True)
             save_table(args, rows)
 

@@ -18,6 +18,12 @@ evaluation is).
 Isolation: an environment call that raises, breaks the protocol, or whose worker dies fails its trajectory (the
 sample's reward then fails with the reason and it does not train); one that runs past ``env.step_timeout_s`` gets
 its worker killed (Ray restarts it), which also fails the other trajectories that worker hosted, each saying so.
+A call refused or lost because its worker restarted (another trajectory hung it, or it crashed) is not the
+trajectory's fault: a ``reset`` is sent again, and a ``step`` is *replayed* — the restarted worker builds the
+environment again and steps it through the trajectory's actions so far (:meth:`rlsys.actors.env.EnvWorker.replay`),
+which must give the observations the policy saw (else the environment is not deterministic, and the trajectory
+fails saying so) — up to ``MAX_REPLAYS`` times per trajectory (an environment that kills its worker on some action
+kills it again on each replay) and within ``env.step_timeout_s``.
 """
 
 from __future__ import annotations
@@ -40,6 +46,10 @@ from rlsys.types import Prompt, Trajectory, Turn
 log = logging.getLogger(__name__)
 
 GATHER_S = 0.005  # once one tool call is back, the others that come back this soon join the same batch
+RETRY_S = 0.25  # a call refused by a restarting environment worker is sent again this much later
+# Steps (or replays) of one trajectory lost to restarts of its worker before it fails: one restart, and a replay
+# lost to a second (a call sent just before a kill landed runs on the old process and is lost with it)
+MAX_REPLAYS = 2
 
 
 @dataclass
@@ -70,6 +80,8 @@ class _Open:
     mask: list[int] = field(default_factory=list)
     turns: list[Turn] = field(default_factory=list)
     first_observation: str | None = None
+    retry_until: float = 0.0  # a call refused by a restarting worker is retried until then
+    replays: int = 0
     action: tuple[str, Completion] | None = None  # the action waiting for the environment's answer
     finish: str = "length"
     stop_reason: str = ""
@@ -90,6 +102,7 @@ class AgentLoop:
         self.tokenizer = fmt.tokenizer
         self.special = set(self.tokenizer.all_special_ids)
         self.calls = 0  # trajectories started by this worker: keys stay unique across requests
+        self.retries: list[tuple[float, _Open, str]] = []  # (when, trajectory, method): calls to send again
 
     def run(self, prompts: list[Prompt], greedy: bool = False, seed: int | None = None) -> list[Rollout]:
         """One trajectory per entry of ``prompts`` (a group repeats its prompt), in order."""
@@ -99,15 +112,27 @@ class AgentLoop:
             open_.append(_Open(prompt, f"{self.worker_id}-{self.calls}", (self.worker_id + i) % len(self.envs)))
         pending: dict[ray.ObjectRef, tuple[_Open, str, float]] = {}
         for t in open_:
+            t.retry_until = time.monotonic() + self.cfg.step_timeout_s
             self._call(pending, t, "reset", t.prompt)
         ready: list[_Open] = []
-        wave = 0
-        while pending or ready:
+        self.retries, wave = [], 0
+        while pending or ready or self.retries:
             if ready:
                 self._act(ready, pending, greedy, None if seed is None else (seed + 1_000_003 * wave) % 2**31)
                 ready, wave = [], wave + 1
                 continue
-            ready = self._answers(pending)
+            now = time.monotonic()
+            for retry in [r for r in self.retries if r[0] <= now]:
+                self.retries.remove(retry)
+                _, t, method = retry
+                if method == "reset":
+                    self._call(pending, t, method, t.prompt)
+                else:  # replay: every action so far, the one whose step was lost last
+                    self._call(pending, t, method, t.prompt, [turn.action for turn in t.turns] + [t.action[0]])
+            if pending:
+                ready = self._answers(pending)
+            elif self.retries:
+                time.sleep(max(0.0, min(r[0] for r in self.retries) - now))
         for t in open_:
             self._close(t)
         return [self._rollout(t) for t in open_]
@@ -128,17 +153,18 @@ class AgentLoop:
             t.mask += [1] * len(c.token_ids)
             text = self.tokenizer.decode(c.token_ids, skip_special_tokens=True)
             t.action = (text, c)
+            t.retry_until = time.monotonic() + self.cfg.step_timeout_s
             self._call(pending, t, "step", text)
 
     # ------------------------------------------------------------------ the environment's turn
-    def _call(self, pending: dict, t: _Open, method: str, arg) -> None:
-        ref = getattr(self.envs[t.env], method).remote(t.key, arg)
+    def _call(self, pending: dict, t: _Open, method: str, *args) -> None:
+        ref = getattr(self.envs[t.env], method).remote(t.key, *args)
         pending[ref] = (t, method, time.monotonic() + self.cfg.step_timeout_s)
 
     def _answers(self, pending: dict) -> list[_Open]:
         """Wait for the next environment answers (and those that follow within ``GATHER_S``); returns the
         trajectories whose next action is due. Calls past their deadline fail their trajectories."""
-        deadline = min(d for _, _, d in pending.values())
+        deadline = min([d for _, _, d in pending.values()] + [r[0] for r in self.retries])
         done, rest = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
         if done and rest:
             more, _ = ray.wait(rest, num_returns=len(rest), timeout=GATHER_S)
@@ -159,9 +185,21 @@ class AgentLoop:
         """Take in one environment answer; True if the trajectory's next action is due."""
         try:
             answer = ray.get(ref)
+        except RayActorError as e:  # the worker restarted (or is restarting): not this trajectory's doing
+            self._after_restart(t, method, e)
+            return False
         except RayError as e:
             self._fail(t, _env_failure(e, method, t.env))
             return False
+        if method == "replay":
+            first, steps = answer
+            seen = [(turn.observation, turn.done) for turn in t.turns]
+            if first != t.first_observation or [(s.observation, s.done) for s in steps[:-1]] != seen:
+                self._fail(t, f"environment worker {t.env} restarted, and replaying the trajectory's {len(seen)} "
+                              "actions on it gave other observations than the policy saw: the environment is not "
+                              "deterministic, so its state cannot be rebuilt")
+                return False
+            answer = steps[-1]
         if method == "reset":
             t.first_observation = answer
             t.prompt_text = self.fmt.render(t.prompt, answer)
@@ -190,6 +228,17 @@ class AgentLoop:
         t.logprobs += [0.0] * len(observed)
         t.mask += [0] * len(observed)
         return True
+
+    def _after_restart(self, t: _Open, method: str, error: RayActorError) -> None:
+        """A call lost to a restart of its worker (it was in flight; Ray holds calls sent later until the worker is
+        back): sent again (a reset) or replayed (a step), if it may be."""
+        if method != "reset":
+            t.replays += 1
+            method = "replay"
+        if t.replays > MAX_REPLAYS or time.monotonic() + RETRY_S >= t.retry_until:
+            self._fail(t, _env_failure(error, method, t.env))
+        else:
+            self.retries.append((time.monotonic() + RETRY_S, t, method))
 
     def _timed_out(self, t: _Open, method: str) -> None:
         log.warning("environment worker %d: a %s of trajectory %s ran past env.step_timeout_s=%g s; restarting the "

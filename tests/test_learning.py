@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlsys.config import DEFAULT_CONFIG, RLConfig, algo_recipe, load_config
+from rlsys.config import DEFAULT_CONFIG, EXAMPLES, RLConfig, algo_recipe, load_config
 from rlsys.controller import RunSummary
 from rlsys.metrics import read_metrics
 from rlsys.train import train
@@ -52,6 +52,23 @@ MAX_ACC_DROP = 0.15  # held-out accuracy (200 problems) may not fall by more tha
 MIN_ACC_GAIN = 0.08  # held-out accuracy gain of the HELD_OUT_STEPS GRPO run (measured: +0.215, +0.33, +0.38)
 PARALLEL_RUNS = max(1, min(2, os.cpu_count() or 1))  # runs at once: about one busy core each
 RUN_TIMEOUT_S = 2400  # one run, far above the ~100-300 s they take on 2 loaded cores: a hang fails, never waits
+
+
+CALCULATOR_STEPS = 40  # the calculator example's run, synchronous
+
+
+def calculator_config(root: str | Path, *overrides: str) -> RLConfig:
+    """The calculator example (configs/examples/calculator.yaml: the tiny model, 2-digit multiplication, a calculator
+    tool) for CALCULATOR_STEPS synchronous steps, held-out accuracy and tool-call rate before and after."""
+    return load_config([EXAMPLES / "calculator.yaml"], [
+        f"output.root={root}/runs", f"output.cache_dir={root}/rlsys-cache", "output.progress_bar=false",
+        f"train.num_steps={CALCULATOR_STEPS}", "train.eval_every=0", "train.max_staleness=0", *overrides])
+
+
+def tool_call_rates(run_dir: Path) -> tuple[float, float]:
+    """Held-out tool-call rate (eval/tool_call_rate) at the first and the last evaluation."""
+    rates = [m["eval/tool_call_rate"] for m in read_metrics(run_dir) if "eval/tool_call_rate" in m]
+    return rates[0], rates[-1]
 
 
 def learning_config(root: str | Path, algo: str | None = None, *overrides: str) -> RLConfig:

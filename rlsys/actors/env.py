@@ -32,6 +32,12 @@ class EnvWorker:
             raise EnvError("this environment worker restarted since the trajectory began: its environment is gone")
         return check_step(self._call(env.step, action, "step"))
 
+    def replay(self, key: str, prompt: Prompt, actions: list[str]) -> tuple[str | None, list[Step]]:
+        """Build the trajectory's environment again (this worker restarted and lost it) and step it through
+        ``actions``: (first observation, each step), which the caller compares with what the policy saw."""
+        first = self.reset(key, prompt)
+        return first, [self.step(key, action) for action in actions]
+
     def close(self, key: str) -> None:
         env = self.envs.pop(key, None)
         if env is not None and callable(getattr(env, "close", None)):

@@ -1,0 +1,199 @@
+"""The agent loop with real environment workers (Ray actors) and the tiny policy's HF engine: what a trajectory's
+tokens, mask and logprobs are, its limits, the isolation of environments that fail, and concurrency; then whole
+runs with the calculator."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import ray
+from conftest import tiny_overrides
+from transformers import AutoTokenizer
+
+from rlsys.actors.env import EnvWorker
+from rlsys.agent_loop import AgentLoop
+from rlsys.config import EnvConfig, TaskConfig, load_config
+from rlsys.data.chat import PromptFormat
+from rlsys.engines.generation import HFEngine
+from rlsys.metrics import read_metrics
+from rlsys.train import train
+
+CALCULATOR = ("task.name=synthetic_multiplication", "env.name=calculator", "warmup.target_accuracy=0",
+              "env.params={open: '[', close: ']', observation_template: '={result} ', demo_tool_rate: 0.5}",
+              "env.max_turns=3", "rollout.max_new_tokens=24")
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_policy):
+    model_dir, prompts = tiny_policy
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    fmt = PromptFormat.of(tokenizer, TaskConfig())
+    engine = HFEngine(model_dir, tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer=tokenizer)
+    return engine, fmt, prompts
+
+
+def env_workers(name: str, params: dict | None = None, n: int = 1) -> list:
+    """``n`` environment workers, up (their processes started)."""
+    workers = [ray.remote(EnvWorker).options(max_restarts=-1, max_task_retries=0, max_concurrency=16, num_cpus=0)
+               .remote(name, params or {}) for _ in range(n)]
+    ray.get([w.__ray_ready__.remote() for w in workers])
+    return workers
+
+
+def loop(policy, name: str, params: dict | None = None, budget: int = 40, workers: int = 1, **env) -> AgentLoop:
+    engine, fmt, _ = policy
+    cfg = EnvConfig(name=name, params=params or {}, **{"max_action_tokens": 4, **env})
+    return AgentLoop(engine, fmt, env_workers(name, params, workers), cfg, budget, temperature=1.0)
+
+
+def runs_of(mask: np.ndarray) -> list[tuple[int, int, int]]:
+    """(value, start, stop) of each run of equal values."""
+    edges = [0, *np.flatnonzero(np.diff(mask)) + 1, len(mask)]
+    return [(int(mask[a]), a, b) for a, b in zip(edges, edges[1:])]
+
+
+def test_a_trajectory_is_its_actions_as_sampled_and_the_observations_masked_out(ray_session, policy):
+    engine, fmt, prompts = policy
+    rollouts = loop(policy, "env_fixtures:Scripted", {"observation": "12", "turns": 3}).run(prompts[:6], seed=1)
+    observed = fmt.observation_ids(prompts[0], "12")
+    for r, prompt in zip(rollouts, prompts):
+        turns = r.trajectory.turns
+        assert [t.done for t in turns] == [False, False, True] and r.trajectory.error is None
+        assert (r.finish_reason, r.trajectory.tool_calls) == ("stop", 2)
+        assert r.prompt_ids == fmt.encode(prompt)
+        segments = runs_of(r.loss_mask)
+        assert [v for v, _, _ in segments] == [1, 0, 1, 0, 1]
+        for (value, a, b), turn in zip(segments[::2], turns):  # each action: the text of its sampled tokens
+            assert fmt.tokenizer.decode(r.response_ids[a:b], skip_special_tokens=True) == turn.action
+        for _, a, b in segments[1::2]:  # each observation: the rendered observation's ids, logprob 0
+            assert r.response_ids[a:b].tolist() == observed
+            assert not r.behaviour_logprobs[a:b].any()
+        # The behaviour logprobs are the policy's, each action token in its whole context (observations included):
+        # teacher-forcing the trajectory scores every action token as it was sampled.
+        scored = engine.score([r.prompt_ids], [r.response_ids.tolist()], 1.0)[0]
+        on = r.loss_mask == 1
+        np.testing.assert_allclose(scored[on], r.behaviour_logprobs[on], atol=1e-4)
+
+
+def test_a_trajectory_stops_at_the_token_budget_and_at_max_turns(ray_session, policy):
+    _, _, prompts = policy
+    long = loop(policy, "env_fixtures:Scripted", {"turns": 100}, budget=14, max_turns=100).run(prompts[:4], seed=2)
+    for r in long:
+        assert len(r.response_ids) <= 14 and r.finish_reason == "length"
+        assert r.stop_reason == "rollout.max_new_tokens=14" or len(r.response_ids) == 14
+    short = loop(policy, "env_fixtures:Scripted", {"turns": 100}, max_turns=2).run(prompts[:4], seed=2)
+    for r in short:
+        assert len(r.trajectory.turns) == 2 and (r.finish_reason, r.stop_reason) == ("length", "env.max_turns=2")
+
+
+def test_a_first_observation_follows_the_prompt(ray_session, policy):
+    _, fmt, prompts = policy
+    (r,) = loop(policy, "env_fixtures:FirstObservation").run(prompts[:1], seed=3)
+    assert r.trajectory.first_observation == "Hint: 7"
+    assert r.prompt_text == fmt.render(prompts[0]) + "Hint: 7" and r.prompt_ids == fmt.encode_text(r.prompt_text)
+
+
+@pytest.mark.parametrize(("how", "error"), [
+    ("raise", "environment 'env_fixtures:FailsOn' raised in step(): RuntimeError: the tool broke"),
+    ("junk", "step() returned 'only an observation'; expected a tuple"),
+    ("exit", "environment worker 0 died during this replay()"),  # replayed MAX_REPLAYS times, dying each time
+])
+def test_an_environment_that_fails_fails_its_trajectory_only(ray_session, policy, how, error):
+    _, _, prompts = policy
+    target = prompts[0].text
+    workers = 2 if how == "exit" else 1  # a dying worker takes its trajectories with it: the others are on another
+    rollouts = loop(policy, "env_fixtures:FailsOn", {"prompt": target, "how": how}, workers=workers).run(
+        [prompts[0], prompts[1], prompts[0], prompts[1]], seed=4)
+    for r in rollouts[::2]:
+        assert error in r.trajectory.error
+    for r in rollouts[1::2]:
+        assert r.trajectory.error is None and len(r.trajectory.turns) == 3
+
+
+def test_a_hanging_step_times_out_and_its_worker_is_restarted_with_the_other_trajectories_replayed(ray_session,
+                                                                                                      policy):
+    """One worker hosts all three trajectories; prompt 0's step hangs. The other two are rebuilt on the restarted
+    worker by replaying their actions, and finish."""
+    _, _, prompts = policy
+    agent = loop(policy, "env_fixtures:FailsOn", {"prompt": prompts[0].text, "how": "hang"}, step_timeout_s=3.0)
+    hung, *others = agent.run([prompts[0], prompts[1], prompts[1]], seed=5)
+    assert "step() timed out after env.step_timeout_s=3 s (environment worker 0 was restarted)" in hung.trajectory.error
+    assert [(r.trajectory.error, len(r.trajectory.turns)) for r in others] == [(None, 3), (None, 3)]
+    again = agent.run([prompts[1], prompts[1]], seed=6)  # worker 0 (restarted by Ray) serves trajectories again
+    assert [(r.trajectory.error, len(r.trajectory.turns)) for r in again] == [(None, 3), (None, 3)]
+
+
+@pytest.mark.parametrize("env", ["FailsOn", "Unrepeatable"])
+def test_a_worker_killed_mid_trajectory_is_rebuilt_by_replaying_the_actions(ray_session, policy, env):
+    """Every step sleeps 1 s; the worker is killed 1.5 s in, during each trajectory's second step. A deterministic
+    environment is rebuilt on the restarted worker and the trajectories finish; one whose observations differ on the
+    replay fails them, saying why."""
+    import threading
+
+    _, _, prompts = policy
+    agent = loop(policy, f"env_fixtures:{env}", {"any_of": "0123456789", "how": "sleep", "sleep_s": 1.0})
+    out = []
+    runner = threading.Thread(target=lambda: out.extend(agent.run(prompts[:3], seed=8)))
+    runner.start()
+    time.sleep(1.5)
+    ray.kill(agent.envs[0], no_restart=False)
+    runner.join(timeout=120)
+    assert len(out) == 3
+    for r in out:
+        if env == "FailsOn":
+            assert (r.trajectory.error, len(r.trajectory.turns)) == (None, 3)
+        else:
+            assert "the environment is not deterministic" in (r.trajectory.error or ""), r.trajectory
+
+
+def test_a_slow_tool_call_holds_up_only_its_own_trajectory(ray_session, policy):
+    """Prompt 0's steps sleep 2 s each; prompt 1's trajectory takes all its turns meanwhile."""
+    _, _, prompts = policy
+    slow, fast = loop(policy, "env_fixtures:FailsOn", {"prompt": prompts[0].text, "how": "sleep", "sleep_s": 2.0}
+                      ).run([prompts[0], prompts[1]], seed=7)
+    assert fast.trajectory.turns[-1].info["at"] < slow.trajectory.turns[0].info["at"]
+
+
+# ---- whole runs ----
+
+@pytest.mark.slow
+def test_a_calculator_run_logs_its_trajectories(ray_session, tmp_path):
+    summary, run_dir = train(load_config(None, tiny_overrides(
+        tmp_path, *CALCULATOR, "train.num_steps=3", "train.eval_every=3", "task.num_eval=16")))
+    assert summary.steps == 3
+    rows = pq.read_table(run_dir / "samples.parquet").to_pylist()
+    trained = [r for r in rows if r["dropped"] == ""]
+    assert len(trained) == 3 * 4 * 4
+    for r in trained:
+        assert r["turns"] and r["turns"][-1]["done"] or r["finish_reason"] == "length"
+        assert len(r["loss_mask"]) == len(r["response_ids"]) <= 24
+        calls = [t for t in r["turns"] if not t["done"]]
+        assert sum(1 - m for m in r["loss_mask"]) == sum(len("=" + t["observation"][1:]) for t in calls)
+    assert any(len(r["turns"]) > 1 for r in trained)  # the warm-up's tool demonstrations make the policy call it
+    metrics = read_metrics(run_dir)
+    steps = [m for m in metrics if "train/loss" in m]
+    assert all(0 <= m["rollout/tool_call_rate"] <= 1 and m["rollout/turns"] >= 1 for m in steps)
+    evals = [m for m in metrics if "eval/accuracy" in m]
+    assert len(evals) == 2 and all("eval/tool_call_rate" in m and "eval/turns" in m for m in evals)
+
+
+@pytest.mark.slow
+def test_trajectories_whose_environment_failed_are_counted_and_do_not_train(ray_session, tmp_path):
+    """The environment raises on every prompt with a 1 or a 2 in it (about 60 % of them: 12 prompts drawn all without
+    one has probability ~2e-5)."""
+    cfg = load_config(None, tiny_overrides(tmp_path, "train.num_steps=3", "env.name=env_fixtures:FailsOn",
+                                           "env.params={any_of: '12', how: raise}", "warmup.target_accuracy=0",
+                                           "rollout.max_new_tokens=12", "reward.max_failure_rate=0.95"))
+    summary, run_dir = train(cfg)
+    rows = pq.read_table(run_dir / "samples.parquet").to_pylist()
+    failed = [r for r in rows if r["env_error"]]
+    assert failed
+    for r in failed:
+        assert set(r["prompt"]) & set("12") and r["reward_error"].startswith("environment: ")
+        assert "RuntimeError: the tool broke" in r["reward_error"] and r["reward"] != r["reward"]  # NaN
+        assert r["dropped"] != ""  # a NaN reward does not train
+    assert all(r["env_error"] is None for r in rows if not set(r["prompt"]) & set("12"))
+    assert summary.reward_failures == len(failed)
