@@ -31,7 +31,7 @@ from rlsys.actors.reward import RewardWorker
 from rlsys.actors.rollout import RolloutBatch
 from rlsys.config import ModelConfig, RewardConfig
 from rlsys.data.model import build_tiny_llama
-from rlsys.data.tasks import make_addition_rows
+from rlsys.data.tasks import make_arithmetic_rows
 from rlsys.data.tokenizer import build_char_tokenizer
 from rlsys.rewards import RewardComponent, RewardModelSpec
 from rlsys.train import ACTOR_ENV
@@ -43,7 +43,7 @@ GROUPS, GROUP_SIZE = 8, 8
 def make_batches(n: int, seed: int = 0) -> list[RolloutBatch]:
     """Rollout batches of the default task with answers that are right about half of the time."""
     rng = random.Random(seed)
-    rows = make_addition_rows(2, n * GROUPS, seed)
+    rows = make_arithmetic_rows(2, n * GROUPS, seed)
     batches = []
     for b in range(n):
         groups = []

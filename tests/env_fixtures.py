@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import random
 import time
+import uuid
 
 
 class Scripted:
@@ -50,11 +50,11 @@ class FailsOn(Scripted):
 
 
 class Unrepeatable(FailsOn):
-    """FailsOn whose observations are random: a replay cannot rebuild its state."""
+    """FailsOn whose first observation is new each time: a replay cannot rebuild its state."""
 
-    def step(self, action):
-        obs, reward, done, info = super().step(action)
-        return (None if obs is None else str(random.randint(0, 9)) * 3), reward, done, info
+    def reset(self, prompt):
+        super().reset(prompt)
+        return str(uuid.uuid4().int)[:6]
 
 
 class FirstObservation(Scripted):

@@ -128,9 +128,9 @@ def test_a_hanging_step_times_out_and_its_worker_is_restarted_with_the_other_tra
 
 @pytest.mark.parametrize("env", ["FailsOn", "Unrepeatable"])
 def test_a_worker_killed_mid_trajectory_is_rebuilt_by_replaying_the_actions(ray_session, policy, env):
-    """Every step sleeps 1 s; the worker is killed 1.5 s in, during each trajectory's second step. A deterministic
-    environment is rebuilt on the restarted worker and the trajectories finish; one whose observations differ on the
-    replay fails them, saying why."""
+    """Every step sleeps 1 s; the worker is killed 1.5 s in, during each trajectory's first or second step. A
+    deterministic environment is rebuilt on the restarted worker and the trajectories finish; one whose (first)
+    observation differs on the replay fails them, saying why."""
     import threading
 
     _, _, prompts = policy
@@ -171,11 +171,12 @@ def test_a_calculator_run_logs_its_trajectories(ray_session, tmp_path):
         assert r["turns"] and r["turns"][-1]["done"] or r["finish_reason"] == "length"
         assert len(r["loss_mask"]) == len(r["response_ids"]) <= 24
         calls = [t for t in r["turns"] if not t["done"]]
-        assert sum(1 - m for m in r["loss_mask"]) == sum(len("=" + t["observation"][1:]) for t in calls)
+        # the character tokenizer: one observation token per character the calculator answered
+        assert sum(1 - m for m in r["loss_mask"]) == sum(len(t["observation"]) for t in calls)
     assert any(len(r["turns"]) > 1 for r in trained)  # the warm-up's tool demonstrations make the policy call it
     metrics = read_metrics(run_dir)
-    steps = [m for m in metrics if "train/loss" in m]
-    assert all(0 <= m["rollout/tool_call_rate"] <= 1 and m["rollout/turns"] >= 1 for m in steps)
+    steps = [m for m in metrics if "rollout/tool_call_rate" in m]  # the steps during which trajectories arrived
+    assert steps and all(0 <= m["rollout/tool_call_rate"] <= 1 and m["rollout/turns"] >= 1 for m in steps)
     evals = [m for m in metrics if "eval/accuracy" in m]
     assert len(evals) == 2 and all("eval/tool_call_rate" in m and "eval/turns" in m for m in evals)
 

@@ -402,6 +402,10 @@ def test_every_setting_that_acts_only_with_another_is_refused_without_it_and_acc
         "rollout.tensor_parallel_size": (2, [], ["rollout.backend=vllm", "rollout.num_gpus=2"]),
         "rollout.vllm_gpu_memory_utilization": (0.5, ["rollout.backend=vllm"],
                                                 ["rollout.backend=vllm", "rollout.vllm_kv_cache_gib=0"]),
+        **{f"env.{k}": (v, [], ["env.name=calculator", "warmup.target_accuracy=0"]) for k, v in (
+            ("num_workers", 2), ("num_cpus", 0.5), ("max_concurrency", 8), ("step_timeout_s", 5.0), ("max_turns", 2),
+            ("max_action_tokens", 4), ("observation_role", "user"))},
+        "env.params": ({"latency_s": 0.1}, [], ["env.name=calculator", "warmup.target_accuracy=0"]),
     }
     assert set(cases) == {key for key, _, _ in _ACTS_WHEN}, "a dependent setting without a case here"
     for key, (value, inert, active) in cases.items():
@@ -452,7 +456,7 @@ def test_other_settings_that_cannot_work_are_refused_naming_the_key():
         (["reward.fn=reward_fixtures:takes_one_argument"], "takes 1 positional argument(s); a reward function is "
          "called as fn(completion, reference, **params)"),
         (["task.num_digits=1", "task.num_train=300"], "task.num_train=300 + task.num_eval=200 is more than the 100 "
-         "distinct 1-digit additions"),
+         "distinct 1-digit problems"),
         (["warmup.batch_size=0"], "warmup.batch_size=0 must be a positive integer"),
         (["warmup.lr=0"], "warmup.lr=0.0 must be > 0"),
         (["task.num_eval=0"], "task.num_eval=0 must be a positive integer"),
