@@ -153,7 +153,8 @@ def _evaluate(model_dir: str, cfg, samples: int, ks: tuple[int, ...], output: st
         return 2
     prompts, eval_file = data.eval_prompts, data.eval_file
     try:
-        result = evaluate_checkpoint(model_dir, prompts, data.prompt_format, cfg.reward, cfg.rollout, samples, ks)
+        result = evaluate_checkpoint(model_dir, prompts, data.prompt_format, cfg.reward, cfg.rollout, samples, ks,
+                                     env=cfg.env)
     except ConfigError as e:  # weights that do not load or do not fit the config
         print(f"rlsys: {e}", file=sys.stderr)
         return 2

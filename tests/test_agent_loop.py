@@ -15,6 +15,7 @@ from transformers import AutoTokenizer
 
 from rlsys.actors.env import EnvWorker
 from rlsys.agent_loop import AgentLoop
+from rlsys.cli import main
 from rlsys.config import EnvConfig, TaskConfig, load_config
 from rlsys.data.chat import PromptFormat
 from rlsys.engines.generation import HFEngine
@@ -179,6 +180,16 @@ def test_a_calculator_run_logs_its_trajectories(ray_session, tmp_path):
     assert steps and all(0 <= m["rollout/tool_call_rate"] <= 1 and m["rollout/turns"] >= 1 for m in steps)
     evals = [m for m in metrics if "eval/accuracy" in m]
     assert len(evals) == 2 and all("eval/tool_call_rate" in m and "eval/turns" in m for m in evals)
+    # rlsys eval of the final model runs the same greedy trajectories on the same held-out prompts
+    out = tmp_path / "eval.parquet"
+    assert main(["eval", str(run_dir / "model"), "--output", str(out), *tiny_overrides(
+        tmp_path, *CALCULATOR, "task.num_eval=16")]) == 0
+    problems = pq.read_table(out).to_pylist()
+    assert len(problems) == 16
+    # greedy on the same weights, one problem of slack for float differences between the two engines' batches
+    assert sum(p["greedy_correct"] for p in problems) / 16 == pytest.approx(summary.eval_accuracy[3], abs=1 / 16)
+    assert sum(p["greedy_tool_calls"] > 0 for p in problems) / 16 == pytest.approx(evals[-1]["eval/tool_call_rate"],
+                                                                                    abs=1 / 16)
 
 
 @pytest.mark.slow
