@@ -159,7 +159,8 @@ class AgentLoop:
     # ------------------------------------------------------------------ the environment's turn
     def _call(self, pending: dict, t: _Open, method: str, *args) -> None:
         ref = getattr(self.envs[t.env], method).remote(t.key, *args)
-        pending[ref] = (t, method, time.monotonic() + self.cfg.step_timeout_s)
+        calls = 1 + len(args[1]) if method == "replay" else 1  # a replay is a reset and a step per action
+        pending[ref] = (t, method, time.monotonic() + calls * self.cfg.step_timeout_s)
 
     def _answers(self, pending: dict) -> list[_Open]:
         """Wait for the next environment answers (and those that follow within ``GATHER_S``); returns the
