@@ -80,6 +80,7 @@ class _Open:
     mask: list[int] = field(default_factory=list)
     turns: list[Turn] = field(default_factory=list)
     first_observation: str | None = None
+    room: int = 0  # response tokens it may have: the budget, less a first observation's tokens
     retry_until: float = 0.0  # a call refused by a restarting worker is retried until then
     replays: int = 0
     action: tuple[str, Completion] | None = None  # the action waiting for the environment's answer
@@ -109,7 +110,8 @@ class AgentLoop:
         open_ = []
         for i, prompt in enumerate(prompts):
             self.calls += 1
-            open_.append(_Open(prompt, f"{self.worker_id}-{self.calls}", (self.worker_id + i) % len(self.envs)))
+            open_.append(_Open(prompt, f"{self.worker_id}-{self.calls}", (self.worker_id + i) % len(self.envs),
+                               room=self.budget))
         pending: dict[ray.ObjectRef, tuple[_Open, str, float]] = {}
         for t in open_:
             t.retry_until = time.monotonic() + self.cfg.step_timeout_s
@@ -140,7 +142,7 @@ class AgentLoop:
     # ------------------------------------------------------------------ the policy's turn
     def _act(self, batch: list[_Open], pending: dict, greedy: bool, seed: int | None) -> None:
         """Generate the next action of every trajectory in ``batch`` at once, and send each to its environment."""
-        left = [self.budget - len(t.ids) for t in batch]
+        left = [t.room - len(t.ids) for t in batch]
         cap = self.cfg.max_action_tokens or self.budget
         completions = self.engine.generate([t.prompt_ids + t.ids for t in batch], min(cap, max(left)),
                                            self.temperature, greedy, seed=seed)
@@ -205,6 +207,12 @@ class AgentLoop:
             t.first_observation = answer
             t.prompt_text = self.fmt.render(t.prompt, answer)
             t.prompt_ids = self.fmt.encode_text(t.prompt_text)
+            if answer is not None:  # it lengthens the prompt: counted in the budget, so prompt + response still fit
+                t.room -= len(t.prompt_ids) - len(self.fmt.encode(t.prompt))
+                if t.room < 1:
+                    self._fail(t, f"the first observation (reset()) is longer than rollout.max_new_tokens="
+                                  f"{self.budget} tokens, the budget it is counted in")
+                    return False
             return True
         step: Step = answer
         text, completion = t.action
@@ -222,7 +230,10 @@ class AgentLoop:
         except ConfigError as e:
             self._fail(t, str(e))
             return False
-        if len(t.ids) + len(observed) >= self.budget:  # no room left for the observation and an action after it
+        except Exception as e:  # noqa: BLE001  a tokenizer that cannot encode the text fails this trajectory only
+            self._fail(t, f"the observation could not be tokenised: {first_line(e)}")
+            return False
+        if len(t.ids) + len(observed) >= t.room:  # no room left for the observation and an action after it
             t.finish, t.stop_reason = "length", f"rollout.max_new_tokens={self.budget}"
             return False
         t.ids += observed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 
@@ -44,6 +45,12 @@ class FailsOn(Scripted):
                 os._exit(3)
             if self.how == "junk":
                 return "only an observation"
+            if self.how == "surrogate":
+                return "\ud800", None, False, {}
+            if self.how == "interrupt":
+                raise KeyboardInterrupt
+            if self.how == "lock":
+                return "12", None, False, {"lock": threading.Lock()}
             if self.how == "sleep":
                 time.sleep(self.sleep_s)
         return super().step(action)
@@ -58,5 +65,9 @@ class Unrepeatable(FailsOn):
 
 
 class FirstObservation(Scripted):
+    def __init__(self, hint: str = "Hint: 7", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.hint = hint
+
     def reset(self, prompt):
-        return "Hint: 7"
+        return self.hint

@@ -90,6 +90,14 @@ def test_a_trajectory_stops_at_the_token_budget_and_at_max_turns(ray_session, po
         assert len(r.trajectory.turns) == 2 and (r.finish_reason, r.stop_reason) == ("length", "env.max_turns=2")
 
 
+def test_step_info_is_kept_as_json_and_a_first_observation_past_the_budget_fails(ray_session, policy):
+    _, _, prompts = policy
+    (r,) = loop(policy, "env_fixtures:FailsOn", {"prompt": prompts[0].text, "how": "lock"}).run(prompts[:1], seed=3)
+    assert r.trajectory.error is None and r.trajectory.turns[0].info["lock"].startswith("<unlocked _thread.lock")
+    (r,) = loop(policy, "env_fixtures:FirstObservation", {"hint": "7" * 50}, budget=40).run(prompts[:1], seed=3)
+    assert "first observation (reset()) is longer than rollout.max_new_tokens=40" in r.trajectory.error
+
+
 def test_a_first_observation_follows_the_prompt(ray_session, policy):
     _, fmt, prompts = policy
     (r,) = loop(policy, "env_fixtures:FirstObservation").run(prompts[:1], seed=3)
@@ -101,6 +109,8 @@ def test_a_first_observation_follows_the_prompt(ray_session, policy):
     ("raise", "environment 'env_fixtures:FailsOn' raised in step(): RuntimeError: the tool broke"),
     ("junk", "step() returned 'only an observation'; expected a tuple"),
     ("exit", "environment worker 0 died during this replay()"),  # replayed MAX_REPLAYS times, dying each time
+    ("surrogate", "step() returned observation text that is not valid Unicode"),
+    ("interrupt", "raised in step(): KeyboardInterrupt"),
 ])
 def test_an_environment_that_fails_fails_its_trajectory_only(ray_session, policy, how, error):
     _, _, prompts = policy

@@ -125,6 +125,8 @@ def test_a_user_environment_is_named_by_import_path():
 @pytest.mark.parametrize(("value", "match"), [
     ("obs", "expected a tuple"), (("obs", 1.0, True), "expected a tuple"), ((1, None, True, {}), "observation"),
     (("o", float("nan"), False, {}), "reward"), (("o", "1", False, {}), "reward"), (("o", None, 1, {}), "done"),
+    (("o", 10**400, False, {}), "reward"), (("\ud800", None, False, {}), "not valid Unicode"),
+    (("o", None, False, {(1, 2): 3}), "not JSON-able"),
     (("o", None, False, []), "info")])
 def test_a_step_out_of_protocol_is_an_env_error(value, match):
     with pytest.raises(EnvError, match=match):

@@ -22,7 +22,7 @@ class EnvWorker:
         self.envs: dict[str, Any] = {}
 
     def reset(self, key: str, prompt: Prompt) -> str | None:
-        env = make_env(self.name, self.params)
+        env = self._call(lambda params: make_env(self.name, params), self.params, "__init__")
         self.envs[key] = env
         return check_reset(self._call(env.reset, prompt, "reset"))
 
@@ -51,5 +51,5 @@ class EnvWorker:
             return method(arg)
         except EnvError:
             raise
-        except (Exception, SystemExit) as e:  # SystemExit too: sys.exit() in a tool fails its trajectory only
+        except BaseException as e:  # sys.exit(), KeyboardInterrupt too: a tool fails its trajectory only
             raise EnvError(f"environment {self.name!r} raised in {what}(): {type(e).__name__}: {e}") from None

@@ -24,6 +24,7 @@ returns something else or hangs fails its trajectory, never the run.
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import numbers
 from typing import Any, NamedTuple, Protocol
@@ -113,10 +114,14 @@ def check_step(value: Any) -> Step:
     if not (isinstance(value, tuple) and len(value) == 4):
         raise EnvError(f"step() returned {_short(value)}; expected a tuple (observation, reward, done, info)")
     observation, reward, done, info = value
-    if observation is not None and not isinstance(observation, str):
-        raise EnvError(f"step() returned observation {_short(observation)}; expected a str or None")
+    if observation is not None:
+        observation = check_text(observation, "step() returned observation")
     if reward is not None:
-        if not isinstance(reward, numbers.Real) or not math.isfinite(float(reward)):
+        try:
+            finite = isinstance(reward, numbers.Real) and math.isfinite(float(reward))
+        except OverflowError:
+            finite = False
+        if not finite:
             raise EnvError(f"step() returned reward {_short(reward)}; expected a finite number or None")
         reward = float(reward)
     if not isinstance(done, bool):
@@ -125,12 +130,25 @@ def check_step(value: Any) -> Step:
         info = {}
     if not isinstance(info, dict):
         raise EnvError(f"step() returned info {_short(info)}; expected a dict")
+    try:  # as the sample log stores it (values it cannot write as JSON, as their repr): always sendable
+        info = json.loads(json.dumps(info, default=repr))
+    except (TypeError, ValueError) as e:
+        raise EnvError(f"step() returned info {_short(info)}, which is not JSON-able ({e})") from None
     return Step(observation, reward, done, info)
 
 
 def check_reset(value: Any) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise EnvError(f"reset() returned {_short(value)}; expected the first observation (a str) or None")
+    return None if value is None else check_text(value, "reset() returned")
+
+
+def check_text(value: Any, what: str) -> str:
+    """An observation: a str that is valid Unicode (a lone surrogate cannot be encoded, so not tokenised)."""
+    if not isinstance(value, str):
+        raise EnvError(f"{what} {_short(value)}; expected a str or None")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise EnvError(f"{what} text that is not valid Unicode ({e})") from None
     return value
 
 
