@@ -217,8 +217,9 @@ class AgentLoop:
         step: Step = answer
         text, completion = t.action
         t.turns.append(Turn(text, step.observation, step.reward, step.done, step.info))
-        if step.done:
-            t.finish, t.stop_reason = "stop", completion.stop_reason or "env done"
+        if step.done:  # a final action cut short by the budget is a truncated trajectory, whatever the env says
+            t.finish = completion.finish_reason
+            t.stop_reason = completion.stop_reason or ("env done" if t.finish == "stop" else "")
             return False
         if len(t.turns) >= self.cfg.max_turns:
             t.finish, t.stop_reason = "length", f"env.max_turns={self.cfg.max_turns}"
@@ -254,7 +255,8 @@ class AgentLoop:
 
     def _timed_out(self, t: _Open, method: str) -> None:
         log.warning("environment worker %d: a %s of trajectory %s ran past env.step_timeout_s=%g s; restarting the "
-                    "worker (the other trajectories it hosts fail too)", t.env, method, t.key, self.cfg.step_timeout_s)
+                    "worker (the other trajectories it hosts are replayed on it)", t.env, method, t.key,
+                    self.cfg.step_timeout_s)
         ray.kill(self.envs[t.env], no_restart=False)
         self._fail(t, f"environment {method}() timed out after env.step_timeout_s={self.cfg.step_timeout_s:g} s "
                       f"(environment worker {t.env} was restarted)")

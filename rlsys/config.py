@@ -824,7 +824,7 @@ def validate(cfg: RLConfig) -> None:
     problems += _env_problems(cfg.env)
     need(not (cfg.env.enabled and cfg.warmup.target_accuracy > 0 and cfg.warmup.steps),
          "warmup.target_accuracy with env.name: the warm-up's accuracy check generates single completions, not "
-         "trajectories; give warmup.steps instead")
+         "trajectories; set warmup.target_accuracy=0 (the warm-up then runs warmup.steps steps)")
     for key in ("root", "cache_dir"):
         value = Path(getattr(cfg.output, key)).expanduser()
         need(not value.exists() or value.is_dir(), f"output.{key}={str(value)!r} is a file; give a directory")

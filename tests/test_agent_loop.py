@@ -98,6 +98,18 @@ def test_step_info_is_kept_as_json_and_a_first_observation_past_the_budget_fails
     assert "first observation (reset()) is longer than rollout.max_new_tokens=40" in r.trajectory.error
 
 
+def test_a_final_action_cut_by_the_budget_is_a_truncated_trajectory_though_the_environment_ends_it(ray_session,
+                                                                                                       policy):
+    engine, _, prompts = policy
+    rollouts = loop(policy, "env_fixtures:Scripted", {"turns": 1}, budget=2, max_action_tokens=0).run(prompts[:8],
+                                                                                                    seed=9)
+    for r in rollouts:
+        assert r.trajectory.turns[-1].done
+        ended = int(r.response_ids[-1]) in engine.end_ids
+        assert (r.finish_reason, bool(r.stop_reason)) == (("stop", True) if ended else ("length", False))
+    assert any(r.finish_reason == "length" for r in rollouts)  # 2-digit sums need 3-4 tokens with the EOS
+
+
 def test_a_first_observation_follows_the_prompt(ray_session, policy):
     _, fmt, prompts = policy
     (r,) = loop(policy, "env_fixtures:FirstObservation").run(prompts[:1], seed=3)
