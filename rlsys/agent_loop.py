@@ -16,14 +16,16 @@ share a wave depends on when their tools answer, so a multi-turn request is not 
 evaluation is).
 
 Isolation: an environment call that raises, breaks the protocol, or whose worker dies fails its trajectory (the
-sample's reward then fails with the reason and it does not train); one that runs past ``env.step_timeout_s`` gets
-its worker killed (Ray restarts it), which also fails the other trajectories that worker hosted, each saying so.
-A call refused or lost because its worker restarted (another trajectory hung it, or it crashed) is not the
-trajectory's fault: a ``reset`` is sent again, and a ``step`` is *replayed* — the restarted worker builds the
-environment again and steps it through the trajectory's actions so far (:meth:`rlsys.actors.env.EnvWorker.replay`),
-which must give the observations the policy saw (else the environment is not deterministic, and the trajectory
-fails saying so) — up to ``MAX_REPLAYS`` times per trajectory (an environment that kills its worker on some action
-kills it again on each replay) and within ``env.step_timeout_s``.
+sample's reward then fails with the reason and it does not train); one that runs past ``env.step_timeout_s`` fails
+its trajectory and gets its worker killed (Ray restarts it). A call refused or lost because its worker restarted
+(another trajectory hung it, or it crashed) is not the trajectory's fault: a ``reset`` is sent again, and a ``step``
+is *replayed* — the restarted worker builds the environment again and steps it through the trajectory's actions so
+far (:meth:`rlsys.actors.env.EnvWorker.replay`), which must give the observations the policy saw (else the
+environment is not deterministic, and the trajectory fails saying so). A replay lost with its worker's process
+counts: after ``MAX_REPLAYS`` the trajectory fails (an environment that kills its worker on some action kills it
+again on each replay). A call refused while the worker restarts costs nothing and is sent again until the worker is
+back, for up to ``env.restart_timeout_s`` (a worker's restart is a new process and the environment's constructor,
+slow on a loaded machine, so it has its own bound rather than the step's).
 """
 
 from __future__ import annotations
@@ -81,7 +83,6 @@ class _Open:
     turns: list[Turn] = field(default_factory=list)
     first_observation: str | None = None
     room: int = 0  # response tokens it may have: the budget, less a first observation's tokens
-    retry_until: float = 0.0  # a call refused by a restarting worker is retried until then
     replays: int = 0
     action: tuple[str, Completion] | None = None  # the action waiting for the environment's answer
     finish: str = "length"
@@ -104,6 +105,9 @@ class AgentLoop:
         self.special = set(self.tokenizer.all_special_ids)
         self.calls = 0  # trajectories started by this worker: keys stay unique across requests
         self.retries: list[tuple[float, _Open, str]] = []  # (when, trajectory, method): calls to send again
+        # Per environment worker: while it restarts, (since, by): when the restart was seen and when it must be
+        # back by; (0, 0): up, as far as known
+        self.restarts = [(0.0, 0.0)] * len(self.envs)
 
     def run(self, prompts: list[Prompt], greedy: bool = False, seed: int | None = None) -> list[Rollout]:
         """One trajectory per entry of ``prompts`` (a group repeats its prompt), in order."""
@@ -112,9 +116,8 @@ class AgentLoop:
             self.calls += 1
             open_.append(_Open(prompt, f"{self.worker_id}-{self.calls}", (self.worker_id + i) % len(self.envs),
                                room=self.budget))
-        pending: dict[ray.ObjectRef, tuple[_Open, str, float]] = {}
+        pending: dict[ray.ObjectRef, tuple[_Open, str, float, float]] = {}  # (trajectory, method, due, sent)
         for t in open_:
-            t.retry_until = time.monotonic() + self.cfg.step_timeout_s
             self._call(pending, t, "reset", t.prompt)
         ready: list[_Open] = []
         self.retries, wave = [], 0
@@ -155,45 +158,50 @@ class AgentLoop:
             t.mask += [1] * len(c.token_ids)
             text = self.tokenizer.decode(c.token_ids, skip_special_tokens=True)
             t.action = (text, c)
-            t.retry_until = time.monotonic() + self.cfg.step_timeout_s
             self._call(pending, t, "step", text)
 
     # ------------------------------------------------------------------ the environment's turn
     def _call(self, pending: dict, t: _Open, method: str, *args) -> None:
         ref = getattr(self.envs[t.env], method).remote(t.key, *args)
         calls = 1 + len(args[1]) if method == "replay" else 1  # a replay is a reset and a step per action
-        pending[ref] = (t, method, time.monotonic() + calls * self.cfg.step_timeout_s)
+        # A call to a restarting worker waits in Ray for it to come back: the restart's bound first, then the call's
+        now = time.monotonic()
+        waits = max(0.0, self.restarts[t.env][1] - now)
+        pending[ref] = (t, method, now + waits + calls * self.cfg.step_timeout_s, now)
 
     def _answers(self, pending: dict) -> list[_Open]:
         """Wait for the next environment answers (and those that follow within ``GATHER_S``); returns the
         trajectories whose next action is due. Calls past their deadline fail their trajectories."""
-        deadline = min([d for _, _, d in pending.values()] + [r[0] for r in self.retries])
+        deadline = min([due for _, _, due, _ in pending.values()] + [r[0] for r in self.retries])
         done, rest = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
         if done and rest:
             more, _ = ray.wait(rest, num_returns=len(rest), timeout=GATHER_S)
             done += more
         ready = []
         for ref in done:
-            t, method, _ = pending.pop(ref)
-            if t.error is None and self._answered(t, method, ref):
+            t, method, _, sent = pending.pop(ref)
+            if t.error is None and self._answered(t, method, ref, sent):
                 ready.append(t)
         now = time.monotonic()
-        for ref, (t, method, due) in list(pending.items()):
-            if due <= now:
-                del pending[ref]
-                self._timed_out(t, method)
+        late = [(ref, t, method, sent) for ref, (t, method, due, sent) in pending.items() if due <= now]
+        for ref, *_ in late:
+            del pending[ref]
+        for worker in sorted({t.env for _, t, _, _ in late}):  # each worker killed once, however many calls it hung
+            self._timed_out(worker, [(t, method, sent) for _, t, method, sent in late if t.env == worker])
         return ready
 
-    def _answered(self, t: _Open, method: str, ref: ray.ObjectRef) -> bool:
+    def _answered(self, t: _Open, method: str, ref: ray.ObjectRef, sent: float) -> bool:
         """Take in one environment answer; True if the trajectory's next action is due."""
         try:
             answer = ray.get(ref)
         except RayActorError as e:  # the worker restarted (or is restarting): not this trajectory's doing
-            self._after_restart(t, method, e)
+            self._after_restart(t, method, e, sent)
             return False
         except RayError as e:
             self._fail(t, _env_failure(e, method, t.env))
             return False
+        if sent > self.restarts[t.env][0]:  # sent after the restart began and answered: the worker is back
+            self.restarts[t.env] = (0.0, 0.0)
         if method == "replay":
             first, steps = answer
             seen = [(turn.observation, turn.done) for turn in t.turns]
@@ -242,25 +250,54 @@ class AgentLoop:
         t.mask += [0] * len(observed)
         return True
 
-    def _after_restart(self, t: _Open, method: str, error: RayActorError) -> None:
-        """A call lost to a restart of its worker (it was in flight; Ray holds calls sent later until the worker is
-        back): sent again (a reset) or replayed (a step), if it may be."""
-        if method != "reset":
-            t.replays += 1
-            method = "replay"
-        if t.replays > MAX_REPLAYS or time.monotonic() + RETRY_S >= t.retry_until:
-            self._fail(t, _env_failure(error, method, t.env))
-        else:
-            self.retries.append((time.monotonic() + RETRY_S, t, method))
+    def _after_restart(self, t: _Open, method: str, error: RayActorError, sent: float) -> None:
+        """A call (``sent`` then) refused or lost because its worker restarted: sent again (a reset) or replayed
+        (a step) after ``RETRY_S``, while the worker has time left to come back.
 
-    def _timed_out(self, t: _Open, method: str) -> None:
-        log.warning("environment worker %d: a %s of trajectory %s ran past env.step_timeout_s=%g s; restarting the "
-                    "worker (the other trajectories it hosts are replayed on it)", t.env, method, t.key,
-                    self.cfg.step_timeout_s)
-        ray.kill(self.envs[t.env], no_restart=False)
-        self._fail(t, f"environment {method}() timed out after env.step_timeout_s={self.cfg.step_timeout_s:g} s "
-                      f"(environment worker {t.env} was restarted)")
-        t.closed = True  # its state went with the worker
+        A step sent while the worker was up, as far as known, is lost with it, and counts towards ``MAX_REPLAYS``.
+        One sent while it restarts (no answer from it since) does not: Ray refuses such calls until the new process
+        is connected, however many times they are sent, and an environment that kills its worker on each replay
+        then fails at ``env.restart_timeout_s``, or at ``MAX_REPLAYS`` if other calls find the worker up between."""
+        self._restarting(t.env)
+        since, by = self.restarts[t.env]
+        if method != "reset":
+            t.replays += sent < since
+            method = "replay"
+        now = time.monotonic()
+        if t.replays > MAX_REPLAYS:
+            self._fail(t, _env_failure(error, method, t.env))
+        elif now + RETRY_S >= by:
+            self._fail(t, f"{_env_failure(error, method, t.env)}; it gave no answer within env.restart_timeout_s="
+                          f"{self.cfg.restart_timeout_s:g} s of its restart (still restarting, or dying again on "
+                          f"each call)")
+        else:
+            self.retries.append((now + RETRY_S, t, method))
+
+    def _restarting(self, worker: int) -> None:
+        """Note that ``worker`` is restarting, unless it is known to be: until it answers a call sent since."""
+        if not self.restarts[worker][1]:
+            now = time.monotonic()
+            self.restarts[worker] = (now, now + self.cfg.restart_timeout_s)
+
+    def _timed_out(self, worker: int, calls: list[tuple[_Open, str, float]]) -> None:
+        """``calls`` (trajectory, method, when sent) to ``worker`` ran past their deadline: it is killed (Ray
+        restarts it) and they fail; the other trajectories it hosts lose their calls with it and are replayed."""
+        since, by = self.restarts[worker]  # set: it has not answered since it began restarting
+        for t, method, sent in calls:
+            restarting = bool(by) and sent >= since  # then the restart may be what hung
+            if restarting:
+                why = (f"environment {method}() gave no answer within env.restart_timeout_s="
+                       f"{self.cfg.restart_timeout_s:g} s + env.step_timeout_s={self.cfg.step_timeout_s:g} s per "
+                       f"call, sent while worker {worker} was restarting (the restart or the call hung)")
+            else:
+                why = f"environment {method}() timed out after env.step_timeout_s={self.cfg.step_timeout_s:g} s"
+            self._fail(t, f"{why} (environment worker {worker} was restarted)")
+            t.closed = True  # its state went with the worker
+        log.warning("environment worker %d: trajectory %s: %s; restarting the worker (the other trajectories it "
+                    "hosts are replayed on it)", worker, calls[-1][0].key, why)
+        ray.kill(self.envs[worker], no_restart=False)
+        now = time.monotonic()
+        self.restarts[worker] = (now, now + self.cfg.restart_timeout_s)
 
     def _fail(self, t: _Open, why: str) -> None:
         t.error, t.finish, t.stop_reason = why, "stop", "env error"

@@ -147,9 +147,11 @@ class EnvConfig:
     num_workers: int = 1
     num_cpus: float = 0.25
     max_concurrency: int = 64  # calls one environment worker runs at once (threads)
-    # A reset or step that takes longer fails its trajectory; the worker is killed and restarted (Ray), which fails
-    # the other trajectories it hosted
+    # A reset or step that takes longer fails its trajectory; the worker is killed and restarted (Ray), and the other
+    # trajectories it hosted are replayed on it
     step_timeout_s: float = 30.0
+    # A restarting worker (a new process, the environment's constructor) must be back within this; calls to it wait
+    restart_timeout_s: float = 120.0
     max_turns: int = 4  # actions per trajectory
     max_action_tokens: int = 0  # tokens per action; 0: what is left of rollout.max_new_tokens
     observation_role: str = "tool"  # the chat-template role an observation is rendered in
@@ -434,7 +436,8 @@ _BOUNDS = [
     (("learner.lr", "warmup.lr", "rollout.temperature", "reward.timeout_s", "reward.call_timeout_s",
       "ray.placement_timeout_s", "rollout.hang_timeout_s",
       "algo.clip_eps_high", "algo.critic_lr", "algo.adv_eps", "learner.adam_eps", "rollout.num_cpus",
-      "reward.num_cpus", "learner.num_cpus", "env.num_cpus", "env.step_timeout_s"), lambda v: v > 0, "> 0"),
+      "reward.num_cpus", "learner.num_cpus", "env.num_cpus", "env.step_timeout_s",
+      "env.restart_timeout_s"), lambda v: v > 0, "> 0"),
 ]
 
 
@@ -466,8 +469,8 @@ _ACTS_WHEN = [
     *((f"task.{k}", lambda c: c.task.name in SYNTHETIC_TASKS, "with a synthetic task (task.name=synthetic_*)")
       for k in ("num_digits", "num_train")),
     *((f"env.{k}", lambda c: c.env.enabled, "with env.name set (multi-turn rollouts)")
-      for k in ("params", "num_workers", "num_cpus", "max_concurrency", "step_timeout_s", "max_turns",
-                "max_action_tokens", "observation_role")),
+      for k in ("params", "num_workers", "num_cpus", "max_concurrency", "step_timeout_s", "restart_timeout_s",
+                "max_turns", "max_action_tokens", "observation_role")),
     ("task.num_eval", lambda c: not (c.task.name in FILE_TASKS and c.task.eval_file),
      "without task.eval_file (it is how many rows are held out; an eval file is used whole)"),
     ("warmup.check_every", lambda c: c.warmup.target_accuracy > 0, "with warmup.target_accuracy > 0"),

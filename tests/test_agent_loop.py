@@ -4,6 +4,8 @@ runs with the calculator."""
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 
 import numpy as np
@@ -36,10 +38,36 @@ def policy(tiny_policy):
     return engine, fmt, prompts
 
 
-def env_workers(name: str, params: dict | None = None, n: int = 1) -> list:
-    """``n`` environment workers, up (their processes started)."""
-    workers = [ray.remote(EnvWorker).options(max_restarts=-1, max_task_retries=0, max_concurrency=16, num_cpus=0)
-               .remote(name, params or {}) for _ in range(n)]
+_STARTED: list = []  # the environment workers the current test started: killed after it
+
+
+def kill_env_workers() -> None:
+    while _STARTED:
+        ray.kill(_STARTED.pop(), no_restart=True)
+
+
+@pytest.fixture(autouse=True)
+def _kill_env_workers():
+    yield
+    kill_env_workers()
+
+
+class SlowToRestart(EnvWorker):
+    """An environment worker whose restarts take ``restart_s`` (its first start makes ``marker``)."""
+
+    def __init__(self, name: str, params: dict, marker: str, restart_s: float) -> None:
+        if os.path.exists(marker):
+            time.sleep(restart_s)
+        open(marker, "w").close()
+        super().__init__(name, params)
+
+
+def env_workers(name: str, params: dict | None = None, n: int = 1, cls: type = EnvWorker, *args) -> list:
+    """``n`` environment workers (``cls``, built with ``args`` after the name and params), up (their processes
+    started); this module kills them when its test ends."""
+    workers = [ray.remote(cls).options(max_restarts=-1, max_task_retries=0, max_concurrency=16, num_cpus=0)
+               .remote(name, params or {}, *args) for _ in range(n)]
+    _STARTED.extend(workers)
     ray.get([w.__ray_ready__.remote() for w in workers])
     return workers
 
@@ -120,15 +148,16 @@ def test_a_first_observation_follows_the_prompt(ray_session, policy):
 @pytest.mark.parametrize(("how", "error"), [
     ("raise", "environment 'env_fixtures:FailsOn' raised in step(): RuntimeError: the tool broke"),
     ("junk", "step() returned 'only an observation'; expected a tuple"),
-    ("exit", "environment worker 0 died during this replay()"),  # replayed MAX_REPLAYS times, dying each time
+    ("exit", "environment worker 0 died during this replay()"),  # replayed till env.restart_timeout_s, dying each time
     ("surrogate", "step() returned observation text that is not valid Unicode"),
     ("interrupt", "raised in step(): KeyboardInterrupt"),
 ])
 def test_an_environment_that_fails_fails_its_trajectory_only(ray_session, policy, how, error):
     _, _, prompts = policy
     target = prompts[0].text
-    workers = 2 if how == "exit" else 1  # a dying worker takes its trajectories with it: the others are on another
-    rollouts = loop(policy, "env_fixtures:FailsOn", {"prompt": target, "how": how}, workers=workers).run(
+    # a dying worker takes its trajectories with it: the others are on another
+    workers, env = (2, {"restart_timeout_s": 10.0}) if how == "exit" else (1, {})
+    rollouts = loop(policy, "env_fixtures:FailsOn", {"prompt": target, "how": how}, workers=workers, **env).run(
         [prompts[0], prompts[1], prompts[0], prompts[1]], seed=4)
     for r in rollouts[::2]:
         assert error in r.trajectory.error
@@ -149,27 +178,48 @@ def test_a_hanging_step_times_out_and_its_worker_is_restarted_with_the_other_tra
     assert [(r.trajectory.error, len(r.trajectory.turns)) for r in again] == [(None, 3), (None, 3)]
 
 
+def run_killed(agent: AgentLoop, prompts: list, after_s: float = 1.5) -> list:
+    """``agent.run(prompts)``, its worker 0 killed (Ray restarts it) ``after_s`` into the run."""
+    out = []
+    runner = threading.Thread(target=lambda: out.extend(agent.run(prompts, seed=8)))
+    runner.start()
+    time.sleep(after_s)
+    ray.kill(agent.envs[0], no_restart=False)
+    runner.join(timeout=180)
+    assert len(out) == len(prompts), "the run did not finish within 180 s of the kill"
+    return out
+
+
 @pytest.mark.parametrize("env", ["FailsOn", "Unrepeatable"])
 def test_a_worker_killed_mid_trajectory_is_rebuilt_by_replaying_the_actions(ray_session, policy, env):
     """Every step sleeps 1 s; the worker is killed 1.5 s in, during each trajectory's first or second step. A
     deterministic environment is rebuilt on the restarted worker and the trajectories finish; one whose (first)
     observation differs on the replay fails them, saying why."""
-    import threading
-
     _, _, prompts = policy
     agent = loop(policy, f"env_fixtures:{env}", {"any_of": "0123456789", "how": "sleep", "sleep_s": 1.0})
-    out = []
-    runner = threading.Thread(target=lambda: out.extend(agent.run(prompts[:3], seed=8)))
-    runner.start()
-    time.sleep(1.5)
-    ray.kill(agent.envs[0], no_restart=False)
-    runner.join(timeout=120)
-    assert len(out) == 3
-    for r in out:
+    for r in run_killed(agent, prompts[:3]):
         if env == "FailsOn":
             assert (r.trajectory.error, len(r.trajectory.turns)) == (None, 3)
         else:
             assert "the environment is not deterministic" in (r.trajectory.error or ""), r.trajectory
+
+
+@pytest.mark.parametrize("restart_timeout_s", [120.0, 2.0])
+def test_a_restart_slower_than_a_step_is_waited_for_up_to_the_restart_timeout(ray_session, policy, tmp_path,
+                                                                               restart_timeout_s):
+    """The worker is killed mid-step, as above, and takes 10 s to come back — over env.step_timeout_s=3 s. Its
+    trajectories wait for it and finish; with env.restart_timeout_s=2 s they fail, naming it."""
+    engine, fmt, prompts = policy
+    params = {"any_of": "0123456789", "how": "sleep", "sleep_s": 1.0}
+    cfg = EnvConfig(name="env_fixtures:FailsOn", params=params, max_action_tokens=4, step_timeout_s=3.0,
+                    restart_timeout_s=restart_timeout_s)
+    workers = env_workers(cfg.name, params, 1, SlowToRestart, str(tmp_path / "started"), 10.0)
+    out = run_killed(AgentLoop(engine, fmt, workers, cfg, 40, temperature=1.0), prompts[:3])
+    for r in out:
+        if restart_timeout_s > 10:
+            assert (r.trajectory.error, len(r.trajectory.turns)) == (None, 3)
+        else:
+            assert "env.restart_timeout_s=2 s" in (r.trajectory.error or ""), r.trajectory
 
 
 def test_a_slow_tool_call_holds_up_only_its_own_trajectory(ray_session, policy):

@@ -403,8 +403,8 @@ def test_every_setting_that_acts_only_with_another_is_refused_without_it_and_acc
         "rollout.vllm_gpu_memory_utilization": (0.5, ["rollout.backend=vllm"],
                                                 ["rollout.backend=vllm", "rollout.vllm_kv_cache_gib=0"]),
         **{f"env.{k}": (v, [], ["env.name=calculator", "warmup.target_accuracy=0"]) for k, v in (
-            ("num_workers", 2), ("num_cpus", 0.5), ("max_concurrency", 8), ("step_timeout_s", 5.0), ("max_turns", 2),
-            ("max_action_tokens", 4), ("observation_role", "user"))},
+            ("num_workers", 2), ("num_cpus", 0.5), ("max_concurrency", 8), ("step_timeout_s", 5.0),
+            ("restart_timeout_s", 60.0), ("max_turns", 2), ("max_action_tokens", 4), ("observation_role", "user"))},
         "env.params": ({"latency_s": 0.1}, [], ["env.name=calculator", "warmup.target_accuracy=0"]),
     }
     assert set(cases) == {key for key, _, _ in _ACTS_WHEN}, "a dependent setting without a case here"

@@ -4,7 +4,7 @@ Rollout workers call ``reset``/``step``/``close`` by trajectory key; the actor i
 calls at a time), so a tool that sleeps or waits on I/O holds up only its own trajectory. Whatever an environment
 raises or returns out of protocol comes back to the caller as an :class:`~rlsys.envs.EnvError` and fails that one
 trajectory; one that hangs past ``env.step_timeout_s`` gets this actor killed by the caller, and Ray restarts it
-(every trajectory it hosted then fails: their state was in it).
+(the other trajectories it hosted lost their state with it: the caller rebuilds each with :meth:`EnvWorker.replay`).
 """
 
 from __future__ import annotations
