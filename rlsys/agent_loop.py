@@ -21,11 +21,11 @@ its trajectory and gets its worker killed (Ray restarts it). A call refused or l
 (another trajectory hung it, or it crashed) is not the trajectory's fault: a ``reset`` is sent again, and a ``step``
 is *replayed* — the restarted worker builds the environment again and steps it through the trajectory's actions so
 far (:meth:`rlsys.actors.env.EnvWorker.replay`), which must give the observations the policy saw (else the
-environment is not deterministic, and the trajectory fails saying so). A replay lost with its worker's process
-counts: after ``MAX_REPLAYS`` the trajectory fails (an environment that kills its worker on some action kills it
-again on each replay). A call refused while the worker restarts costs nothing and is sent again until the worker is
-back, for up to ``env.restart_timeout_s`` (a worker's restart is a new process and the environment's constructor,
-slow on a loaded machine, so it has its own bound rather than the step's).
+environment is not deterministic, and the trajectory fails saying so). A step sent while its worker was up and
+lost with it counts: after ``MAX_REPLAYS`` the trajectory fails. A call sent while the worker restarts (it has not
+answered since) does not count; it is sent again until the worker answers, for up to ``env.restart_timeout_s`` — a
+restart is a new process, slow on a loaded machine, so it has its own bound rather than the step's — which also
+ends an environment that kills its worker again on each replay.
 """
 
 from __future__ import annotations
