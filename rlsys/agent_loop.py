@@ -18,14 +18,15 @@ evaluation is).
 Isolation: an environment call that raises, breaks the protocol, or whose worker dies fails its trajectory (the
 sample's reward then fails with the reason and it does not train); one that runs past ``env.step_timeout_s`` fails
 its trajectory and gets its worker killed (Ray restarts it). A call refused or lost because its worker restarted
-(another trajectory hung it, or it crashed) is not the trajectory's fault: a ``reset`` is sent again, and a ``step``
-is *replayed* — the restarted worker builds the environment again and steps it through the trajectory's actions so
-far (:meth:`rlsys.actors.env.EnvWorker.replay`), which must give the observations the policy saw (else the
-environment is not deterministic, and the trajectory fails saying so). A step sent while its worker was up and
-lost with it counts: after ``MAX_REPLAYS`` the trajectory fails. A call sent while the worker restarts (it has not
-answered since) does not count; it is sent again until the worker answers, for up to ``env.restart_timeout_s`` — a
-restart is a new process, slow on a loaded machine, so it has its own bound rather than the step's — which also
-ends an environment that kills its worker again on each replay.
+(another trajectory hung it, it crashed, or it restarted while the trajectory was generating) is not the
+trajectory's fault: a ``reset`` is sent again, and a ``step`` is *replayed* — the restarted worker builds the
+environment again and steps it through the trajectory's actions so far (:meth:`rlsys.actors.env.EnvWorker.replay`),
+which must give the observations the policy saw (else the environment is not deterministic, and the trajectory
+fails saying so). Past ``MAX_LOST`` calls lost with the worker's process the trajectory fails (an environment that
+kills its worker on some action kills it again on each replay); calls Ray refuses while the worker restarts cost
+nothing, and are sent again for up to ``env.restart_timeout_s`` — a restart is a new process, slow on a loaded
+machine, so it has its own bound rather than the step's. Calls sent to a restarting worker wait in Ray for it, and
+their deadline adds what is left of that bound.
 """
 
 from __future__ import annotations
@@ -36,12 +37,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import ray
-from ray.exceptions import RayActorError, RayError, RayTaskError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayError, RayTaskError
 
 from rlsys.config import ConfigError, EnvConfig
 from rlsys.data.chat import PromptFormat
 from rlsys.engines.generation import Completion, GenerationEngine
-from rlsys.envs import EnvError, Step
+from rlsys.envs import EnvError, EnvGone, Step
 from rlsys.failures import first_line
 from rlsys.types import Prompt, Trajectory, Turn
 
@@ -49,9 +50,10 @@ log = logging.getLogger(__name__)
 
 GATHER_S = 0.005  # once one tool call is back, the others that come back this soon join the same batch
 RETRY_S = 0.25  # a call refused by a restarting environment worker is sent again this much later
-# Steps (or replays) of one trajectory lost to restarts of its worker before it fails: one restart, and a replay
-# lost to a second (a call sent just before a kill landed runs on the old process and is lost with it)
-MAX_REPLAYS = 2
+# Calls of one trajectory lost with its worker's process (each then sent again or replayed) before it fails: one
+# restart, and a replay lost to a second (a call sent just before a kill landed runs on the old process and is lost
+# with it); an environment that kills its worker on some action or reset kills it again each time
+MAX_LOST = 2
 
 
 @dataclass
@@ -83,7 +85,8 @@ class _Open:
     turns: list[Turn] = field(default_factory=list)
     first_observation: str | None = None
     room: int = 0  # response tokens it may have: the budget, less a first observation's tokens
-    replays: int = 0
+    lost: int = 0  # its calls lost with its worker's process
+    waiting_since: float = 0.0  # when its current call was first lost or refused by a restart; 0: not waiting
     action: tuple[str, Completion] | None = None  # the action waiting for the environment's answer
     finish: str = "length"
     stop_reason: str = ""
@@ -183,9 +186,16 @@ class AgentLoop:
             if t.error is None and self._answered(t, method, ref, sent):
                 ready.append(t)
         now = time.monotonic()
-        late = [(ref, t, method, sent) for ref, (t, method, due, sent) in pending.items() if due <= now]
-        for ref, *_ in late:
-            del pending[ref]
+        late = []
+        for ref, (t, method, due, sent) in list(pending.items()):
+            since, by = self.restarts[t.env]
+            if due > now:
+                continue
+            if sent < since < now < by:  # sent before a restart under way, which its error is coming from
+                pending[ref] = (t, method, by, sent)
+            else:
+                del pending[ref]
+                late.append((ref, t, method, sent))
         for worker in sorted({t.env for _, t, _, _ in late}):  # each worker killed once, however many calls it hung
             self._timed_out(worker, [(t, method, sent) for _, t, method, sent in late if t.env == worker])
         return ready
@@ -195,13 +205,17 @@ class AgentLoop:
         try:
             answer = ray.get(ref)
         except RayActorError as e:  # the worker restarted (or is restarting): not this trajectory's doing
-            self._after_restart(t, method, e, sent)
+            self._after_restart(t, method, e, refused=_refused(e))
             return False
         except RayError as e:
-            self._fail(t, _env_failure(e, method, t.env))
+            self._back(t.env, sent)
+            if isinstance(getattr(e, "cause", None), EnvGone):  # it restarted while the trajectory was generating
+                self._after_restart(t, method, e, refused=False)
+            else:
+                self._fail(t, _env_failure(e, method, t.env))
             return False
-        if sent > self.restarts[t.env][0]:  # sent after the restart began and answered: the worker is back
-            self.restarts[t.env] = (0.0, 0.0)
+        self._back(t.env, sent)
+        t.waiting_since = 0.0
         if method == "replay":
             first, steps = answer
             seen = [(turn.observation, turn.done) for turn in t.turns]
@@ -250,51 +264,51 @@ class AgentLoop:
         t.mask += [0] * len(observed)
         return True
 
-    def _after_restart(self, t: _Open, method: str, error: RayActorError, sent: float) -> None:
-        """A call (``sent`` then) refused or lost because its worker restarted: sent again (a reset) or replayed
-        (a step) after ``RETRY_S``, while the worker has time left to come back.
-
-        A step sent while the worker was up, as far as known, is lost with it, and counts towards ``MAX_REPLAYS``.
-        One sent while it restarts (no answer from it since) does not: Ray refuses such calls until the new process
-        is connected, however many times they are sent, and an environment that kills its worker on each replay
-        then fails at ``env.restart_timeout_s``, or at ``MAX_REPLAYS`` if other calls find the worker up between."""
-        self._restarting(t.env)
-        since, by = self.restarts[t.env]
-        if method != "reset":
-            t.replays += sent < since
-            method = "replay"
+    def _after_restart(self, t: _Open, method: str, error: RayError, refused: bool) -> None:
+        """A call ``refused`` by a restarting worker (it never ran), or lost with its worker's process: sent again
+        (a reset) or replayed (a step) after ``RETRY_S``. A lost call counts towards ``MAX_LOST``; either way the
+        trajectory waits for its worker for up to ``env.restart_timeout_s`` from the first call lost or refused."""
         now = time.monotonic()
-        if t.replays > MAX_REPLAYS:
-            self._fail(t, _env_failure(error, method, t.env))
-        elif now + RETRY_S >= by:
-            self._fail(t, f"{_env_failure(error, method, t.env)}; it gave no answer within env.restart_timeout_s="
-                          f"{self.cfg.restart_timeout_s:g} s of its restart (still restarting, or dying again on "
-                          f"each call)")
+        self._restarting(t.env)
+        t.waiting_since = t.waiting_since or now
+        t.lost += not refused
+        method = "reset" if method == "reset" else "replay"
+        if t.lost > MAX_LOST:
+            self._fail(t, f"{_env_failure(error, method, t.env)}; {t.lost} of the trajectory's calls were lost with "
+                          f"its worker (at most {MAX_LOST} are sent again)")
+        elif now + RETRY_S >= t.waiting_since + self.cfg.restart_timeout_s:
+            self._fail(t, f"{_env_failure(error, method, t.env)}; the worker was not back within "
+                          f"env.restart_timeout_s={self.cfg.restart_timeout_s:g} s")
         else:
             self.retries.append((now + RETRY_S, t, method))
 
     def _restarting(self, worker: int) -> None:
-        """Note that ``worker`` is restarting, unless it is known to be: until it answers a call sent since."""
-        if not self.restarts[worker][1]:
-            now = time.monotonic()
+        """Note that ``worker`` is restarting, unless a restart it is known to be in has time left."""
+        now = time.monotonic()
+        if self.restarts[worker][1] <= now:
             self.restarts[worker] = (now, now + self.cfg.restart_timeout_s)
+
+    def _back(self, worker: int, sent: float) -> None:
+        """``worker`` answered a call ``sent`` then: if that was since its restart began, it is back."""
+        if sent > self.restarts[worker][0]:
+            self.restarts[worker] = (0.0, 0.0)
 
     def _timed_out(self, worker: int, calls: list[tuple[_Open, str, float]]) -> None:
         """``calls`` (trajectory, method, when sent) to ``worker`` ran past their deadline: it is killed (Ray
         restarts it) and they fail; the other trajectories it hosts lose their calls with it and are replayed."""
-        since, by = self.restarts[worker]  # set: it has not answered since it began restarting
+        since, by = self.restarts[worker]  # (0, 0) unless it has not answered since a restart began
         for t, method, sent in calls:
-            restarting = bool(by) and sent >= since  # then the restart may be what hung
-            if restarting:
-                why = (f"environment {method}() gave no answer within env.restart_timeout_s="
-                       f"{self.cfg.restart_timeout_s:g} s + env.step_timeout_s={self.cfg.step_timeout_s:g} s per "
-                       f"call, sent while worker {worker} was restarting (the restart or the call hung)")
+            if by and sent >= since:  # sent while it restarted: the restart may be what hung
+                why = (f"environment {method}() gave no answer in time (what was left of env.restart_timeout_s="
+                       f"{self.cfg.restart_timeout_s:g} s, then env.step_timeout_s={self.cfg.step_timeout_s:g} s per "
+                       f"call), sent while worker {worker} was restarting: the restart or the call hung")
             else:
                 why = f"environment {method}() timed out after env.step_timeout_s={self.cfg.step_timeout_s:g} s"
             self._fail(t, f"{why} (environment worker {worker} was restarted)")
             t.closed = True  # its state went with the worker
-        log.warning("environment worker %d: trajectory %s: %s; restarting the worker (the other trajectories it "
-                    "hosts are replayed on it)", worker, calls[-1][0].key, why)
+        log.warning("environment worker %d: trajectory %s: %s%s; restarting the worker (the other trajectories it "
+                    "hosts are replayed on it)", worker, calls[-1][0].key, why,
+                    f" (and {len(calls) - 1} other calls)" if len(calls) > 1 else "")
         ray.kill(self.envs[worker], no_restart=False)
         now = time.monotonic()
         self.restarts[worker] = (now, now + self.cfg.restart_timeout_s)
@@ -317,6 +331,12 @@ class AgentLoop:
             Trajectory(tuple(t.turns), t.first_observation, t.error))
 
 
+def _refused(error: RayActorError) -> bool:
+    """Whether Ray refused the call because the actor is restarting (it never ran), rather than losing it with the
+    process. Ray says so only in the message; should its wording change, a refusal counts as lost (the safe side)."""
+    return isinstance(error, ActorUnavailableError) and "actor is restarting" in str(error)
+
+
 def _env_failure(error: RayError, method: str, worker: int) -> str:
     """Why an environment call failed, in one line: the environment's own error, or its worker's death."""
     if isinstance(error, RayTaskError):
@@ -325,6 +345,7 @@ def _env_failure(error: RayError, method: str, worker: int) -> str:
             return str(cause)
         return first_line(cause) if cause is not None else first_line(error)
     if isinstance(error, RayActorError):
-        return (f"environment worker {worker} died during this {method}() (another trajectory's call may have hung "
-                f"it, or it crashed): {first_line(error)}")
+        how = "was restarting and refused" if _refused(error) else "died during"
+        return (f"environment worker {worker} {how} this {method}() (another trajectory's call may have hung it, or "
+                f"it crashed): {first_line(error)}")
     return f"environment {method}() failed: {first_line(error)}"

@@ -53,13 +53,28 @@ def _kill_env_workers():
 
 
 class SlowToRestart(EnvWorker):
-    """An environment worker whose restarts take ``restart_s`` (its first start makes ``marker``)."""
+    """An environment worker whose restarts take ``restart_s`` more than a start (its first start makes ``marker``)."""
 
     def __init__(self, name: str, params: dict, marker: str, restart_s: float) -> None:
         if os.path.exists(marker):
             time.sleep(restart_s)
         open(marker, "w").close()
         super().__init__(name, params)
+
+
+class Forgetful(EnvWorker):
+    """An environment worker that loses each trajectory's environment once, at its first step — as one that
+    restarted while the trajectory was generating would."""
+
+    def __init__(self, name: str, params: dict) -> None:
+        super().__init__(name, params)
+        self.forgot: set[str] = set()
+
+    def step(self, key: str, action: str):
+        if key not in self.forgot:
+            self.forgot.add(key)
+            self.envs.pop(key, None)
+        return super().step(key, action)
 
 
 def env_workers(name: str, params: dict | None = None, n: int = 1, cls: type = EnvWorker, *args) -> list:
@@ -148,16 +163,15 @@ def test_a_first_observation_follows_the_prompt(ray_session, policy):
 @pytest.mark.parametrize(("how", "error"), [
     ("raise", "environment 'env_fixtures:FailsOn' raised in step(): RuntimeError: the tool broke"),
     ("junk", "step() returned 'only an observation'; expected a tuple"),
-    ("exit", "environment worker 0 died during this replay()"),  # replayed till env.restart_timeout_s, dying each time
+    ("exit", "environment worker 0 died during this replay()"),  # replayed MAX_LOST times, dying each time
     ("surrogate", "step() returned observation text that is not valid Unicode"),
     ("interrupt", "raised in step(): KeyboardInterrupt"),
 ])
 def test_an_environment_that_fails_fails_its_trajectory_only(ray_session, policy, how, error):
     _, _, prompts = policy
     target = prompts[0].text
-    # a dying worker takes its trajectories with it: the others are on another
-    workers, env = (2, {"restart_timeout_s": 10.0}) if how == "exit" else (1, {})
-    rollouts = loop(policy, "env_fixtures:FailsOn", {"prompt": target, "how": how}, workers=workers, **env).run(
+    workers = 2 if how == "exit" else 1  # a dying worker takes its trajectories with it: the others are on another
+    rollouts = loop(policy, "env_fixtures:FailsOn", {"prompt": target, "how": how}, workers=workers).run(
         [prompts[0], prompts[1], prompts[0], prompts[1]], seed=4)
     for r in rollouts[::2]:
         assert error in r.trajectory.error
@@ -180,12 +194,21 @@ def test_a_hanging_step_times_out_and_its_worker_is_restarted_with_the_other_tra
 
 def run_killed(agent: AgentLoop, prompts: list, after_s: float = 1.5) -> list:
     """``agent.run(prompts)``, its worker 0 killed (Ray restarts it) ``after_s`` into the run."""
-    out = []
-    runner = threading.Thread(target=lambda: out.extend(agent.run(prompts, seed=8)))
+    out, errors = [], []
+
+    def run() -> None:
+        try:
+            out.extend(agent.run(prompts, seed=8))
+        except BaseException as e:  # noqa: BLE001  re-raised below, in the test's thread
+            errors.append(e)
+
+    runner = threading.Thread(target=run, daemon=True)
     runner.start()
     time.sleep(after_s)
     ray.kill(agent.envs[0], no_restart=False)
     runner.join(timeout=180)
+    if errors:
+        raise errors[0]
     assert len(out) == len(prompts), "the run did not finish within 180 s of the kill"
     return out
 
@@ -220,6 +243,16 @@ def test_a_restart_slower_than_a_step_is_waited_for_up_to_the_restart_timeout(ra
             assert (r.trajectory.error, len(r.trajectory.turns)) == (None, 3)
         else:
             assert "env.restart_timeout_s=2 s" in (r.trajectory.error or ""), r.trajectory
+
+
+def test_a_step_that_finds_its_environment_gone_is_replayed(ray_session, policy):
+    """Each trajectory's first step reaches a worker that no longer has its environment (it restarted while the
+    policy generated): the trajectory is replayed there and finishes."""
+    engine, fmt, prompts = policy
+    cfg = EnvConfig(name="env_fixtures:Scripted", params={"turns": 3}, max_action_tokens=4)
+    agent = AgentLoop(engine, fmt, env_workers(cfg.name, cfg.params, 1, Forgetful), cfg, 40, temperature=1.0)
+    for r in agent.run(prompts[:3], seed=9):
+        assert (r.trajectory.error, [t.info["turn"] for t in r.trajectory.turns]) == (None, [1, 2, 3])
 
 
 def test_a_slow_tool_call_holds_up_only_its_own_trajectory(ray_session, policy):

@@ -229,8 +229,10 @@ def test_the_agent_loop_runs_on_the_vllm_engine(ray_session, engines, checkpoint
     loop = AgentLoop(v, fmt, env_workers(cfg.name, cfg.params), cfg, budget=40, temperature=1.0)
     prompts = [Prompt(f"p{i}", f"{i}+{i + 3}=", str(2 * i + 3)) for i in range(8)]
     observed = fmt.observation_ids(prompts[0], "12")
-    rollouts = loop.run(prompts, seed=3)
-    kill_env_workers()
+    try:
+        rollouts = loop.run(prompts, seed=3)
+    finally:
+        kill_env_workers()
     for r in rollouts:
         assert r.trajectory.error is None and len(r.trajectory.turns) == 3
         assert [value for value, _, _ in runs_of(r.loss_mask)] == [1, 0, 1, 0, 1]

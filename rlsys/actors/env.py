@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlsys.envs import EnvError, Step, make_env
+from rlsys.envs import EnvError, EnvGone, Step, make_env
 from rlsys.envs.base import check_reset, check_step
 from rlsys.types import Prompt
 
@@ -29,7 +29,7 @@ class EnvWorker:
     def step(self, key: str, action: str) -> Step:
         env = self.envs.get(key)
         if env is None:
-            raise EnvError("this environment worker restarted since the trajectory began: its environment is gone")
+            raise EnvGone("this environment worker restarted since the trajectory began: its environment is gone")
         return check_step(self._call(env.step, action, "step"))
 
     def replay(self, key: str, prompt: Prompt, actions: list[str]) -> tuple[str | None, list[Step]]:

@@ -126,8 +126,8 @@ def _create(cfg: RLConfig, model_dir: str, sample_log_path: str | None, runtime_
                  cfg.rollout.max_new_tokens, packed, **in_learner)
 
     rc, ec = cfg.rollout, cfg.env
-    # Restarted without limit, calls never retried: a rollout worker kills one whose call hangs (the trajectories
-    # it hosted fail), and a step must not run twice.
+    # Restarted without limit, calls never retried: a rollout worker kills one whose call hangs (the trajectories it
+    # hosted are replayed on it, rlsys.agent_loop), and a step must not run twice.
     envs = [ray.remote(EnvWorker).options(
         num_cpus=ec.num_cpus, max_restarts=-1, max_task_retries=0, max_concurrency=ec.max_concurrency,
         runtime_env=runtime_env, scheduling_strategy=in_bundle("environment worker", i),

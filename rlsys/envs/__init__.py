@@ -5,6 +5,7 @@ Importing this package registers the built-ins (``calculator``, ``python``)."""
 from rlsys.envs import calculator, python_tool  # noqa: F401  (registers the built-ins)
 from rlsys.envs.base import (
     EnvError,
+    EnvGone,
     Environment,
     Step,
     env_names,
@@ -14,5 +15,5 @@ from rlsys.envs.base import (
     register_env,
 )
 
-__all__ = ["EnvError", "Environment", "Step", "env_names", "env_stop_strings", "get_env_class", "make_env",
+__all__ = ["EnvError", "EnvGone", "Environment", "Step", "env_names", "env_stop_strings", "get_env_class", "make_env",
            "register_env"]

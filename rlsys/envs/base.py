@@ -36,6 +36,11 @@ class EnvError(Exception):
     """An environment broke its protocol (a bad return value) or failed; the message says which and how."""
 
 
+class EnvGone(EnvError):
+    """A step reached an environment worker that restarted since the trajectory began: its environment is gone (the
+    caller replays the trajectory, :meth:`rlsys.actors.env.EnvWorker.replay`)."""
+
+
 class Step(NamedTuple):
     """What ``step`` returned, checked (:func:`check_step`)."""
 
