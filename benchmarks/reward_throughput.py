@@ -28,14 +28,13 @@ import ray
 from results_io import markdown_table, save
 
 from rlsys.actors.reward import RewardWorker
-from rlsys.actors.rollout import RolloutBatch
 from rlsys.config import ModelConfig, RewardConfig
 from rlsys.data.model import build_tiny_llama
 from rlsys.data.tasks import make_arithmetic_rows
 from rlsys.data.tokenizer import build_char_tokenizer
 from rlsys.rewards import RewardComponent, RewardModelSpec
 from rlsys.train import ACTOR_ENV
-from rlsys.types import Group, Prompt, Sample
+from rlsys.types import Group, Prompt, RolloutBatch, Sample
 
 GROUPS, GROUP_SIZE = 8, 8
 

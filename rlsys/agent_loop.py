@@ -188,9 +188,9 @@ class AgentLoop:
         now = time.monotonic()
         late = []
         for ref, (t, method, due, sent) in list(pending.items()):
-            since, by = self.restarts[t.env]
             if due > now:
                 continue
+            since, by = self.restarts[t.env]
             if sent < since < now < by:  # sent before a restart under way, which its error is coming from
                 pending[ref] = (t, method, by, sent)
             else:
@@ -282,10 +282,11 @@ class AgentLoop:
         else:
             self.retries.append((now + RETRY_S, t, method))
 
-    def _restarting(self, worker: int) -> None:
-        """Note that ``worker`` is restarting, unless a restart it is known to be in has time left."""
+    def _restarting(self, worker: int, fresh: bool = False) -> None:
+        """Note that ``worker`` is restarting, unless a restart it is known to be in has time left (``fresh``: a
+        restart begins now, as when the loop kills it)."""
         now = time.monotonic()
-        if self.restarts[worker][1] <= now:
+        if fresh or self.restarts[worker][1] <= now:
             self.restarts[worker] = (now, now + self.cfg.restart_timeout_s)
 
     def _back(self, worker: int, sent: float) -> None:
@@ -310,8 +311,7 @@ class AgentLoop:
                     "hosts are replayed on it)", worker, calls[-1][0].key, why,
                     f" (and {len(calls) - 1} other calls)" if len(calls) > 1 else "")
         ray.kill(self.envs[worker], no_restart=False)
-        now = time.monotonic()
-        self.restarts[worker] = (now, now + self.cfg.restart_timeout_s)
+        self._restarting(worker, fresh=True)
 
     def _fail(self, t: _Open, why: str) -> None:
         t.error, t.finish, t.stop_reason = why, "stop", "env error"

@@ -21,9 +21,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rlsys.algos.advantages import ESTIMATORS
-from rlsys.algos.aggregation import AGGREGATIONS
-from rlsys.algos.losses import IS_LEVELS, IS_MODES, POLICY_LOSSES
+from rlsys.algos.names import AGGREGATIONS, ESTIMATORS, IS_LEVELS, IS_MODES, POLICY_LOSSES
 from rlsys.rewards import RewardComponent, reward_names
 from rlsys.rewards.components import ENSEMBLE_MODES, MODEL_KINDS, SCOPES, check_judge_template
 from rlsys.rewards.process import STEP_AGGREGATIONS

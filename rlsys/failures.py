@@ -9,9 +9,12 @@ import logging
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from rlsys.data.tasks import PromptStream
 from rlsys.types import Prompt
+
+if TYPE_CHECKING:  # the data pipeline imports transformers, which the buffer actor (FailedExample) does not need
+    from rlsys.data.tasks import PromptStream
 
 log = logging.getLogger(__name__)
 

@@ -124,3 +124,16 @@ class Group:
     @property
     def rewards(self) -> np.ndarray:
         return np.array([s.reward for s in self.samples], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class RolloutBatch:
+    """The groups of one generate request (a rollout worker's answer, which the reward workers and the buffer
+    take), plus timings the controller turns into throughput and idle metrics."""
+
+    request_id: int
+    groups: list[Group]
+    worker: int
+    generate_s: float
+    reward_s: float = 0.0
+    reward_term_s: dict[str, float] = field(default_factory=dict)  # each reward component's compute seconds

@@ -16,6 +16,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The real GSM8K files (MIT licence), read where they are and never copied: the shared folder beside the repository
 # (as on the developers' machines and in CI), or $RLSYS_GSM8K_DIR. Tests that need them skip without them.
 GSM8K = Path(os.environ.get("RLSYS_GSM8K_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"))
+needs_gsm8k = pytest.mark.skipif(not (GSM8K / "train.jsonl").is_file() or not (GSM8K / "test.jsonl").is_file(),
+                                 reason=f"the GSM8K files are not at {GSM8K} (set RLSYS_GSM8K_DIR to their folder)")
 
 
 def tiny_overrides(tmp_path, *extra: str) -> list[str]:

@@ -12,10 +12,9 @@ import torch
 
 from rlsys.actors.buffer import BufferActor
 from rlsys.actors.learner import compute_advantages, rank_batch
-from rlsys.actors.rollout import RolloutBatch
 from rlsys.algos import group_advantages, sample_loss_weights
 from rlsys.config import AlgoConfig
-from rlsys.types import Group, Prompt, Sample
+from rlsys.types import Group, Prompt, RolloutBatch, Sample
 
 MAX_NEW = 6
 

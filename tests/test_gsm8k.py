@@ -14,14 +14,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import GSM8K
+from conftest import GSM8K, needs_gsm8k
 
 from rlsys.config import ConfigError, load_config
 from rlsys.data.checks import REASONS
 from rlsys.data.tasks import DatasetError, read_prompts, read_rows
-
-needs_gsm8k = pytest.mark.skipif(not (GSM8K / "train.jsonl").is_file() or not (GSM8K / "test.jsonl").is_file(),
-                                 reason=f"the GSM8K files are not at {GSM8K} (set RLSYS_GSM8K_DIR to their folder)")
 
 
 def _gsm8k_file(path: Path, answers: list[object], questions: list[object] | None = None) -> Path:

@@ -45,8 +45,6 @@ from rlsys.controller import RunSummary
 from rlsys.metrics import read_metrics
 from rlsys.train import train
 
-pytestmark = pytest.mark.slow
-
 STEPS = 200
 HELD_OUT_STEPS = 800  # the GRPO run whose held-out gain is asserted
 RM_STEPS = 4000  # preference-training steps of the reward model in the RM run (~60 s on 2 idle cores)
@@ -56,6 +54,9 @@ MAX_ACC_DROP = 0.15  # held-out accuracy (200 problems) may not fall by more tha
 MIN_ACC_GAIN = 0.08  # held-out accuracy gain of the HELD_OUT_STEPS GRPO run (measured: +0.215, +0.33, +0.38)
 PARALLEL_RUNS = max(1, min(2, os.cpu_count() or 1))  # runs at once: about one busy core each
 RUN_TIMEOUT_S = 2400  # one run, far above the ~100-300 s they take on 2 loaded cores: a hang fails, never waits
+# A test waits for its run: for the run ahead of it in the pool, then its own, each bounded by RUN_TIMEOUT_S. The
+# suite's 900 s per test cut that wait short in CI (the 800-step run took 940 s on a loaded machine).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2 * RUN_TIMEOUT_S)]
 
 
 CALCULATOR_STEPS = 40  # the calculator example's run, synchronous

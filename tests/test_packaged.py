@@ -11,7 +11,7 @@ import os
 import time
 
 import pytest
-from conftest import GSM8K
+from conftest import GSM8K, needs_gsm8k
 
 from rlsys.config import ConfigError, checkpoint_problem, load_config
 from rlsys.packaged import PACKAGED, Packaged, packaged_checkpoint, packaged_file
@@ -233,7 +233,7 @@ def test_a_reference_with_qwens_tokenizer_is_refused_for_smollm2_and_one_with_sm
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (GSM8K / "train.jsonl").is_file(), reason=f"the GSM8K files are not at {GSM8K}")
+@needs_gsm8k
 def test_the_smollm2_gsm8k_example_trains_end_to_end(ray_session, smollm2, tmp_path):
     """The example config, shrunk to two steps: the real checkpoint, GSM8K's train file, the chat template, the
     end-of-turn token. What the policy read and what stopped each response are in samples.parquet."""

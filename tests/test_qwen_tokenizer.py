@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import GSM8K
+from conftest import GSM8K, needs_gsm8k
 from transformers import AutoTokenizer
 
 from rlsys.config import ConfigError, ModelConfig, TaskConfig, load_config
@@ -34,6 +34,7 @@ def qwen(qwen_dir):
     return AutoTokenizer.from_pretrained(qwen_dir, local_files_only=True)
 
 
+@needs_gsm8k
 def test_the_conversion_encodes_as_the_packages_own_tiktoken_encoder(qwen):
     """Every id equal, on GSM8K text and on the cases byte-level BPE conversions get wrong: digits (one token each
     in Qwen), whitespace runs, combining characters (NFC), non-Latin scripts and special tokens in the text."""

@@ -98,14 +98,17 @@ def test_a_stop_string_ends_the_response_at_the_token_that_completes_it(engines,
 
 
 def test_a_seeded_request_replays_and_another_seed_does_not(engines, checkpoint):
+    """At T = 2: the warmed policy is peaked, and at T = 1 two seeds gave different responses to only 3-10 of the 64
+    prompts (20 seed pairs, 2026-12-03: one CI run failed a bound of 5); at T = 2, to 34-41 of them. At least 16
+    differ, half the fewest measured; a seed that changed nothing would give 0."""
     v, _ = engines
     _, _, prompts = checkpoint
-    first = v.generate(prompts, 6, 1.0, seed=11)
-    again = v.generate(prompts, 6, 1.0, seed=11)
+    first = v.generate(prompts, 6, 2.0, seed=11)
+    again = v.generate(prompts, 6, 2.0, seed=11)
     assert all(np.array_equal(a.token_ids, b.token_ids) and np.array_equal(a.logprobs, b.logprobs)
                for a, b in zip(first, again))
-    other = v.generate(prompts, 6, 1.0, seed=12)
-    assert sum(not np.array_equal(a.token_ids, b.token_ids) for a, b in zip(first, other)) >= 5
+    other = v.generate(prompts, 6, 2.0, seed=12)
+    assert sum(not np.array_equal(a.token_ids, b.token_ids) for a, b in zip(first, other)) >= 16
 
 
 def test_greedy_decoding_equals_the_hf_engines(engines, checkpoint):

@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from rlsys.actors.rollout import RolloutBatch
 from rlsys.algos import untrained_reasons, zero_variance_groups
 from rlsys.buffer import GroupBuffer
 from rlsys.failures import FailedExample
 from rlsys.metrics import trajectory_totals
 from rlsys.samples_io import SampleLog
-from rlsys.types import Group
+from rlsys.types import Group, RolloutBatch
 
 
 @dataclass(frozen=True)

@@ -11,17 +11,18 @@ import math
 import time
 from dataclasses import replace
 
-import torch
-
-from rlsys.actors.rollout import RolloutBatch
 from rlsys.config import RewardConfig
 from rlsys.rewards import RewardItem, RewardOutcome, RewardScorer
-from rlsys.types import Sample
+from rlsys.types import RolloutBatch, Sample
 
 
 class RewardWorker:
     def __init__(self, cfg: RewardConfig) -> None:
-        device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        device = "cpu"
+        if cfg.num_gpus > 0:  # torch only where a GPU is asked for: a rule-only worker starts seconds sooner
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         # One score() per call: it stops starting rule calls before the controller's call timeout would kill this
         # actor and re-score the whole call, so rewards that hang on many samples fail those samples instead.
         self.scorer = RewardScorer(cfg.terms, cfg.timeout_s, device, max_call_s=0.8 * cfg.call_timeout_s)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -17,19 +16,7 @@ from rlsys.config import EnvConfig, RolloutConfig, TaskConfig
 from rlsys.data.chat import PromptFormat
 from rlsys.engines.generation import GenerationEngine, HFEngine
 from rlsys.model_source import ensure_pad_token, local_model_dir
-from rlsys.types import Group, Prompt, Sample
-
-
-@dataclass(frozen=True)
-class RolloutBatch:
-    """The groups of one generate request, plus timings the controller turns into throughput and idle metrics."""
-
-    request_id: int
-    groups: list[Group]
-    worker: int
-    generate_s: float
-    reward_s: float = 0.0
-    reward_term_s: dict[str, float] = field(default_factory=dict)  # each reward component's compute seconds
+from rlsys.types import Group, Prompt, RolloutBatch, Sample
 
 
 def make_engine(cfg: RolloutConfig, model_dir: str, tokenizer, seed: int = 0, stop: tuple[str, ...] = ()

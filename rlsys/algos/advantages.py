@@ -18,8 +18,6 @@ import torch
 Reduce = Callable[[torch.Tensor], torch.Tensor]  # sums over data-parallel ranks (in place or not), returns the sum
 ReduceMax = Callable[[torch.Tensor], torch.Tensor]
 
-OUTCOME_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
-ESTIMATORS = (*OUTCOME_ESTIMATORS, "gae")
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "constant")
+from rlsys.algos.names import AGGREGATIONS
 
 
 def sample_loss_weights(lengths: np.ndarray, trainable: np.ndarray, mode: str, max_len: int,

@@ -12,9 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-POLICY_LOSSES = ("ppo", "dual_clip", "gspo", "cispo", "reinforce")
-IS_MODES = ("plain", "tis", "mis")
-IS_LEVELS = ("token", "sequence")
+from rlsys.algos.names import IS_MODES, POLICY_LOSSES
+
 MAX_LOG_RATIO = 20.0  # exp(20) ≈ 5e8: sequence-level ratios are products and overflow otherwise
 
 
