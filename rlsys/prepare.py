@@ -211,6 +211,8 @@ def load_datasets(cfg: RLConfig) -> Datasets:
     cell_bad = [b for s in splits for b in s.data.bad]
     bad = in_file_order(cell_bad + _token_checks(cfg, splits, fmt, context, source))
     (train_prompts, eval_prompts), dropped_rows = _settle(cfg, splits, bad)
+    if cfg.env.enabled and train_prompts:  # a template without the observation role fails here, not at a turn
+        fmt.observation_ids(train_prompts[0], "", cfg.env.observation_role)
     seen = {p.text for p in train_prompts}
     if overlap := sum(p.text in seen for p in eval_prompts):
         log.warning("%d of the %d held-out prompts (%s) also occur in the training data (%s): held-out accuracy "

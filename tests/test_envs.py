@@ -189,6 +189,29 @@ def test_a_template_without_the_role_is_a_config_error_naming_the_setting():
         fmt.observation_ids(PROMPT, "42", role="tool")
 
 
+def test_an_observation_role_the_policys_template_lacks_fails_before_ray_starts(tmp_path):
+    """load_datasets (run before Ray and the warm-up) renders an observation turn once, so that the run fails in
+    seconds rather than at its first tool call."""
+    from conftest import tiny_overrides
+
+    from rlsys.config import EXAMPLES, ModelConfig
+    from rlsys.data.model import build_tiny_llama
+    from rlsys.prepare import load_datasets
+
+    tok = build_char_tokenizer()
+    tok.chat_template = ("{% for m in messages %}{% if m.role not in ['user', 'assistant'] %}"
+                         "{{ raise_exception('unknown role') }}{% endif %}{{ m.content }}{% endfor %}")
+    policy = tmp_path / "policy"
+    build_tiny_llama(ModelConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2), tok
+                     ).save_pretrained(policy)
+    tok.save_pretrained(policy)
+    files = [EXAMPLES / "calculator.yaml"]
+    chat = tiny_overrides(tmp_path, f"model.path={policy}", "task.prompt_format=chat")
+    with pytest.raises(ConfigError, match="env.observation_role"):
+        load_datasets(load_config(files, chat))
+    assert load_datasets(load_config(files, [*chat, "env.observation_role=user"])).train_prompts
+
+
 def test_a_demonstration_trains_on_its_actions_only():
     tok = build_char_tokenizer("0123456789*=[] ")
     fmt = PromptFormat.raw(tok)
