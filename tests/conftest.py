@@ -146,17 +146,3 @@ def controller_run(tmp_path, *overrides: str):
     finally:
         metrics.close()
         shutdown_actors(actors)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _learning_runs_in_the_background(request, tmp_path_factory):
-    """The learning tests' runs start with the session and overlap the other tests (tests/test_learning.py:
-    start_learning_runs); stopped at its end, however it ends."""
-    stop = None
-    if any(item.path.name == "test_learning.py" for item in request.session.items):
-        from test_learning import start_learning_runs
-
-        stop = start_learning_runs(request.session.items, tmp_path_factory)
-    yield
-    if stop is not None:
-        stop()

@@ -23,9 +23,8 @@ in the README's Results):
   98.5-99.5 %) and +88 to +94 points (tool calls: 6-12 % → 98-100 %) measured over three seeds.
 
 The runs are independent and synchronous, and a synchronous run keeps about one core busy, so they run as
-``rlsys`` processes of their own, PARALLEL_RUNS at a time from the start of the session, beside the other tests
-(:func:`start_learning_runs`), each test asserting on its run as soon as that has finished. Their results do not
-depend on the order, the overlap or the load: η = 0.
+``rlsys`` processes of their own, PARALLEL_RUNS at a time (:func:`learning_runs`), each test asserting on its run
+as soon as that has finished. Their results do not depend on the order or the overlap: η = 0.
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -56,9 +54,9 @@ MAX_ACC_DROP = 0.15  # held-out accuracy (200 problems) may not fall by more tha
 MIN_ACC_GAIN = 0.08  # held-out accuracy gain of the HELD_OUT_STEPS GRPO run (measured: +0.215, +0.33, +0.38)
 PARALLEL_RUNS = max(1, min(2, os.cpu_count() or 1))  # runs at once: about one busy core each
 RUN_TIMEOUT_S = 2400  # one run, far above the ~100-300 s they take on 2 loaded cores: a hang fails, never waits
-# A test waits for its run, and for those ahead of it in the pool: each is bounded by RUN_TIMEOUT_S, not by the
-# suite's 900 s per test (which cut the wait for the 800-step run short in CI: it took 940 s on a loaded machine).
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(0)]
+# A test waits for its run: for the run ahead of it in the pool, then its own, each bounded by RUN_TIMEOUT_S. The
+# suite's 900 s per test cut that wait short in CI (the 800-step run took 940 s on a loaded machine).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2 * RUN_TIMEOUT_S)]
 
 
 CALCULATOR_STEPS = 40  # the calculator example's run, synchronous
@@ -136,14 +134,7 @@ RUN_OF_TEST = {"test_grpo_raises_the_training_reward_and_held_out_accuracy": "gr
 def run_learning(name: str, root: str, out: str) -> None:
     """One learning run (``RUNS[name]``), in a process of its own: writes {summary, run_dir, ...} as JSON to ``out``.
     The RM run trains its reward model first (RM_STEPS steps on right vs. near-miss answers) and adds
-    ``rm_held_out`` (its pairwise accuracy on held-out pairs) and ``rm_version``. "warm-up": only the warm-up that
-    the runs share (cached under ``root``)."""
-    if name == "warm-up":
-        from rlsys.prepare import prepare
-
-        prepare(learning_config(root))
-        Path(out).write_text("{}")
-        return
+    ``rm_held_out`` (its pairwise accuracy on held-out pairs) and ``rm_version``."""
     algo, overrides = RUNS[name]
     extra: dict = {}
     if name == "rm":
@@ -169,82 +160,36 @@ def _launch(name: str, root: Path) -> dict:
     out, log = root / f"{name}.json", root / f"{name}.log"
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from test_learning import "
             f"run_learning; run_learning({name!r}, {str(root)!r}, {str(out)!r})")
-    with open(log, "w") as f, subprocess.Popen([sys.executable, "-c", code], stdout=f, stderr=subprocess.STDOUT) as p:
-        _LIVE.add(p)
-        try:
-            returncode = p.wait(RUN_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            raise AssertionError(f"learning run {name!r} did not end within {RUN_TIMEOUT_S} s (its log: {log})")
-        finally:
-            _LIVE.discard(p)
-    if returncode != 0:
+    with open(log, "w") as f:
+        done = subprocess.run([sys.executable, "-c", code], stdout=f, stderr=subprocess.STDOUT,
+                              timeout=RUN_TIMEOUT_S, check=False)
+    if done.returncode != 0:
         tail = log.read_text()[-4000:]
-        raise AssertionError(f"learning run {name!r} exited {returncode}; the end of its log ({log}):\n{tail}")
+        raise AssertionError(f"learning run {name!r} exited {done.returncode}; the end of its log ({log}):\n{tail}")
     result = json.loads(out.read_text())
-    if name == "warm-up":
-        return result
     s = result["summary"]
     result["summary"] = RunSummary(**{**s, "eval_accuracy": {int(k): v for k, v in s["eval_accuracy"].items()}})
     result["run_dir"] = Path(result["run_dir"])
     return result
 
 
-_RUNS: dict[str, Future] = {}  # name → Future of the run's result, once start_learning_runs has run
-_LIVE: set[subprocess.Popen] = set()  # the runs' processes now running
-
-
-def start_learning_runs(items: list, tmp_path_factory) -> Callable[[], None] | None:
-    """Start the runs that the selected ``items`` of this module need, in the background, PARALLEL_RUNS at a time in
-    test order, after a warm-up of their own process that they share (its cached checkpoint). Returns a function
-    that stops what has not started, or None when no test of this module is selected.
-
-    Called at the start of the session (tests/conftest.py), so that the runs — synchronous, so their results do
-    not depend on the load — overlap the rest of the suite, whose tests spend much of their time waiting on
-    timeouts, restarts and processes starting (the whole suite took 80 min in CI with the runs in a block of their
-    own, 24 min of it theirs)."""
+@pytest.fixture(scope="module")
+def learning_runs(request, tmp_path_factory):
+    """name → Future of the run's result ({summary: RunSummary, run_dir: Path, ...}) for the runs the selected tests
+    of this module need, started PARALLEL_RUNS at a time in test order. The warm-up is built here first, once, so
+    the runs share its cached checkpoint instead of each building it."""
+    from rlsys.prepare import prepare
 
     def run_of(item) -> str:
         return item.callspec.params["algo"] if hasattr(item, "callspec") else RUN_OF_TEST[item.originalname]
 
-    needed = list(dict.fromkeys(run_of(i) for i in items if i.module.__name__ == __name__))
-    if not needed:
-        return None
+    needed = list(dict.fromkeys(run_of(i) for i in request.session.items if i.module is request.module))
     root = tmp_path_factory.mktemp("learning")
+    prepare(learning_config(root))
     pool = ThreadPoolExecutor(PARALLEL_RUNS)
-    warm = pool.submit(_launch, "warm-up", root)
-
-    def after_warm_up(name: str) -> dict:
-        warm.result()  # raises the warm-up's failure in every run's test
-        return _launch(name, root)
-
-    for name in needed:
-        _RUNS[name] = pool.submit(after_warm_up, name)
-
-    def stop() -> None:
-        """A session that ends early (--maxfail, Ctrl-C) does not wait for the runs: SIGTERM (a run stops its Ray
-        cluster on it), then SIGKILL what is left after 30 s."""
-        pool.shutdown(wait=False, cancel_futures=True)
-        for p in list(_LIVE):
-            p.terminate()
-        for p in list(_LIVE):
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
-    return stop
-
-
-@pytest.fixture(scope="module")
-def learning_runs(request, tmp_path_factory):
-    """name → Future of the run's result ({summary: RunSummary, run_dir: Path, ...}): started at the start of the
-    session (:func:`start_learning_runs`), or here when this module runs without that conftest."""
-    if not _RUNS:
-        stop = start_learning_runs(request.session.items, tmp_path_factory)
-        if stop is not None:
-            request.addfinalizer(stop)
-    return _RUNS
+    request.addfinalizer(lambda: pool.shutdown(wait=False, cancel_futures=True))
+    futures: dict[str, Future] = {name: pool.submit(_launch, name, root) for name in needed}
+    return futures
 
 
 # GRPO's case is the longer run below, which asserts the same and more (one run fewer in CI).
