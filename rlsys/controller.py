@@ -118,6 +118,9 @@ class RunSummary:
     replaced_workers: int = 0  # rollout and reward actors found dead for good and replaced by new ones
     recoveries: int = 0  # the learner group rebuilt from a checkpoint inside the job (rlsys.recovery)
     eval_reward_failures: int = 0  # held-out samples whose reward failed (counted as wrong in eval_accuracy)
+    # Multi-turn runs: policy version → the held-out trajectories' turns and tool_calls (means per trajectory),
+    # tool_call_rate (fraction with at least one call) and env_failures (count); empty for single completions.
+    eval_trajectories: dict[int, dict[str, float]] = field(default_factory=dict)
 
 
 class Controller:
@@ -149,6 +152,7 @@ class Controller:
         self.learning = False
         self.window = _Window()
         self.eval_accuracy: dict[int, float] = {}
+        self.eval_trajectories: dict[int, dict[str, float]] = {}
         self.eval_retry: tuple[float, int] | None = None  # (when, attempt) of a lost evaluation's next attempt
         # A weight sync held back while a lost evaluation waits to be repeated: the rollout workers keep the weights
         # of the version it evaluates (admission is relative to that version, so η still holds)
@@ -422,6 +426,7 @@ class Controller:
                           "outstanding": [[pid, epoch] for pid, epoch in self.outstanding],
                           "retries": self.retries.state(),
                           "eval_accuracy": [[v, a] for v, a in self.eval_accuracy.items()],
+                          "eval_trajectories": [[v, t] for v, t in self.eval_trajectories.items()],
                           "totals": dict(self.totals), "metrics_records": self.metrics.records,
                           "elapsed_s": time.perf_counter() - self.t0})
 
@@ -434,6 +439,7 @@ class Controller:
         self.retries.restore(state["retries"])
         self.stream.requeue(self.stream.prompts_for(state["outstanding"]))
         self.eval_accuracy = {int(v): (math.nan if a is None else a) for v, a in state["eval_accuracy"]}
+        self.eval_trajectories = {int(v): t for v, t in state.get("eval_trajectories", [])}  # none before 2026-12-03
         self.totals.update(state["totals"])
         self.elapsed_before = state["elapsed_s"]  # the run's time so far, for its throughput figures
         self.gate = AdmissionGate(self.cfg.train.groups_per_step, self.cfg.train.max_staleness,
@@ -502,9 +508,12 @@ class Controller:
             log.warning("evaluation at version %d: the reward failed on %d of %d held-out samples (counted as wrong), "
                         "e.g. on prompt %r: %s", call.version, len(failed), len(samples), failed[0].prompt_id,
                         failed[0].reward_error)
+        trajectories = trajectory_scalars(trajectory_totals(samples), "eval")
+        if trajectories:
+            self.eval_trajectories[call.version] = {k.removeprefix("eval/"): v for k, v in trajectories.items()}
         self.metrics.log(call.version, {"eval/accuracy": acc, "eval/reward_failures": float(len(failed)),
                                         "eval/reward_mean": float(scored.mean()) if scored.size else math.nan,
-                                        **trajectory_scalars(trajectory_totals(samples), "eval")})
+                                        **trajectories})
         if self.on_step:
             self.on_step(self.version, {"eval_acc": acc})
 
@@ -638,6 +647,7 @@ class Controller:
         t = self.totals
         return RunSummary(
             steps=self.version, eval_accuracy=dict(sorted(self.eval_accuracy.items())), wall_s=wall,
+            eval_trajectories=dict(sorted(self.eval_trajectories.items())),
             samples_generated=t["samples"], samples_per_s=t["samples"] / wall,
             learner_idle_frac=1.0 - t["learner_s"] / wall,
             rollout_idle_frac=1.0 - t["generate_s"] / (wall * len(self.actors.rollouts)),

@@ -29,6 +29,10 @@ def inspect_run(run_dir: str | Path, num_examples: int = 3) -> str:
     curve = [(m["step"], m["eval/accuracy"]) for m in metrics if m.get("eval/accuracy") is not None]
     if curve:
         lines.append("held-out accuracy by version: " + ", ".join(f"{v}: {a:.1%}" for v, a in curve))
+    calls = [(m["step"], m["eval/tool_call_rate"], m["eval/turns"]) for m in metrics if "eval/tool_call_rate" in m]
+    if calls:  # a multi-turn run
+        lines.append("held-out tool-call rate (turns per trajectory) by version: "
+                     + ", ".join(f"{v}: {r:.1%} ({t:.2f})" for v, r, t in calls))
     lines += _left_out(run_dir)
     samples_path = run_dir / "samples.parquet"
     if not samples_path.exists():

@@ -22,6 +22,7 @@ from rlsys.config import EnvConfig, TaskConfig, load_config
 from rlsys.data.chat import PromptFormat
 from rlsys.engines.generation import HFEngine
 from rlsys.metrics import read_metrics
+from rlsys.report import inspect_run
 from rlsys.train import train
 
 CALCULATOR = ("task.name=synthetic_multiplication", "env.name=calculator", "warmup.target_accuracy=0",
@@ -285,6 +286,12 @@ def test_a_calculator_run_logs_its_trajectories(ray_session, tmp_path):
     assert steps and all(0 <= m["rollout/tool_call_rate"] <= 1 and m["rollout/turns"] >= 1 for m in steps)
     evals = [m for m in metrics if "eval/accuracy" in m]
     assert len(evals) == 2 and all("eval/tool_call_rate" in m and "eval/turns" in m for m in evals)
+    # the summary and rlsys inspect carry the same held-out figures, by version
+    assert summary.eval_trajectories == {m["step"]: {k: m[f"eval/{k}"] for k in
+                                                     ("turns", "tool_calls", "tool_call_rate", "env_failures")}
+                                         for m in evals}
+    shown = f"{evals[0]['eval/tool_call_rate']:.1%} ({evals[0]['eval/turns']:.2f})"
+    assert f"held-out tool-call rate (turns per trajectory) by version: 0: {shown}" in inspect_run(run_dir)
     # rlsys eval of the final model runs the same greedy trajectories on the same held-out prompts
     out = tmp_path / "eval.parquet"
     assert main(["eval", str(run_dir / "model"), "--output", str(out), *tiny_overrides(
