@@ -190,8 +190,9 @@ def _print_report(s: RunSummary, run_dir: Path, left: int, startup_s: float, dro
           f"{max(acc, default=0)}")
     if traj := s.eval_trajectories:
         first_t, last_t = traj[min(traj)], traj[max(traj)]
-        print(f"held-out tool-call rate: {first_t['tool_call_rate']:.1%} → {last_t['tool_call_rate']:.1%}; turns per "
-              f"trajectory: {first_t['turns']:.2f} → {last_t['turns']:.2f}")
+        print(f"held-out tool-call rate: {first_t['tool_call_rate']:.1%} at version {min(traj)} → "
+              f"{last_t['tool_call_rate']:.1%} at version {max(traj)}; turns per trajectory: {first_t['turns']:.2f} → "
+              f"{last_t['turns']:.2f}")
     print(f"{s.steps} steps in {s.wall_s:.0f} s (+{startup_s:.0f} s start-up); {s.samples_per_s:.1f} samples/s; "
           f"learner idle {s.learner_idle_frac:.0%}, rollout idle {s.rollout_idle_frac:.0%}; "
           f"weight sync {s.sync_s_mean * 1e3:.0f} ms on average")
