@@ -19,7 +19,6 @@ Reduce = Callable[[torch.Tensor], torch.Tensor]  # sums over data-parallel ranks
 ReduceMax = Callable[[torch.Tensor], torch.Tensor]
 
 
-
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
