@@ -177,6 +177,47 @@ def test_after_a_weight_update_samples_and_logprobs_follow_the_new_weights(engin
     assert all(np.array_equal(a.token_ids, b.token_ids) for a, b in zip(before, replay))
 
 
+def test_a_weight_update_between_steps_applies_to_the_running_requests_token_by_token(engines, checkpoint):
+    """In-flight weight update: new weights loaded after the first engine step. The completions still running
+    carry both versions, in order; each token's behaviour logprob is the teacher-forced logprob of *its* version's
+    model (the HF engine, on the old and on the new weights) — so vLLM recomputed the running requests' KV cache
+    with the new weights rather than sampling from old activations."""
+    v, h = engines
+    _, _, prompts = checkpoint
+    original = {k: t.detach().numpy().copy() for k, t in h.model.state_dict().items()}
+    rng = np.random.default_rng(1)
+    moved = {k: (w + rng.normal(0, 0.1, w.shape)).astype(np.float32) for k, w in original.items()}
+    steps = []
+
+    def between_steps():
+        steps.append(v.version)
+        if len(steps) == 1:
+            v.update_weights(moved, version=1)
+
+    try:
+        out = v.generate(prompts, 6, 1.0, seed=3, between_steps=between_steps)
+        assert v.version == 1 and len(steps) >= 2
+        versions = [np.zeros(len(c.token_ids), np.int32) if c.token_versions is None else c.token_versions
+                    for c in out]
+        spanning = [i for i, ver in enumerate(versions) if len(set(ver.tolist())) == 2]
+        assert len(spanning) >= 16, f"only {len(spanning)} of {len(out)} completions ran across the update"
+        for ver in versions:
+            assert set(ver.tolist()) <= {0, 1} and np.all(np.diff(ver) >= 0) and (len(ver) == 0 or ver[0] == 0)
+        responses = [c.token_ids.tolist() for c in out]
+        old = h.score(prompts, responses)
+        h.update_weights(moved, version=1)
+        new = h.score(prompts, responses)
+        gaps = [max(np.abs(c.logprobs - np.where(ver == 0, o, n)).max(initial=0.0), 0.0)
+                for c, ver, o, n in zip(out, versions, old, new)]
+        print(f"in-flight update: max |Δ logprob| against each token's own version: {max(gaps):.2e}")
+        assert max(gaps) < LOGPROB_TOL
+        # and against the other version's model they differ: the test can tell the versions apart
+        assert max(np.abs(out[i].logprobs - old[i])[versions[i] == 1].max() for i in spanning) > 1e-2
+    finally:  # the module's engines are shared: back to the checkpoint
+        v.update_weights(original, version=0)
+        h.update_weights(original, version=0)
+
+
 def test_an_unknown_weight_name_is_refused(engines):
     v, h = engines
     state = {k: t.detach().numpy() for k, t in h.model.state_dict().items()}

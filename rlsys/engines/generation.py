@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -30,19 +30,25 @@ class Completion:
     logprobs: np.ndarray
     finish_reason: str  # "stop" | "length"
     stop_reason: str = ""  # what stopped it: the end token's text (e.g. "<|im_end|>") or the stop string
+    # [R] int32: the policy version whose weights sampled each token, where weights changed during the request
+    # (in-flight weight updates, rollout.inflight_weight_updates); None: every token at the engine's version
+    token_versions: np.ndarray | None = None
 
 
 class GenerationEngine(Protocol):
     """Implemented by :class:`HFEngine` and :class:`rlsys.engines.vllm_engine.VLLMEngine`."""
 
     version: int
+    inflight_updates: bool  # generate() takes between_steps: weights can change while requests run
 
     def generate(
         self, prompts: list[list[int]], max_new_tokens: int, temperature: float, greedy: bool = False,
-        seed: int | None = None,
+        seed: int | None = None, between_steps: Callable[[], None] | None = None,
     ) -> list[Completion]:
         """One Completion per prompt. A request with a ``seed`` can be replayed: the same prompts, seed and weights
-        give the same tokens."""
+        give the same tokens. ``between_steps``: called between decoding steps, where it may update the weights
+        (:meth:`update_weights`) of the requests still running; only engines with :attr:`inflight_updates` take
+        it."""
         ...
 
     def score(self, prompts: list[list[int]], responses: list[list[int]], temperature: float) -> list[np.ndarray]:
@@ -71,6 +77,8 @@ class HFEngine:
             raise ValueError("stop strings need the tokenizer to match them on the decoded text")
         self.stop, self.tokenizer = tuple(stop), tokenizer
         self.version = 0
+
+    inflight_updates = False  # transformers' generate runs to the end of the batch
 
     @torch.no_grad()
     def generate(

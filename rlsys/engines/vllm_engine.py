@@ -13,6 +13,7 @@ backend's repacked layouts, where ``model.load_weights`` through ``apply_model``
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,14 +101,22 @@ class VLLMEngine:
         self.end_ids = end_token_ids(eos_token_id, generation_config)
         self.stop, self.tokenizer = tuple(stop), tokenizer
         self.version = 0
+        self.llm.llm_engine.set_weight_version("0")
+
+    inflight_updates = True  # generate() steps the engine itself and calls between_steps
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float, greedy: bool = False,
-                 seed: int | None = None) -> list[Completion]:
+                 seed: int | None = None, between_steps: Callable[[], None] | None = None) -> list[Completion]:
         """One :class:`Completion` per prompt, in order. Full-vocabulary sampling at ``temperature`` (no top-k/p), or
         argmax when ``greedy`` (logprobs are then of softmax(logits): vLLM does not scale greedy requests).
 
         ``seed``: prompt i is sampled with its own generator seeded ``seed + i``, so the same request (same prompts,
-        seed and weights) gives the same tokens again; None draws from the engine's generator."""
+        seed and weights) gives the same tokens again; None draws from the engine's generator.
+
+        ``between_steps``: called after every engine step (one decoding step of every running request), where no
+        forward pass is running; a weight update it makes (:meth:`update_weights`) applies to the rest of the
+        running requests, and each completion's ``token_versions`` says which version sampled which token (vLLM's
+        own weight-version spans, ``CompletionOutput.weight_versions``)."""
         from vllm import SamplingParams, TokensPrompt
 
         def params(i: int) -> SamplingParams:
@@ -118,16 +127,25 @@ class VLLMEngine:
                 seed=None if seed is None or greedy else seed + i, detokenize=False,
             )
 
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(map(int, p))) for p in prompts],
-                                    [params(i) for i in range(len(prompts))], use_tqdm=False)
+        start_version = self.version
+        # LLM.generate's own loop (enqueue, then step the engine to the end), with a hook between the steps
+        self.llm.enqueue([TokensPrompt(prompt_token_ids=list(map(int, p))) for p in prompts],
+                         [params(i) for i in range(len(prompts))], use_tqdm=False)
+        engine, finished = self.llm.llm_engine, []
+        while engine.has_unfinished_requests():
+            finished.extend(out for out in engine.step() if out.finished)
+            if between_steps is not None:
+                between_steps()
         completions = []
-        for out in outputs:
-            done = out.outputs[0]
-            ids = np.asarray(done.token_ids, dtype=np.int32)
+        for request in sorted(finished, key=lambda out: int(out.request_id)):  # request ids count up: prompt order
+            done = request.outputs[0]
+            tokens = np.asarray(done.token_ids, dtype=np.int32)
             logp = np.asarray([step[t].logprob for t, step in zip(done.token_ids, done.logprobs)], dtype=np.float32)
-            end, reason = stop_position(ids, self.end_ids, self.stop, self.tokenizer)
-            completions.append(Completion(token_ids=ids[:end], logprobs=logp[:end],
-                                          finish_reason="stop" if reason else "length", stop_reason=reason))
+            versions = token_versions(done.weight_versions, len(tokens), start_version)
+            end, reason = stop_position(tokens, self.end_ids, self.stop, self.tokenizer)
+            completions.append(Completion(
+                token_ids=tokens[:end], logprobs=logp[:end], finish_reason="stop" if reason else "length",
+                stop_reason=reason, token_versions=None if versions is None else versions[:end]))
         return completions
 
     def score(self, prompts: list[list[int]], responses: list[list[int]], temperature: float = 1.0) -> list[np.ndarray]:
@@ -159,11 +177,18 @@ class VLLMEngine:
 
     def update_weights(self, state: dict[str, np.ndarray], version: int) -> None:
         """Load the learner's full float32 state (checkpoint names, e.g. ``model.layers.0.mlp.up_proj.weight``) in
-        place through vLLM's ``reload_weights`` worker method, then drop the prefix cache: KV entries computed with
-        the old weights would otherwise be reused for prompts seen before."""
+        place through vLLM's ``reload_weights`` worker method, label what is sampled from now on with ``version``
+        (vLLM's weight version), and drop every KV entry computed with the old weights: the prefix cache, which
+        would otherwise be reused for prompts seen before, and — when called between the steps of :meth:`generate`
+        — the running requests' own, which vLLM then recomputes (prompt and tokens so far) with the new weights
+        before their next token. So every token is sampled from exactly the policy of its version, conditioned on
+        what came before it (none is sampled from old activations under new weights), and its behaviour logprob
+        is that policy's: what the learner recomputes teacher-forced."""
         weights = list(tensors_from_numpy(state).items())  # a list, not a generator: a multi-process executor pickles
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
-        self.llm.reset_prefix_cache()
+        self.llm.llm_engine.set_weight_version(str(version))
+        if not self.llm.reset_prefix_cache(reset_running_requests=True):
+            raise RuntimeError(f"vLLM could not drop the KV cache of the old weights after loading version {version}")
         self.version = version
 
     def close(self) -> None:
@@ -179,3 +204,19 @@ class VLLMEngine:
         gc.collect()
         cleanup_dist_env_and_memory()
         torch.set_num_threads = self._set_num_threads
+
+
+def token_versions(spans, num_tokens: int, version: int) -> np.ndarray | None:
+    """[num_tokens] int32 policy versions from vLLM's weight-version spans of one completion (``WeightVersionSpan``:
+    version label, start, end over output-token indexes; labels are the versions :meth:`VLLMEngine.update_weights`
+    set), or None when every token is at ``version`` (the engine's when the request started). Raises
+    ``RuntimeError`` when the spans do not cover the tokens exactly: a token whose version is unknown cannot be
+    held to the staleness bound."""
+    if not spans:
+        return None
+    out = np.full(num_tokens, -1, dtype=np.int32)
+    for span in spans:
+        out[span.start:span.end] = int(span.version)
+    if (out < 0).any() or spans[-1].end != num_tokens:
+        raise RuntimeError(f"vLLM's weight-version spans {spans} do not cover the {num_tokens} tokens generated")
+    return None if (out == version).all() else out
