@@ -131,6 +131,11 @@ class RolloutConfig:
     vllm_enforce_eager: bool = True  # false: CUDA graphs / torch.compile (faster on GPU; compiling takes minutes)
     vllm_max_model_len: int = 0  # longest prompt + response; 0: the checkpoint's context length
     tensor_parallel_size: int = 1  # GPUs one vLLM engine spans (needs rollout.num_gpus ≥ it); untested above 1
+    # In-flight weight updates (partial rollouts; backend=vllm, single-turn): a weight sync does not wait for the
+    # batch being generated — it is loaded between two decoding steps, the running requests continue with the new
+    # policy (their KV cache recomputed), and each token records the version that sampled it (Sample.token_versions;
+    # a sample's staleness is its oldest token's). false: a worker loads new weights after its current batch.
+    inflight_weight_updates: bool = False
 
 
 @dataclass
@@ -490,6 +495,9 @@ _ACTS_WHEN = [
     ("ray.num_cpus", lambda c: not c.ray.address, "on a local Ray (ray.address unset)"),
     *((f"rollout.{k}", lambda c: c.rollout.backend == "vllm", "with rollout.backend=vllm")
       for k in ("vllm_kv_cache_gib", "vllm_enforce_eager", "vllm_max_model_len", "tensor_parallel_size")),
+    ("rollout.inflight_weight_updates", lambda c: c.rollout.backend == "vllm" and not c.env.enabled,
+     "with rollout.backend=vllm and single-turn rollouts (env.name unset): transformers' generate runs a batch to its "
+     "end, and the agent loop's turns are not updated in flight"),
     ("rollout.vllm_gpu_memory_utilization", lambda c: c.rollout.backend == "vllm" and c.rollout.vllm_kv_cache_gib == 0,
      "with rollout.backend=vllm and rollout.vllm_kv_cache_gib=0 (an explicit KV-cache size replaces it)"),
 ]

@@ -140,7 +140,7 @@ class Controller:
         self.gate = AdmissionGate(cfg.train.groups_per_step, cfg.train.max_staleness)
         self.pending: dict[ray.ObjectRef, Call] = {}
         self.requests = itertools.count()
-        self.rollouts = RolloutPool(actors, cfg.rollout.hang_timeout_s)
+        self.rollouts = RolloutPool(actors, cfg.rollout.hang_timeout_s, cfg.rollout.inflight_weight_updates)
         self.rewards = RewardPool(actors.rewards, actors.buffer, cfg.reward, self.pending.__setitem__,
                                   lambda i: actors.replace("reward worker", i))
         # A hung worker must be restarted before the whole pipeline counts as stalled.
@@ -457,13 +457,16 @@ class Controller:
 
     def _sync(self) -> None:
         """Put the new weights in the object store once (rank 0's return value); every rollout worker fetches
-        that one object. Rollout calls run in order, so whatever is submitted after this uses the new version."""
+        that one object. Whatever is submitted to a worker after the sync uses the new version: rollout calls run in
+        order, and with in-flight updates a generate call waits for the weights synced before it
+        (:class:`rlsys.actors.rollout.EngineWeights`)."""
         refs = [learner.get_weights.remote() for learner in self.actors.learners]
         self.pending[refs[0]] = GatheringWeights(refs, time.perf_counter())
 
     def _on_weights(self, call: GatheringWeights) -> None:
         sync = SyncRound(self.version, time.perf_counter() - call.start, waiting=len(self.actors.rollouts))
-        for worker, ack in self.rollouts.sync(call.refs[0], self.version):  # acked after the current batch
+        # acked after the worker's current batch, or (in-flight updates) after its next decoding step
+        for worker, ack in self.rollouts.sync(call.refs[0], self.version):
             self.pending[ack] = LoadingWeights(sync, worker)
         if self._eval_due() and self.version not in self.eval_accuracy:  # a resume may have evaluated it already
             self._evaluate()

@@ -20,6 +20,7 @@ import ray
 from ray.exceptions import ActorUnavailableError
 
 from rlsys.actors.placement import ActorHandles
+from rlsys.actors.rollout import WEIGHTS_GROUP
 from rlsys.failures import Replacements
 from rlsys.types import Prompt
 
@@ -36,11 +37,15 @@ RESTART_BACKOFF_S = (1.0, 30.0)  # a restarting rollout worker is retried after 
 
 class RolloutPool:
     """``actors.rollouts`` (which :meth:`ActorHandles.replace` updates); ``hang_timeout_s``: a worker with requests out
-    that finishes none for this long is taken for hung and restarted (``rollout.hang_timeout_s``)."""
+    that finishes none for this long is taken for hung and restarted (``rollout.hang_timeout_s``); ``inflight``:
+    weight syncs are loaded while a batch generates (``rollout.inflight_weight_updates``), sent on the workers'
+    :data:`WEIGHTS_GROUP` — every other weight send (after a restart, a roll-back) stays in line with the generate
+    calls, so the worker loads it before the next batch."""
 
-    def __init__(self, actors: ActorHandles, hang_timeout_s: float) -> None:
+    def __init__(self, actors: ActorHandles, hang_timeout_s: float, inflight: bool = False) -> None:
         n = len(actors.rollouts)
-        self.actors, self.hang_timeout_s = actors, hang_timeout_s
+        self.actors, self.hang_timeout_s, self.inflight = actors, hang_timeout_s, inflight
+        self.sends = 0  # weight sends so far: each carries its number, so a worker ignores one overtaken by a newer
         self.weights: ray.ObjectRef | None = None  # the latest synced weights (None: the initial checkpoint's)
         self.version = 0  # the version whose weights every worker holds (or has queued to load)
         self.inflight = [0] * n  # requests out, until their batch is in the buffer
@@ -69,7 +74,8 @@ class RolloutPool:
         """Send a generate call (``RolloutWorker.generate``'s two refs: the batch and its sample count) — preceded by
         the latest weights if the worker restarted. ``request_id`` -1 is an evaluation, not counted as a request."""
         self.send_weights_if_restarted(worker)
-        refs = self.actors.rollouts[worker].generate.options(num_returns=2).remote(request_id, prompts, **kwargs)
+        refs = self.actors.rollouts[worker].generate.options(num_returns=2).remote(
+            request_id, prompts, min_version=self.version, **kwargs)
         if request_id >= 0:
             if self.generating[worker] == 0 and self.started[worker]:
                 self.busy_since[worker] = time.monotonic()
@@ -114,7 +120,7 @@ class RolloutPool:
         if self.losses[worker] >= LOSSES_BEFORE_REPLACING:
             self._replace(worker, error)
         elif self.weights is not None:
-            self.actors.rollouts[worker].update_weights.remote(self.weights, self.version)
+            self._send(worker)
         return first
 
     @property
@@ -127,12 +133,12 @@ class RolloutPool:
         """Send every worker ``weights`` of ``version`` (each loads them after its current generation batch);
         returns each worker's acknowledgement ref (its load seconds)."""
         self.weights, self.version = weights, version
-        return [(w, actor.update_weights.remote(weights, version)) for w, actor in enumerate(self.actors.rollouts)]
+        return [(w, self._send(w, self.inflight)) for w in range(len(self.actors.rollouts))]
 
     def resend(self, worker: int) -> None:
         """``worker`` failed to load the latest weights (it died loading them): send them again now, and again
         ahead of its next request in case Ray refused this one."""
-        self.actors.rollouts[worker].update_weights.remote(self.weights, self.version)
+        self._send(worker)
         self.needs_weights[worker] = True
 
     def roll_back(self, weights: ray.ObjectRef, version: int) -> None:
@@ -145,8 +151,17 @@ class RolloutPool:
         """A worker that restarted (or rolls back) holds other weights: the latest go first in its queue, ahead of
         the call about to be sent (if that call is refused too, they are sent again with the next one)."""
         if self.needs_weights[worker] and self.weights is not None:
-            self.actors.rollouts[worker].update_weights.remote(self.weights, self.version)
+            self._send(worker)
         self.needs_weights[worker] = False
+
+    def _send(self, worker: int, inflight: bool = False) -> ray.ObjectRef:
+        """The latest weights to ``worker``: in line with its generate calls, or (``inflight``) on its weights
+        group, loaded while it generates. Returns the acknowledgement ref (its load seconds)."""
+        self.sends += 1
+        method = self.actors.rollouts[worker].update_weights
+        if inflight:
+            method = method.options(concurrency_group=WEIGHTS_GROUP)
+        return method.remote(self.weights, self.version, self.sends)
 
     # ------------------------------------------------------------------ hangs and deaths
     def watch(self, evaluating_on_0: bool) -> None:
@@ -172,7 +187,7 @@ class RolloutPool:
             symptom += (f", after {hung} restarts for finishing no request within rollout.hang_timeout_s="
                         f"{self.hang_timeout_s:g} s (raise it if a request takes longer)")
         self.replaced.spend(worker, symptom, error)
-        actor = self.actors.replace("rollout worker", worker)
+        self.actors.replace("rollout worker", worker)
         self.losses[worker] = 0
         if self.weights is not None:
-            actor.update_weights.remote(self.weights, self.version)
+            self._send(worker)

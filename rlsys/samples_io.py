@@ -24,7 +24,7 @@ SCHEMA = pa.schema([
     ("prompt_id", pa.string()),
     ("sample_index", pa.int32()),
     ("epoch", pa.int32()),
-    ("version", pa.int32()),  # policy version that generated the sample
+    ("version", pa.int32()),  # policy version that generated the sample (its oldest token's: see token_versions)
     ("learner_version", pa.int32()),  # policy version it trained (or was dropped at; -1: dropped on arrival)
     ("dropped", pa.string()),  # "" when trained, else why it was not
     ("prompt", pa.string()),  # the dataset's prompt (a conversation's last user turn)
@@ -42,6 +42,9 @@ SCHEMA = pa.schema([
     ("response_ids", pa.list_(pa.int32())),
     ("behaviour_logprobs", pa.list_(pa.float32())),
     ("loss_mask", pa.list_(pa.uint8())),  # 1: a token the policy generated; null: all of them (Sample.loss_mask)
+    # The policy version that sampled each response token: one version throughout, except where weights were
+    # updated while the sample was generated (rollout.inflight_weight_updates)
+    ("token_versions", pa.list_(pa.int32())),
     # A multi-turn sample's turns (null for a single completion): each action, the environment's observation,
     # its step reward and done flag, and its info as JSON; env_error: why the environment failed the trajectory
     ("turns", pa.list_(pa.struct([("action", pa.string()), ("observation", pa.string()), ("env_reward", pa.float32()),
@@ -97,6 +100,8 @@ class SampleLog:
                 "prompt_ids": s.prompt_ids.tolist(), "response_ids": s.response_ids.tolist(),
                 "behaviour_logprobs": s.behaviour_logprobs.tolist(),
                 "loss_mask": None if s.loss_mask is None else s.loss_mask.tolist(),
+                "token_versions": [s.version] * len(s.response_ids) if s.token_versions is None else
+                s.token_versions.tolist(),
                 **_trajectory_columns(s.trajectory),
             }
             for (g, s), why in zip(samples, reasons)

@@ -75,6 +75,10 @@ class Sample:
     or environment's observation, template tokens around it, in a multi-turn trajectory); None: every response
     token is the policy's. Only masked-in tokens enter the loss, the KL and entropy terms, the importance weights
     and the token counts that aggregation normalises by; ``behaviour_logprobs`` is 0 (finite) off the mask.
+    ``token_versions`` [R] int32 or None: the policy version whose weights sampled each response token, where the
+    weights changed while the sample was generated (in-flight weight updates, ``rollout.inflight_weight_updates``);
+    None: every token is at ``version``. ``version`` is always the *oldest* token's: what staleness admission and
+    the bound η hold a sample to. The behaviour logprobs stay per token, each under its own version's policy.
     """
 
     prompt_id: str
@@ -84,7 +88,7 @@ class Sample:
     response_ids: np.ndarray
     behaviour_logprobs: np.ndarray
     finish_reason: str  # "stop" (an end token or a stop string) | "length" (max_new_tokens reached)
-    version: int  # rollout workers swap weights only between generation batches: one version per sample
+    version: int  # the policy version of its oldest token (= of every token, without in-flight updates)
     response_text: str
     stop_reason: str = ""  # what stopped it: the end token's text (e.g. "<|im_end|>") or the stop string
     reward: float = math.nan
@@ -95,6 +99,7 @@ class Sample:
     reward_versions: dict[str, str] = field(default_factory=dict)  # model-based term → reward-model version
     loss_mask: np.ndarray | None = None
     trajectory: Trajectory | None = None
+    token_versions: np.ndarray | None = None
 
     @property
     def answer_text(self) -> str:

@@ -154,6 +154,8 @@ def test_missing_config_file() -> None:
         (["rollout.backend=vllm", "rollout.vllm_max_model_len=4"],
          ["rollout.vllm_max_model_len=4 leaves no room", "rollout.max_new_tokens=6"]),
         (["rollout.vllm_kv_cache_gib=2"], ["rollout.vllm_kv_cache_gib=2.0 has no effect", "rollout.backend=vllm"]),
+        (["rollout.backend=vllm", "rollout.inflight_weight_updates=true", "env.name=calculator",
+          "warmup.target_accuracy=0"], ["rollout.inflight_weight_updates=True has no effect", "single-turn"]),
         (["rollout.backend=vllm", "rollout.vllm_gpu_memory_utilization=0.5"],
          ["rollout.vllm_gpu_memory_utilization=0.5 has no effect", "rollout.vllm_kv_cache_gib=0"]),
         (["algo.advantage=ppo"], ["algo.advantage='ppo'", "grpo", "dr_grpo", "rloo", "gae"]),
@@ -400,6 +402,7 @@ def test_every_setting_that_acts_only_with_another_is_refused_without_it_and_acc
         "rollout.vllm_enforce_eager": (False, [], ["rollout.backend=vllm"]),
         "rollout.vllm_max_model_len": (128, [], ["rollout.backend=vllm"]),
         "rollout.tensor_parallel_size": (2, [], ["rollout.backend=vllm", "rollout.num_gpus=2"]),
+        "rollout.inflight_weight_updates": (True, [], ["rollout.backend=vllm"]),
         "rollout.vllm_gpu_memory_utilization": (0.5, ["rollout.backend=vllm"],
                                                 ["rollout.backend=vllm", "rollout.vllm_kv_cache_gib=0"]),
         **{f"env.{k}": (v, [], ["env.name=calculator", "warmup.target_accuracy=0"]) for k, v in (

@@ -218,6 +218,46 @@ def test_a_weight_update_between_steps_applies_to_the_running_requests_token_by_
         h.update_weights(original, version=0)
 
 
+def test_a_weight_update_that_arrives_while_a_batch_generates_is_loaded_between_two_steps(engines, checkpoint):
+    """The rollout worker's side of in-flight updates (EngineWeights), with threads as Ray runs them: the update
+    call comes in while a batch generates, returns once the generating thread has loaded it between two decoding
+    steps, and the batch's running requests continue under the new version; an update overtaken by a newer one
+    (a lower send number) is ignored."""
+    import threading
+
+    from rlsys.actors.rollout import EngineWeights
+
+    v, h = engines
+    _, _, prompts = checkpoint
+    original = {k: t.detach().numpy().copy() for k, t in h.model.state_dict().items()}
+    rng = np.random.default_rng(2)
+    moved = {k: (w + rng.normal(0, 0.3, w.shape)).astype(np.float32) for k, w in original.items()}
+    weights = EngineWeights(v, inflight=True)
+    started, out = threading.Event(), {}
+
+    def generate():
+        with weights.generating(min_version=0) as between_steps:
+            def hook():
+                started.set()
+                between_steps()
+            out["completions"] = v.generate(prompts * 4, 40, 1.0, seed=11, between_steps=hook)
+
+    try:
+        thread = threading.Thread(target=generate)
+        thread.start()
+        assert started.wait(120)
+        weights.update(moved, version=1, seq=2)  # returns once loaded, with the batch still running
+        assert v.version == 1 and thread.is_alive()
+        weights.update(original, version=0, seq=1)  # overtaken by send 2: ignored
+        assert v.version == 1
+        thread.join(120)
+        versions = [c.token_versions for c in out["completions"]]
+        spanning = [ver for ver in versions if ver is not None and set(ver.tolist()) == {0, 1}]
+        assert len(spanning) >= 16, f"only {len(spanning)} of {len(versions)} completions span the update"
+    finally:
+        v.update_weights(original, version=0)
+
+
 def test_an_unknown_weight_name_is_refused(engines):
     v, h = engines
     state = {k: t.detach().numpy() for k, t in h.model.state_dict().items()}
@@ -253,6 +293,30 @@ def test_a_run_with_the_vllm_backend_trains_on_vllms_samples(ray_session, tmp_pa
     assert len(trained) == 3 * 4 * 4  # steps × groups_per_step × group_size
     assert {r["version"] for r in trained} == {0, 1, 2}  # η = 0: every step trains on the current version's samples
     assert all(r["finish_reason"] in ("stop", "length") for r in rows)
+
+
+@pytest.mark.slow
+def test_in_flight_weight_updates_record_each_tokens_version_in_the_sample_log(ray_session, tmp_path):
+    """rollout.inflight_weight_updates at η = 1 with long responses (40 tokens at temperature 1.5), so that weight
+    syncs land while batches generate: samples.parquet records a version per token, a sample's version is its
+    oldest token's, the staleness bound holds for that oldest token, and some samples span a weight update."""
+    from conftest import controller_run
+
+    with controller_run(tmp_path, "rollout.backend=vllm", "rollout.vllm_kv_cache_gib=0.0625",
+                        "rollout.inflight_weight_updates=true", "train.max_staleness=1", "train.num_steps=8",
+                        "rollout.max_new_tokens=40", "rollout.temperature=1.5", "train.seed=2") as run:
+        summary = run.run()
+    assert summary.steps == 8
+    rows = run.rows()
+    for r in rows:
+        versions = np.asarray(r["token_versions"])
+        assert len(versions) == len(r["response_ids"]) and r["version"] == versions.min(initial=r["version"])
+        assert np.all(np.diff(versions) >= 0) and versions.max(initial=0) <= summary.steps
+    trained = [r for r in rows if r["dropped"] == ""]
+    assert len(trained) == 8 * 4 * 4 and all(0 <= r["learner_version"] - r["version"] <= 1 for r in trained)
+    spanning = [r for r in rows if len(set(r["token_versions"])) > 1]
+    print(f"{len(spanning)} of {len(rows)} samples span a weight update")
+    assert spanning
 
 
 def test_the_agent_loop_runs_on_the_vllm_engine(ray_session, engines, checkpoint):

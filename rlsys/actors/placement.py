@@ -26,7 +26,7 @@ from rlsys.actors.learner import Learner
 from rlsys.actors.reference import ReferenceWorker
 from rlsys.actors.resources import PlacementError, check_cluster, resource_demand, wait_for_groups
 from rlsys.actors.reward import RewardWorker
-from rlsys.actors.rollout import RolloutWorker
+from rlsys.actors.rollout import WEIGHTS_GROUP, RolloutWorker
 from rlsys.config import RLConfig
 from rlsys.model_source import pack
 
@@ -134,7 +134,11 @@ def _create(cfg: RLConfig, model_dir: str, sample_log_path: str | None, runtime_
     ).remote(ec.name, ec.params) for i in range(ec.num_workers if ec.enabled else 0)]
 
     def rollout(i: int):
-        return ray.remote(RolloutWorker).options(
+        # In-flight weight updates: weight syncs run on a thread of their own (WEIGHTS_GROUP), beside generate calls
+        # (concurrency groups are declared with the class, not in .options())
+        cls = ray.remote(concurrency_groups={WEIGHTS_GROUP: 1})(RolloutWorker) if rc.inflight_weight_updates else \
+            ray.remote(RolloutWorker)
+        return cls.options(
             num_cpus=rc.num_cpus, num_gpus=rc.num_gpus, max_restarts=WORKER_MAX_RESTARTS, runtime_env=runtime_env,
             scheduling_strategy=in_bundle("rollout worker", i),
         ).remote(i, model_dir, rc, cfg.task, packed, seed=cfg.train.seed, env=ec, envs=envs)
