@@ -44,7 +44,7 @@ class RolloutPool:
 
     def __init__(self, actors: ActorHandles, hang_timeout_s: float, inflight: bool = False) -> None:
         n = len(actors.rollouts)
-        self.actors, self.hang_timeout_s, self.inflight = actors, hang_timeout_s, inflight
+        self.actors, self.hang_timeout_s, self.inflight_updates = actors, hang_timeout_s, inflight
         self.sends = 0  # weight sends so far: each carries its number, so a worker ignores one overtaken by a newer
         self.weights: ray.ObjectRef | None = None  # the latest synced weights (None: the initial checkpoint's)
         self.version = 0  # the version whose weights every worker holds (or has queued to load)
@@ -133,7 +133,7 @@ class RolloutPool:
         """Send every worker ``weights`` of ``version`` (each loads them after its current generation batch);
         returns each worker's acknowledgement ref (its load seconds)."""
         self.weights, self.version = weights, version
-        return [(w, self._send(w, self.inflight)) for w in range(len(self.actors.rollouts))]
+        return [(w, self._send(w, self.inflight_updates)) for w in range(len(self.actors.rollouts))]
 
     def resend(self, worker: int) -> None:
         """``worker`` failed to load the latest weights (it died loading them): send them again now, and again

