@@ -29,11 +29,11 @@ class RejectsSomePrompts(RolloutWorker):
         super().__init__(*args)
         self.rejected = rejected
 
-    def generate(self, request_id, prompts, greedy=False):
+    def generate(self, request_id, prompts, greedy=False, **kwargs):
         bad = [p.prompt_id for p in prompts if p.prompt_id in self.rejected]
         if bad:
             raise ValueError(f"prompt {bad[0]} is longer than the model's context")
-        return super().generate(request_id, prompts, greedy)
+        return super().generate(request_id, prompts, greedy, **kwargs)
 
 
 def with_bad_prompts(prompts: list[Prompt], positions: set[int]) -> list[Prompt]:

@@ -75,11 +75,11 @@ class DiesOnItsFirstEvaluation(RolloutWorker):
         super().__init__(*args)
         self.marker = marker
 
-    def generate(self, request_id, prompts, greedy=False):
+    def generate(self, request_id, prompts, greedy=False, **kwargs):
         if greedy and os.path.exists(self.marker):
             os.remove(self.marker)
             os._exit(1)
-        return super().generate(request_id, prompts, greedy)
+        return super().generate(request_id, prompts, greedy, **kwargs)
 
 
 def test_an_evaluation_lost_with_its_worker_is_repeated_on_the_replacement(ray_session, tmp_path):
@@ -108,12 +108,12 @@ class SlowToStartHangsOnce(RolloutWorker):
         super().__init__(*args)
         self.marker, self.calls = marker, 0
 
-    def generate(self, request_id, prompts, greedy=False):
+    def generate(self, request_id, prompts, greedy=False, **kwargs):
         self.calls += not greedy
         if self.calls == 3 and os.path.exists(self.marker):
             os.remove(self.marker)
             time.sleep(300)
-        return super().generate(request_id, prompts, greedy)
+        return super().generate(request_id, prompts, greedy, **kwargs)
 
 
 def test_a_hung_rollout_worker_is_restarted_but_a_slow_starting_one_is_not(ray_session, tmp_path, caplog):
@@ -145,10 +145,10 @@ class SlowEvaluations(RolloutWorker):
         super().__init__(*args)
         self.eval_s = eval_s
 
-    def generate(self, request_id, prompts, greedy=False):
+    def generate(self, request_id, prompts, greedy=False, **kwargs):
         if greedy:
             time.sleep(self.eval_s)
-        return super().generate(request_id, prompts, greedy)
+        return super().generate(request_id, prompts, greedy, **kwargs)
 
 
 def test_a_long_evaluation_is_not_taken_for_a_hang(ray_session, tmp_path, caplog):
