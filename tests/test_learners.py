@@ -77,6 +77,10 @@ def run_steps(ray, model_dir, batches, num: int, micro_batch_size: int, algo: Al
 
         steps.append(combine_rank_metrics([r.metrics for r in results]))
     params = ray.get([lrn.parameter_vector.remote() for lrn in learners])  # a collective under ZeRO-3
+    # the weight sync's gather, in buckets of 4 KiB (the tiny model's matrices are 16-200 KiB: one bucket each)
+    synced = ray.get([lrn.get_weights.remote(bucket_bytes=4096) for lrn in learners])
+    assert all(s is None for s in synced[1:])
+    np.testing.assert_array_equal(np.concatenate([synced[0][k].ravel() for k in sorted(synced[0])]), params[0])
     for lrn in learners:
         ray.kill(lrn)
     return Run(params[0], steps, params[-1], initial)

@@ -40,7 +40,7 @@ from rlsys.algos import (
     zero_variance_groups,
 )
 from rlsys.config import AlgoConfig, LearnerConfig
-from rlsys.engines.training import DeepSpeedPolicy, TrainBatch
+from rlsys.engines.training import WEIGHT_BUCKET_BYTES, DeepSpeedPolicy, TrainBatch
 from rlsys.model_source import ensure_pad_token, local_model_dir
 from rlsys.types import Group
 
@@ -265,9 +265,10 @@ class Learner:
         self.version = self.policy.load_checkpoint(directory)
         return self.version
 
-    def get_weights(self) -> dict[str, np.ndarray] | None:
-        """Full weights as numpy on rank 0, None on the others (every rank must be called under ZeRO-3)."""
-        return self.policy.full_state_dict()
+    def get_weights(self, bucket_bytes: int = WEIGHT_BUCKET_BYTES) -> dict[str, np.ndarray] | None:
+        """Full weights as numpy on rank 0, None on the others (every rank must be called under ZeRO-3, where they
+        are gathered ``bucket_bytes`` at a time: :meth:`rlsys.engines.training.DeepSpeedPolicy.full_state_dict`)."""
+        return self.policy.full_state_dict(bucket_bytes=bucket_bytes)
 
     def logprobs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[np.ndarray]:
         """Teacher-forced log π(response) under the learner's current weights (for checks against rollouts)."""

@@ -28,6 +28,8 @@ from rlsys.algos import entropy_from_logits, importance_weights, kl_estimate, po
 from rlsys.config import AlgoConfig, LearnerConfig
 from rlsys.engines.padding import pad_sequences
 
+WEIGHT_BUCKET_BYTES = 256 << 20  # float32 bytes of parameters gathered at once for a weight sync under ZeRO-3
+
 
 @dataclass(frozen=True)
 class TrainBatch:
@@ -322,15 +324,56 @@ class DeepSpeedPolicy:
             version = client["version"] if version is None else version
         return int(version)
 
-    def full_state_dict(self, all_ranks: bool = False) -> dict[str, np.ndarray] | None:
-        """The full float32 policy weights as numpy arrays on rank 0 (on every rank if ``all_ranks``; None elsewhere).
+    def full_state_dict(self, all_ranks: bool = False, bucket_bytes: int = WEIGHT_BUCKET_BYTES
+                        ) -> dict[str, np.ndarray] | None:
+        """The full float32 policy weights (checkpoint names, tied weights under each of their names) as numpy
+        arrays on rank 0 (on every rank if ``all_ranks``; None elsewhere).
 
-        A collective under ZeRO-3 (parameters are sharded and gathered here): every rank must call it."""
+        Under ZeRO-3 parameters are sharded; they are gathered ``bucket_bytes`` (float32 bytes) at a time and copied
+        to host memory bucket by bucket, so an accelerator never holds more than one bucket of gathered weights
+        beyond its own shard (not the whole model, as one gather of every parameter would). A collective under
+        ZeRO-3: every rank must call it, with the same ``bucket_bytes``."""
         import deepspeed
 
         module = self.engine.module
         stage3 = self.engine.zero_optimization_stage() == 3
-        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None, enabled=stage3):
-            if self.engine.global_rank != 0 and not all_ranks:
-                return None
-            return {k: v.detach().to("cpu", torch.float32).numpy().copy() for k, v in module.state_dict().items()}
+        keep = self.engine.global_rank == 0 or all_ranks
+        entries = module.state_dict(keep_vars=True)  # name → Parameter (shared by tied names) or buffer
+        names_of: dict[int, list[str]] = {}
+        for name, tensor in entries.items():
+            names_of.setdefault(id(tensor), []).append(name)
+        params = [p for p in module.parameters() if id(p) in names_of]
+        out: dict[str, np.ndarray] = {}
+
+        def copy(tensor: torch.Tensor) -> None:
+            if keep:
+                value = tensor.detach().to("cpu", torch.float32).numpy().copy()
+                for name in names_of[id(tensor)]:
+                    out[name] = value
+
+        for bucket in weight_buckets(params, bucket_bytes, stage3):
+            with deepspeed.zero.GatheredParameters(bucket, modifier_rank=None, enabled=stage3):
+                for p in bucket:
+                    copy(p)
+        for tensor in entries.values():  # buffers: never sharded
+            if not isinstance(tensor, torch.nn.Parameter):
+                copy(tensor)
+        return out if keep else None
+
+
+
+def weight_buckets(params: list[torch.nn.Parameter], bucket_bytes: int, sharded: bool) -> list[list]:
+    """``params`` in order, cut into consecutive buckets of at most ``bucket_bytes`` float32 bytes (a parameter
+    larger than that is a bucket of its own); one bucket of all when not ``sharded`` (nothing to gather). Sizes are
+    the full shapes: DeepSpeed ZeRO-3 keeps them in ``ds_shape`` while ``shape`` is the empty local stub."""
+    if not sharded:
+        return [params]
+    buckets, size = [[]], 0
+    for p in params:
+        n = 4 * int(np.prod(getattr(p, "ds_shape", p.shape)))
+        if buckets[-1] and size + n > bucket_bytes:
+            buckets.append([])
+            size = 0
+        buckets[-1].append(p)
+        size += n
+    return [b for b in buckets if b]
