@@ -78,9 +78,9 @@ def engine_rows(model_dir: str, prompts: list[list[int]], workloads: list[tuple[
 def inflight_rows(steps: int, long_tokens: int) -> list[dict]:
     """The two η = 1 vLLM runs on the long workload, in-flight updates off then on."""
     import numpy as np
-    import pyarrow.parquet as pq
 
     from rlsys.config import load_config
+    from rlsys.samples_io import read_samples
     from rlsys.train import train
 
     root, rows = tempfile.mkdtemp(prefix="rlsys-inflight-"), []
@@ -91,7 +91,7 @@ def inflight_rows(steps: int, long_tokens: int) -> list[dict]:
             "rollout.backend=vllm", "rollout.vllm_kv_cache_gib=0.25", f"rollout.max_new_tokens={long_tokens}",
             f"rollout.inflight_weight_updates={str(inflight).lower()}"])
         summary, run_dir = train(cfg)
-        log = pq.read_table(run_dir / "samples.parquet", columns=["token_versions", "dropped"]).to_pylist()
+        log = read_samples(run_dir / "samples.parquet", ["token_versions", "dropped"]).to_pylist()
         lengths = [len(r["token_versions"]) for r in log]
         rows.append({"inflight": inflight, "steps": summary.steps, "wall_s": summary.wall_s,
                      "samples_per_s": summary.samples_per_s, "learner_idle": summary.learner_idle_frac,

@@ -7,9 +7,9 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from rlsys.metrics import METRICS_FILE, read_metrics
+from rlsys.samples_io import read_samples
 
 _LISTED = 10  # rows and prompts listed one by one; summary.json has them all
 
@@ -39,7 +39,7 @@ def inspect_run(run_dir: str | Path, num_examples: int = 3) -> str:
         lines.append("no samples.parquet (output.save_samples=false, or the run did not start)")
         return "\n".join(lines)
     try:
-        rows = pq.read_table(samples_path).to_pylist()
+        rows = read_samples(samples_path).to_pylist()
     except (pa.ArrowException, OSError) as e:  # a damaged part (a killed run leaves only whole ones)
         lines.append(f"samples.parquet is unreadable: {e}")
         return "\n".join(lines)

@@ -13,6 +13,7 @@ of its next request — Ray restarts an actor from its constructor, with the ini
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 
@@ -33,6 +34,10 @@ MAX_REQUESTS_PER_WORKER = 2  # one generating, one queued behind it: the worker 
 # crash loses at most MAX_REQUESTS_PER_WORKER requests, so two crashes in a row do not count as dead.
 LOSSES_BEFORE_REPLACING = 2 * MAX_REQUESTS_PER_WORKER + 1
 RESTART_BACKOFF_S = (1.0, 30.0)  # a restarting rollout worker is retried after 1 s, 2 s, 4 s, ... at most 30 s
+# Every weight send carries the next number, so that a worker ignores one overtaken by a newer (an in-flight sync that
+# lands after a roll-back's send). Counted for the driver process, not per pool: after a recovery a new controller
+# (and pool) drives the same workers, and its roll-back must outnumber the abandoned pool's sends.
+WEIGHT_SENDS = itertools.count(1)
 
 
 class RolloutPool:
@@ -45,7 +50,6 @@ class RolloutPool:
     def __init__(self, actors: ActorHandles, hang_timeout_s: float, inflight: bool = False) -> None:
         n = len(actors.rollouts)
         self.actors, self.hang_timeout_s, self.inflight_updates = actors, hang_timeout_s, inflight
-        self.sends = 0  # weight sends so far: each carries its number, so a worker ignores one overtaken by a newer
         self.weights: ray.ObjectRef | None = None  # the latest synced weights (None: the initial checkpoint's)
         self.version = 0  # the version whose weights every worker holds (or has queued to load)
         self.inflight = [0] * n  # requests out, until their batch is in the buffer
@@ -157,11 +161,10 @@ class RolloutPool:
     def _send(self, worker: int, inflight: bool = False) -> ray.ObjectRef:
         """The latest weights to ``worker``: in line with its generate calls, or (``inflight``) on its weights
         group, loaded while it generates. Returns the acknowledgement ref (its load seconds)."""
-        self.sends += 1
         method = self.actors.rollouts[worker].update_weights
         if inflight:
             method = method.options(concurrency_group=WEIGHTS_GROUP)
-        return method.remote(self.weights, self.version, self.sends)
+        return method.remote(self.weights, self.version, next(WEIGHT_SENDS))
 
     # ------------------------------------------------------------------ hangs and deaths
     def watch(self, evaluating_on_0: bool) -> None:

@@ -138,6 +138,13 @@ class SampleLog:
         self._parts += 1
 
 
+def read_samples(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """The sample log at ``path`` read whole (or ``columns`` of it) against today's :data:`SCHEMA`: a log continued
+    from a run of an older rlsys has parts without the newer columns, which read as nulls there (pyarrow would
+    otherwise take the first part's schema for every part and drop them)."""
+    return pq.read_table(path, schema=SCHEMA, columns=columns)
+
+
 def set_aside_parts(path: str | Path, keep: int, name: str) -> int:
     """Move the parts after the first ``keep`` of the sample log at ``path`` into its subdirectory ``_<name>/``,
     which readers skip (pyarrow ignores names that start with ``_``); returns how many were moved.

@@ -120,9 +120,9 @@ class ControllerRun:
 
     def rows(self) -> list[dict]:
         """The sample log, one dict per sample (read it after the ``with`` block, when the run is shut down)."""
-        import pyarrow.parquet as pq
+        from rlsys.samples_io import read_samples
 
-        return pq.read_table(self.run_dir / "samples.parquet").to_pylist()
+        return read_samples(self.run_dir / "samples.parquet").to_pylist()
 
 
 @contextlib.contextmanager

@@ -179,3 +179,34 @@ def test_the_sample_log_is_a_directory_of_whole_parts_readable_before_it_is_clos
     rows = pq.read_table(path).to_pylist()
     assert len(rows) == 10 and [r["learner_version"] for r in rows][-2:] == [2, 2]
     assert [p.name for p in sorted(path.glob("part-*.parquet"))] == [f"part-0000{i}.parquet" for i in range(3)]
+
+
+def test_a_sample_log_continued_from_an_older_rlsys_reads_with_every_column(tmp_path, groups):
+    """A log whose first part predates the token_versions column (as a resumed run of an older rlsys leaves it):
+    read_samples gives the old rows null there and the new rows their per-token versions — a plain read would take
+    the first part's schema and drop the column from every part."""
+    import dataclasses
+
+    import numpy as np
+
+    from rlsys.samples_io import SCHEMA, SampleLog, read_samples
+
+    path = tmp_path / "samples.parquet"
+    log = SampleLog(path)
+    log.write(groups[:2], 0, "")
+    log.close()
+    old = pq.read_table(path / "part-00000.parquet").drop_columns(["token_versions"])
+    pq.write_table(old, path / "part-00000.parquet")
+    spanning = dataclasses.replace(groups[2], samples=tuple(
+        dataclasses.replace(s, token_versions=np.arange(len(s.response_ids), dtype=np.int32))
+        for s in groups[2].samples))
+    again = SampleLog(path)
+    again.write([spanning, groups[3]], 1, "")
+    again.close()
+    assert "token_versions" not in pq.read_table(path).column_names  # what the fix is for
+    rows = read_samples(path).to_pylist()
+    assert read_samples(path).schema == SCHEMA and len(rows) == 8
+    assert [r["token_versions"] for r in rows[:4]] == [None] * 4
+    assert [r["token_versions"] for r in rows[4:6]] == [list(range(len(r["response_ids"]))) for r in rows[4:6]]
+    assert all(r["token_versions"] == [r["version"]] * len(r["response_ids"]) for r in rows[6:])
+    assert read_samples(path, ["version", "token_versions"]).column_names == ["version", "token_versions"]

@@ -258,6 +258,23 @@ def test_a_weight_update_that_arrives_while_a_batch_generates_is_loaded_between_
         v.update_weights(original, version=0)
 
 
+def test_a_batch_that_fails_between_steps_leaves_no_request_behind(engines, checkpoint):
+    """A generate call that raises midway (a weight update failing in between_steps) aborts its running requests:
+    the next call returns its own completions only, the same as before the failure."""
+    v, _ = engines
+    _, _, prompts = checkpoint
+    expected = v.generate(prompts[:8], 6, 1.0, seed=5)
+
+    def fails():
+        raise RuntimeError("a load failed between steps")
+
+    with pytest.raises(RuntimeError, match="between steps"):
+        v.generate(prompts, 6, 1.0, seed=9, between_steps=fails)
+    assert not v.llm.llm_engine.has_unfinished_requests()
+    again = v.generate(prompts[:8], 6, 1.0, seed=5)
+    assert len(again) == 8 and all(np.array_equal(a.token_ids, b.token_ids) for a, b in zip(expected, again))
+
+
 def test_an_unknown_weight_name_is_refused(engines):
     v, h = engines
     state = {k: t.detach().numpy() for k, t in h.model.state_dict().items()}

@@ -42,7 +42,7 @@ def make_engine(cfg: RolloutConfig, model_dir: str, tokenizer, seed: int = 0, st
         settings = VLLMSettings(
             kv_cache_gib=cfg.vllm_kv_cache_gib, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
             tensor_parallel_size=cfg.tensor_parallel_size, enforce_eager=cfg.vllm_enforce_eager,
-            max_model_len=cfg.vllm_max_model_len)
+            max_model_len=cfg.vllm_max_model_len, inflight_updates=cfg.inflight_weight_updates)
         return VLLMEngine(model_dir, tokenizer.pad_token_id, tokenizer.eos_token_id, settings, stop=stop,
                           tokenizer=tokenizer, seed=seed)
     device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
@@ -80,7 +80,8 @@ class RolloutWorker:
         learns that generation succeeded without fetching the batch, which goes on to a reward worker."""
         start = time.perf_counter()
         n = 1 if greedy else self.cfg.group_size
-        with self.weights.generating(min_version) as between_steps:
+        # An evaluation is one version's: it gets no hook, so a sync that arrives meanwhile loads after it
+        with self.weights.generating(min_version, steppable=not greedy) as between_steps:
             if self.agent is not None:
                 return self._trajectories(request_id, prompts, n, greedy, start)
             rendered = [self.format.render(p) for p in prompts]
@@ -142,7 +143,8 @@ class RolloutWorker:
         return time.perf_counter() - start
 
     def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[np.ndarray]:
-        return self.engine.score(prompt_ids, response_ids, self.cfg.temperature)
+        with self.weights.exclusive():
+            return self.engine.score(prompt_ids, response_ids, self.cfg.temperature)
 
     def version(self) -> int:
         return self.engine.version
@@ -186,8 +188,9 @@ class EngineWeights:
                 raise self.error[1]
 
     @contextmanager
-    def generating(self, min_version: int):
-        """Around a batch: yields the ``between_steps`` hook for the engine (None without in-flight updates)."""
+    def generating(self, min_version: int, steppable: bool = True):
+        """Around a batch: yields the ``between_steps`` hook for the engine (None without in-flight updates, or when
+        not ``steppable``: updates then load after the batch)."""
         if not self.inflight:
             yield None
             return
@@ -197,11 +200,17 @@ class EngineWeights:
                             "within %g s", self.engine.version, min_version, WEIGHTS_WAIT_S)
             self.busy = True
         try:
-            yield self._between_steps
+            yield self._between_steps if steppable else None
         finally:
             with self.cond:
                 self.busy = False
                 self._load_pending()
+
+    @contextmanager
+    def exclusive(self):
+        """Around any other use of the engine (scoring): no update loads meanwhile."""
+        with self.cond:
+            yield
 
     def _between_steps(self) -> None:
         with self.cond:

@@ -38,6 +38,10 @@ class VLLMSettings:
     tensor_parallel_size: int = 1
     enforce_eager: bool = True
     max_model_len: int = 0
+    # In-flight weight updates: vLLM's async scheduling (on by default on GPU; the CPU backend has none) overlaps a
+    # step's forward pass with the next step's scheduling, so a forward could still run when generate() returns
+    # control between steps; it is turned off so that weights load only between two finished steps.
+    inflight_updates: bool = False
 
 
 class VLLMEngine:
@@ -88,6 +92,8 @@ class VLLMEngine:
             kwargs["gpu_memory_utilization"] = settings.gpu_memory_utilization
         if settings.max_model_len > 0:
             kwargs["max_model_len"] = settings.max_model_len
+        if settings.inflight_updates:
+            kwargs["async_scheduling"] = False
         import torch
 
         # vLLM's CPU worker replaces torch.set_num_threads in its process with a no-op; close() puts it back
@@ -129,16 +135,24 @@ class VLLMEngine:
 
         start_version = self.version
         # LLM.generate's own loop (enqueue, then step the engine to the end), with a hook between the steps
-        self.llm.enqueue([TokensPrompt(prompt_token_ids=list(map(int, p))) for p in prompts],
-                         [params(i) for i in range(len(prompts))], use_tqdm=False)
-        engine, finished = self.llm.llm_engine, []
-        while engine.has_unfinished_requests():
-            finished.extend(out for out in engine.step() if out.finished)
-            if between_steps is not None:
-                between_steps()
+        ids = self.llm.enqueue([TokensPrompt(prompt_token_ids=list(map(int, p))) for p in prompts],
+                               [params(i) for i in range(len(prompts))], use_tqdm=False)
+        # enqueue returns vLLM's internal ids ("<n>-<random>"); outputs carry the external "<n>", counting up
+        mine = {int(i.rsplit("-", 1)[0]) for i in ids}
+        engine, finished = self.llm.llm_engine, {}
+        try:
+            while engine.has_unfinished_requests():
+                finished.update((int(out.request_id), out) for out in engine.step() if out.finished)
+                if between_steps is not None:
+                    between_steps()
+        except BaseException:  # requests left running would end up in the next call's outputs
+            engine.abort_request([i for i in ids if int(i.rsplit("-", 1)[0]) not in finished], internal=True)
+            raise
+        if missing := mine - set(finished):
+            raise RuntimeError(f"vLLM finished without requests {sorted(missing)} of the {len(prompts)} sent")
         completions = []
-        for request in sorted(finished, key=lambda out: int(out.request_id)):  # request ids count up: prompt order
-            done = request.outputs[0]
+        for key in sorted(mine):  # prompt order
+            done = finished[key].outputs[0]
             tokens = np.asarray(done.token_ids, dtype=np.int32)
             logp = np.asarray([step[t].logprob for t, step in zip(done.token_ids, done.logprobs)], dtype=np.float32)
             versions = token_versions(done.weight_versions, len(tokens), start_version)
