@@ -136,6 +136,10 @@ class RolloutConfig:
     # policy (their KV cache recomputed), and each token records the version that sampled it (Sample.token_versions;
     # a sample's staleness is its oldest token's). false: a worker loads new weights after its current batch.
     inflight_weight_updates: bool = False
+    # How synced weights reach the rollout workers: object_store (numpy arrays through Ray's object store, loaded with
+    # vLLM's reload_weights or load_state_dict) | nccl (backend=vllm with GPUs on learners and rollout workers: learner
+    # rank 0 broadcasts them over NCCL through vLLM's weight-transfer API; untested, rlsys.weight_transfer)
+    weight_transfer: str = "object_store"
 
 
 @dataclass
@@ -451,7 +455,7 @@ _CHOICES = {
     "algo.kl_in": ("loss", "reward"), "algo.reference": ("learner", "actor"), "algo.is_mode": IS_MODES,
     "algo.is_level": IS_LEVELS, "learner.zero_stage": (0, 1, 2, 3), "task.name": (*SYNTHETIC_TASKS, *FILE_TASKS),
     "task.bad_rows": ("fail", "drop"), "task.prompt_format": ("auto", "chat", "raw"),
-    "rollout.backend": ("hf", "vllm"),
+    "rollout.backend": ("hf", "vllm"), "rollout.weight_transfer": ("object_store", "nccl"),
 }
 
 
@@ -495,6 +499,8 @@ _ACTS_WHEN = [
     ("ray.num_cpus", lambda c: not c.ray.address, "on a local Ray (ray.address unset)"),
     *((f"rollout.{k}", lambda c: c.rollout.backend == "vllm", "with rollout.backend=vllm")
       for k in ("vllm_kv_cache_gib", "vllm_enforce_eager", "vllm_max_model_len", "tensor_parallel_size")),
+    ("rollout.weight_transfer", lambda c: c.rollout.backend == "vllm", "with rollout.backend=vllm (NCCL weight "
+     "transfer is vLLM's API)"),
     ("rollout.inflight_weight_updates", lambda c: c.rollout.backend == "vllm" and not c.env.enabled,
      "with rollout.backend=vllm and single-turn rollouts (env.name unset): transformers' generate runs a batch to its "
      "end, and the agent loop's turns are not updated in flight"),
@@ -686,7 +692,7 @@ def _reward_problems(reward: RewardConfig) -> list[str]:
     return problems
 
 
-def _vllm_problems(r: RolloutConfig) -> list[str]:
+def _vllm_problems(r: RolloutConfig, learner: LearnerConfig) -> list[str]:
     """The vLLM engine's settings: ranges, what they need, and whether vLLM is installed at all (a rollout worker
     would otherwise fail to start, and be restarted, with the ImportError)."""
     import importlib.util
@@ -703,6 +709,13 @@ def _vllm_problems(r: RolloutConfig) -> list[str]:
                         "rollout.vllm_gpu_memory_utilization)")
     if not 0 < r.vllm_gpu_memory_utilization <= 1:
         problems.append(f"rollout.vllm_gpu_memory_utilization={r.vllm_gpu_memory_utilization} must be in (0, 1]")
+    if r.weight_transfer == "nccl" and (r.num_gpus <= 0 or learner.num_gpus <= 0):
+        problems.append(f"rollout.weight_transfer=nccl needs GPUs on the learners and the rollout workers "
+                        f"(learner.num_gpus={learner.num_gpus:g}, rollout.num_gpus={r.num_gpus:g}); on CPU, weights "
+                        "go through the object store (rollout.weight_transfer=object_store)")
+    if r.weight_transfer == "nccl" and r.inflight_weight_updates:
+        problems.append("rollout.weight_transfer=nccl with rollout.inflight_weight_updates=true: NCCL syncs are "
+                        "received between batches only; turn one of them off")
     if r.vllm_max_model_len < 0:
         problems.append(f"rollout.vllm_max_model_len={r.vllm_max_model_len} must be ≥ 0 (0: the checkpoint's context "
                         "length)")
@@ -770,7 +783,7 @@ def validate(cfg: RLConfig) -> None:
     if a.minibatches > 1 and cells >= 1 and cfg.train.groups_per_step % cells:
         problems.append(f"train.groups_per_step={cfg.train.groups_per_step} must be divisible by learner.num_learners"
                         f" × algo.minibatches = {cells}: every rank trains whole groups in every mini-batch")
-    problems += _vllm_problems(cfg.rollout)
+    problems += _vllm_problems(cfg.rollout, cfg.learner)
     if cfg.learner.num_learners >= 1 and cfg.train.groups_per_step % cfg.learner.num_learners:
         problems.append(
             f"train.groups_per_step={cfg.train.groups_per_step} must be divisible by "

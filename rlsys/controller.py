@@ -140,7 +140,8 @@ class Controller:
         self.gate = AdmissionGate(cfg.train.groups_per_step, cfg.train.max_staleness)
         self.pending: dict[ray.ObjectRef, Call] = {}
         self.requests = itertools.count()
-        self.rollouts = RolloutPool(actors, cfg.rollout.hang_timeout_s, cfg.rollout.inflight_weight_updates)
+        self.rollouts = RolloutPool(actors, cfg.rollout.hang_timeout_s, cfg.rollout.inflight_weight_updates,
+                                    nccl=cfg.rollout.weight_transfer == "nccl")
         self.rewards = RewardPool(actors.rewards, actors.buffer, cfg.reward, self.pending.__setitem__,
                                   lambda i: actors.replace("reward worker", i))
         # A hung worker must be restarted before the whole pipeline counts as stalled.
@@ -460,10 +461,21 @@ class Controller:
         that one object. Whatever is submitted to a worker after the sync uses the new version: rollout calls run in
         order, and with in-flight updates a generate call waits for the weights synced before it
         (:class:`rlsys.actors.rollout.EngineWeights`)."""
-        refs = [learner.get_weights.remote() for learner in self.actors.learners]
+        if self.cfg.rollout.weight_transfer == "nccl":  # learner rank 0 broadcasts to every worker (untested)
+            refs = [learner.broadcast_weights.remote(self.version) for learner in self.actors.learners]
+        else:
+            refs = [learner.get_weights.remote() for learner in self.actors.learners]
         self.pending[refs[0]] = GatheringWeights(refs, time.perf_counter())
 
     def _on_weights(self, call: GatheringWeights) -> None:
+        if self.cfg.rollout.weight_transfer == "nccl":  # every worker holds the version already
+            seconds = time.perf_counter() - call.start
+            self.rollouts.synced(self.version)
+            self.sync_s.append(seconds)
+            self.metrics.log(self.version, {"sync/seconds": seconds})
+            if self._eval_due() and self.version not in self.eval_accuracy:
+                self._evaluate()
+            return
         sync = SyncRound(self.version, time.perf_counter() - call.start, waiting=len(self.actors.rollouts))
         # acked after the worker's current batch, or (in-flight updates) after its next decoding step
         for worker, ack in self.rollouts.sync(call.refs[0], self.version):

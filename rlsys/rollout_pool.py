@@ -22,7 +22,7 @@ from ray.exceptions import ActorUnavailableError
 
 from rlsys.actors.placement import ActorHandles
 from rlsys.actors.rollout import WEIGHTS_GROUP
-from rlsys.failures import Replacements
+from rlsys.failures import ActorLost, Replacements, first_line
 from rlsys.types import Prompt
 
 log = logging.getLogger(__name__)
@@ -47,9 +47,11 @@ class RolloutPool:
     :data:`WEIGHTS_GROUP` — every other weight send (after a restart, a roll-back) stays in line with the generate
     calls, so the worker loads it before the next batch."""
 
-    def __init__(self, actors: ActorHandles, hang_timeout_s: float, inflight: bool = False) -> None:
+    def __init__(self, actors: ActorHandles, hang_timeout_s: float, inflight: bool = False, nccl: bool = False
+                 ) -> None:
         n = len(actors.rollouts)
         self.actors, self.hang_timeout_s, self.inflight_updates = actors, hang_timeout_s, inflight
+        self.nccl = nccl  # rollout.weight_transfer=nccl: syncs are the learners' broadcasts (synced())
         self.weights: ray.ObjectRef | None = None  # the latest synced weights (None: the initial checkpoint's)
         self.version = 0  # the version whose weights every worker holds (or has queued to load)
         self.inflight = [0] * n  # requests out, until their batch is in the buffer
@@ -108,6 +110,11 @@ class RolloutPool:
         after ``LOSSES_BEFORE_REPLACING`` losses in a row a new actor takes its place; until then it is sent the
         latest weights again (Ray restarts it with the initial ones)."""
         self.generating[worker] -= 1
+        if self.nccl:
+            raise ActorLost(f"rollout worker {worker} failed ({first_line(error)}); with rollout.weight_transfer=nccl "
+                            "a restarted worker is outside the learners' NCCL group, which cannot be re-formed without "
+                            "every member (not implemented): resume the run with rlsys train --resume, or use "
+                            "rollout.weight_transfer=object_store") from error
         restarting = isinstance(error, ActorUnavailableError)
         first = not restarting or self.backoff[worker] == 0
         self.started[worker], self.busy_since[worker] = False, None  # a new process, or none
@@ -138,6 +145,11 @@ class RolloutPool:
         returns each worker's acknowledgement ref (its load seconds)."""
         self.weights, self.version = weights, version
         return [(w, self._send(w, self.inflight_updates)) for w in range(len(self.actors.rollouts))]
+
+    def synced(self, version: int) -> None:
+        """``rollout.weight_transfer=nccl``: the learners' broadcast of ``version`` reached every worker (no object
+        in the object store: a restart from here on is not survivable, :meth:`lost`)."""
+        self.weights, self.version = None, version
 
     def resend(self, worker: int) -> None:
         """``worker`` failed to load the latest weights (it died loading them): send them again now, and again

@@ -16,12 +16,12 @@ from pathlib import Path
 import ray
 from tqdm import tqdm
 
-from rlsys.actors.placement import create_actors, setup_learners, shutdown_actors
+from rlsys.actors.placement import create_actors, open_weight_transfer, setup_learners, shutdown_actors
 from rlsys.actors.resources import check_cluster, check_local_cpus, total_demand
 from rlsys.checkpoint import checkpoints, export_policy
 from rlsys.config import ConfigError, RLConfig, to_yaml
 from rlsys.controller import Controller, RunSummary
-from rlsys.failures import StateLost, raise_terminated
+from rlsys.failures import ActorLost, StateLost, raise_terminated
 from rlsys.metrics import MetricsWriter, json_safe
 from rlsys.prepare import load_datasets, prepare
 from rlsys.recovery import load_learners, newest_checkpoint, recover, set_aside_later_samples
@@ -120,6 +120,8 @@ def train(cfg: RLConfig) -> tuple[RunSummary, Path]:
     finished = False
     try:
         setup_learners(actors.learners)
+        if cfg.rollout.weight_transfer == "nccl":
+            open_weight_transfer(actors, cfg.rollout.tensor_parallel_size)
         if checkpoint is not None:
             load_learners(actors, checkpoint, state)
             print(f"resumed from {checkpoint} at version {state['version']}")
@@ -144,6 +146,10 @@ def train(cfg: RLConfig) -> tuple[RunSummary, Path]:
                 summary = controller.run()
                 break
             except StateLost as lost:
+                if cfg.rollout.weight_transfer == "nccl":  # the rollout workers are in the lost learners' group
+                    raise ActorLost(f"{lost}; with rollout.weight_transfer=nccl a run does not recover from it "
+                                    "(re-forming the NCCL group is not implemented): resume it from its last "
+                                    "checkpoint with rlsys train --resume") from lost
                 lost_at = time.monotonic()
                 controller.abandon()
                 checkpoint, state = recover(actors, run_dir, samples_path, lost, controller.version,

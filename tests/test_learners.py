@@ -64,6 +64,13 @@ class Run(NamedTuple):
     initial: np.ndarray  # rank 0's parameters before them
 
 
+def declared_and_streamed(learner, bucket_bytes: int = 4096) -> tuple[list, list]:
+    """In a learner actor: (name, dtype, shape) of its policy's weight_metadata(), and of what weight_stream yields."""
+    policy = learner.policy
+    return ([(n, str(d), tuple(s)) for n, d, s in policy.weight_metadata()],
+            [(n, str(t.dtype), tuple(t.shape)) for n, t in policy.weight_stream(bucket_bytes)])
+
+
 def run_steps(ray, model_dir, batches, num: int, micro_batch_size: int, algo: AlgoConfig, zero_stage: int = 1,
               **learner) -> Run:
     """Train ``num`` fresh learners on ``batches`` of 16 samples (``learner``: :func:`start_learners`' keywords)."""
@@ -79,6 +86,9 @@ def run_steps(ray, model_dir, batches, num: int, micro_batch_size: int, algo: Al
     params = ray.get([lrn.parameter_vector.remote() for lrn in learners])  # a collective under ZeRO-3
     # the weight sync's gather, in buckets of 4 KiB (the tiny model's matrices are 16-200 KiB: one bucket each)
     synced = ray.get([lrn.get_weights.remote(bucket_bytes=4096) for lrn in learners])
+    # the NCCL path's source declares exactly what the stream yields, in order (vLLM's sender checks the same)
+    declared, streamed = zip(*ray.get([lrn.__ray_call__.remote(declared_and_streamed) for lrn in learners]))
+    assert declared[0] == streamed[0] == declared[-1] == streamed[-1] and len(declared[0]) == len(synced[0])
     assert all(s is None for s in synced[1:])
     np.testing.assert_array_equal(np.concatenate([synced[0][k].ravel() for k in sorted(synced[0])]), params[0])
     for lrn in learners:

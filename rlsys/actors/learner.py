@@ -270,6 +270,19 @@ class Learner:
         are gathered ``bucket_bytes`` at a time: :meth:`rlsys.engines.training.DeepSpeedPolicy.full_state_dict`)."""
         return self.policy.full_state_dict(bucket_bytes=bucket_bytes)
 
+    def open_weight_transfer(self, rollouts: list, tensor_parallel_size: int, address: str, port: int) -> None:
+        """Every rank, at once: form the NCCL group of learner rank 0 and the vLLM ``rollouts`` for
+        ``rollout.weight_transfer=nccl`` (:class:`rlsys.weight_transfer.NCCLWeightSender`; GPU only, untested)."""
+        from rlsys.weight_transfer import NCCLWeightSender
+
+        self.sender = NCCLWeightSender(self.policy, self.rank, rollouts, [tensor_parallel_size] * len(rollouts),
+                                       address, port)
+
+    def broadcast_weights(self, version: int) -> None:
+        """Every rank, in step: the NCCL sync of the current weights as ``version`` (after
+        :meth:`open_weight_transfer`); returns once every rollout worker holds them."""
+        self.sender.send(version)
+
     def logprobs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[np.ndarray]:
         """Teacher-forced log π(response) under the learner's current weights (for checks against rollouts)."""
         n = len(prompt_ids)

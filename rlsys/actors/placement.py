@@ -30,7 +30,8 @@ from rlsys.actors.rollout import WEIGHTS_GROUP, RolloutWorker
 from rlsys.config import RLConfig
 from rlsys.model_source import pack
 
-__all__ = ["ActorHandles", "PlacementError", "create_actors", "setup_learners", "shutdown_actors"]
+__all__ = ["ActorHandles", "PlacementError", "create_actors", "open_weight_transfer", "setup_learners",
+           "shutdown_actors"]
 
 WORKER_MAX_RESTARTS = 3  # rollout/reward actors; learners hold optimizer state and are not restarted
 
@@ -170,6 +171,20 @@ def _create(cfg: RLConfig, model_dir: str, sample_log_path: str | None, runtime_
         [reward(i) for i in range(cfg.reward.num_workers)], buffer(), reference() if has_reference else None, group,
         envs, packed, worker_group, {"rollout worker": rollout, "reward worker": reward, "learner": learner,
                                "buffer": buffer, "reference actor": reference})
+
+
+def open_weight_transfer(actors: ActorHandles, tensor_parallel_size: int, timeout_s: float = 600.0) -> None:
+    """``rollout.weight_transfer=nccl`` (GPU only, untested): learner rank 0 and every rollout worker's vLLM form the
+    NCCL group the syncs are broadcast in (:class:`rlsys.weight_transfer.NCCLWeightSender`); every learner rank takes
+    part. Raises :class:`PlacementError` if that takes more than ``timeout_s``."""
+    learners = actors.learners
+    try:
+        addr, port = ray.get(learners[0].rendezvous_address.remote(), timeout=timeout_s)
+        ray.get([learner.open_weight_transfer.remote(actors.rollouts, tensor_parallel_size, addr, port)
+                 for learner in learners], timeout=timeout_s)
+    except GetTimeoutError as e:
+        raise PlacementError(f"the NCCL group of learner rank 0 and {len(actors.rollouts)} rollout worker(s) was not "
+                             f"formed within {timeout_s:.0f} s") from e
 
 
 def setup_learners(learners: list, timeout_s: float = 600.0) -> None:

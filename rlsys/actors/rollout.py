@@ -42,7 +42,8 @@ def make_engine(cfg: RolloutConfig, model_dir: str, tokenizer, seed: int = 0, st
         settings = VLLMSettings(
             kv_cache_gib=cfg.vllm_kv_cache_gib, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
             tensor_parallel_size=cfg.tensor_parallel_size, enforce_eager=cfg.vllm_enforce_eager,
-            max_model_len=cfg.vllm_max_model_len, inflight_updates=cfg.inflight_weight_updates)
+            max_model_len=cfg.vllm_max_model_len, inflight_updates=cfg.inflight_weight_updates,
+            weight_transfer=cfg.weight_transfer)
         return VLLMEngine(model_dir, tokenizer.pad_token_id, tokenizer.eos_token_id, settings, stop=stop,
                           tokenizer=tokenizer, seed=seed)
     device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
@@ -141,6 +142,12 @@ class RolloutWorker:
         start = time.perf_counter()
         self.weights.update(state, version, seq)
         return time.perf_counter() - start
+
+    def weight_transfer(self, op: str, payload: dict | None, version: int) -> None:
+        """A step of the NCCL weight sync (``rollout.weight_transfer=nccl``; GPU only, untested):
+        :meth:`rlsys.engines.vllm_engine.VLLMEngine.weight_transfer`. In line with generate calls: a sync is
+        received between two batches."""
+        self.engine.weight_transfer(op, payload, version)
 
     def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[np.ndarray]:
         with self.weights.exclusive():

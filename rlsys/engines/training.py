@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -327,53 +328,52 @@ class DeepSpeedPolicy:
     def full_state_dict(self, all_ranks: bool = False, bucket_bytes: int = WEIGHT_BUCKET_BYTES
                         ) -> dict[str, np.ndarray] | None:
         """The full float32 policy weights (checkpoint names, tied weights under each of their names) as numpy
-        arrays on rank 0 (on every rank if ``all_ranks``; None elsewhere).
-
-        Under ZeRO-3 parameters are sharded; they are gathered ``bucket_bytes`` (float32 bytes) at a time and copied
-        to host memory bucket by bucket, so an accelerator never holds more than one bucket of gathered weights
-        beyond its own shard (not the whole model, as one gather of every parameter would). A collective under
-        ZeRO-3: every rank must call it, with the same ``bucket_bytes``."""
-        import deepspeed
-
-        module = self.engine.module
-        stage3 = self.engine.zero_optimization_stage() == 3
+        arrays on rank 0 (on every rank if ``all_ranks``; None elsewhere), from :meth:`weight_stream`: under ZeRO-3
+        gathered ``bucket_bytes`` at a time into host memory, so an accelerator never holds more than one bucket of
+        gathered weights beyond its own shard. A collective under ZeRO-3: every rank must call it, with the same
+        ``bucket_bytes``."""
         keep = self.engine.global_rank == 0 or all_ranks
-        entries = module.state_dict(keep_vars=True)  # name → Parameter (shared by tied names) or buffer
-        names_of: dict[int, list[str]] = {}
-        for name, tensor in entries.items():
-            names_of.setdefault(id(tensor), []).append(name)
-        params = [p for p in module.parameters() if id(p) in names_of]
         out: dict[str, np.ndarray] = {}
-
-        def copy(tensor: torch.Tensor) -> None:
+        for name, tensor in self.weight_stream(bucket_bytes):
             if keep:
-                value = tensor.detach().to("cpu", torch.float32).numpy().copy()
-                for name in names_of[id(tensor)]:
-                    out[name] = value
-
-        for bucket in weight_buckets(params, bucket_bytes, stage3):
-            with deepspeed.zero.GatheredParameters(bucket, modifier_rank=None, enabled=stage3):
-                for p in bucket:
-                    copy(p)
-        for tensor in entries.values():  # buffers: never sharded
-            if not isinstance(tensor, torch.nn.Parameter):
-                copy(tensor)
+                out[name] = tensor.detach().to("cpu", torch.float32).numpy().copy()
         return out if keep else None
 
+    def weight_metadata(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+        """(name, dtype, full shape) of every entry :meth:`weight_stream` yields, in its order, without gathering
+        (ZeRO-3 keeps a sharded parameter's full shape in ``ds_shape``)."""
+        return [(name, tensor.dtype, tuple(getattr(tensor, "ds_shape", tensor.shape)))
+                for name, tensor in self.engine.module.state_dict(keep_vars=True).items()]
+
+    def weight_stream(self, bucket_bytes: int = WEIGHT_BUCKET_BYTES) -> Iterator[tuple[str, torch.Tensor]]:
+        """(checkpoint name, full tensor on this rank's device) for every entry of the policy's state dict, in its
+        order — a tied weight under each of its names, buffers included. Under ZeRO-3 consecutive entries are
+        gathered ``bucket_bytes`` (float32 bytes) at a time, and a bucket is released before the next is gathered;
+        a yielded tensor is valid until the next is requested. A collective under ZeRO-3: every rank must iterate it
+        to the end, in step."""
+        import deepspeed
+
+        stage3 = self.engine.zero_optimization_stage() == 3
+        entries = list(self.engine.module.state_dict(keep_vars=True).items())  # name → Parameter (shared when tied)
+        sizes = [4 * math.prod(shape) for _, _, shape in self.weight_metadata()]
+        for bucket in weight_buckets(list(range(len(entries))), sizes, bucket_bytes if stage3 else None):
+            params = list({id(t): t for _, t in (entries[i] for i in bucket)
+                           if isinstance(t, torch.nn.Parameter)}.values())
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=stage3 and bool(params)):
+                for i in bucket:
+                    yield entries[i][0], entries[i][1].detach()
 
 
-def weight_buckets(params: list[torch.nn.Parameter], bucket_bytes: int, sharded: bool) -> list[list]:
-    """``params`` in order, cut into consecutive buckets of at most ``bucket_bytes`` float32 bytes (a parameter
-    larger than that is a bucket of its own); one bucket of all when not ``sharded`` (nothing to gather). Sizes are
-    the full shapes: DeepSpeed ZeRO-3 keeps them in ``ds_shape`` while ``shape`` is the empty local stub."""
-    if not sharded:
-        return [params]
+def weight_buckets(items: list, sizes: list[int], bucket_bytes: int | None) -> list[list]:
+    """``items`` in order, cut into consecutive buckets whose ``sizes`` (bytes) add up to at most ``bucket_bytes``
+    (an item larger than that is a bucket of its own); one bucket of all when ``bucket_bytes`` is None."""
+    if bucket_bytes is None:
+        return [list(items)] if items else []
     buckets, size = [[]], 0
-    for p in params:
-        n = 4 * int(np.prod(getattr(p, "ds_shape", p.shape)))
+    for item, n in zip(items, sizes):
         if buckets[-1] and size + n > bucket_bytes:
             buckets.append([])
             size = 0
-        buckets[-1].append(p)
+        buckets[-1].append(item)
         size += n
     return [b for b in buckets if b]

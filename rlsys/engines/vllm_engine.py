@@ -42,6 +42,9 @@ class VLLMSettings:
     # step's forward pass with the next step's scheduling, so a forward could still run when generate() returns
     # control between steps; it is turned off so that weights load only between two finished steps.
     inflight_updates: bool = False
+    # "nccl": the learners broadcast weights to this engine over NCCL through vLLM's weight-transfer API
+    # (rlsys.weight_transfer; GPU only, untested); "object_store": update_weights with numpy arrays
+    weight_transfer: str = "object_store"
 
 
 class VLLMEngine:
@@ -94,6 +97,8 @@ class VLLMEngine:
             kwargs["max_model_len"] = settings.max_model_len
         if settings.inflight_updates:
             kwargs["async_scheduling"] = False
+        if settings.weight_transfer == "nccl":
+            kwargs["weight_transfer_config"] = {"backend": "nccl"}
         import torch
 
         # vLLM's CPU worker replaces torch.set_num_threads in its process with a no-op; close() puts it back
@@ -200,10 +205,32 @@ class VLLMEngine:
         is that policy's: what the learner recomputes teacher-forced."""
         weights = list(tensors_from_numpy(state).items())  # a list, not a generator: a multi-process executor pickles
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        self._adopt(version)
+
+    def _adopt(self, version: int) -> None:
+        """After new weights are loaded: label what is sampled from now on, drop the old weights' KV entries."""
         self.llm.llm_engine.set_weight_version(str(version))
         if not self.llm.reset_prefix_cache(reset_running_requests=True):
             raise RuntimeError(f"vLLM could not drop the KV cache of the old weights after loading version {version}")
         self.version = version
+
+    def weight_transfer(self, op: str, payload: dict | None, version: int) -> None:
+        """One step of vLLM's weight-transfer protocol on this engine's workers (``rollout.weight_transfer=nccl``,
+        driven by :class:`rlsys.weight_transfer.RolloutWorkersClient`; GPU only, **untested**): "init" joins the
+        learners' NCCL group (``payload``: the init info), "start" / "update" (``payload``: the update info, the
+        tensors' names, dtypes and shapes) / "finish" receive one sync, after which the engine holds
+        ``version``."""
+        if op == "init":
+            self.llm.collective_rpc("init_weight_transfer_engine", kwargs={"init_info": payload})
+        elif op == "start":
+            self.llm.collective_rpc("start_weight_update")
+        elif op == "update":
+            self.llm.collective_rpc("update_weights", kwargs={"update_info": payload})
+        elif op == "finish":
+            self.llm.collective_rpc("finish_weight_update")
+            self._adopt(version)
+        else:
+            raise ValueError(f"unknown weight-transfer step {op!r}")
 
     def close(self) -> None:
         """Free the engine and undo what it set up in this process (the torch.distributed group vLLM's in-process
