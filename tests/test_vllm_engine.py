@@ -275,6 +275,24 @@ def test_a_batch_that_fails_between_steps_leaves_no_request_behind(engines, chec
     assert len(again) == 8 and all(np.array_equal(a.token_ids, b.token_ids) for a, b in zip(expected, again))
 
 
+def test_the_nccl_weight_transfer_is_written_against_this_vllms_api():
+    """rollout.weight_transfer=nccl cannot run here (no GPU); what can be checked is that it is written against the
+    installed vLLM: its classes import, the source is a complete WeightSource, the client has every method of vLLM's
+    client protocol, and the worker methods it calls exist on vLLM's GPU worker."""
+    import inspect
+
+    from vllm.distributed.weight_transfer.base import VLLMWeightSyncClient
+    from vllm.v1.worker.gpu_worker import Worker
+
+    from rlsys.weight_transfer import PolicySource, RolloutWorkersClient
+
+    assert not inspect.isabstract(PolicySource)
+    protocol = {n for n, _ in inspect.getmembers(VLLMWeightSyncClient, inspect.isfunction) if not n.startswith("_")}
+    assert protocol and protocol <= set(dir(RolloutWorkersClient))
+    for method in ("init_weight_transfer_engine", "start_weight_update", "update_weights", "finish_weight_update"):
+        assert callable(getattr(Worker, method)), method
+
+
 def test_an_unknown_weight_name_is_refused(engines):
     v, h = engines
     state = {k: t.detach().numpy() for k, t in h.model.state_dict().items()}
