@@ -173,8 +173,8 @@ class EngineWeights:
     update waits for the batch being generated. With them (``rollout.inflight_weight_updates``, an engine with
     ``inflight_updates``), :meth:`RolloutWorker.update_weights` runs on a thread of its own while a batch
     generates: it hands the weights to the generating thread, which loads them between two decoding steps (no
-    forward pass is running then) and the call returns once they are loaded. A newer update replaces one not yet
-    loaded (only the newest weights matter); an update whose ``seq`` is below the last loaded one is ignored."""
+    forward pass is running then) and the call returns once they are loaded (the weights group runs one call at a
+    time, so at most one update waits). An update whose ``seq`` is below the last loaded one is ignored."""
 
     def __init__(self, engine, inflight: bool) -> None:
         self.engine, self.inflight = engine, inflight and engine.inflight_updates

@@ -7,7 +7,10 @@ on GPU it runs the same code with the CUDA build of ``vllm``, which has not been
 
 Weight updates go through the object store: the learner's numpy state is handed to vLLM's worker method
 ``reload_weights`` (``LLM.collective_rpc``), which loads checkpoint-format tensors in place (including the CPU
-backend's repacked layouts, where ``model.load_weights`` through ``apply_model`` fails).
+backend's repacked layouts, where ``model.load_weights`` through ``apply_model`` fails) — between batches, or between
+two decoding steps of a batch (in-flight updates, :meth:`VLLMEngine.generate`'s ``between_steps``). On GPUs they can
+instead be broadcast over NCCL through vLLM's weight-transfer API (:meth:`VLLMEngine.weight_transfer`,
+:mod:`rlsys.weight_transfer`; untested, no GPU here).
 """
 
 from __future__ import annotations
