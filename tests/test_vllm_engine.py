@@ -233,25 +233,26 @@ def test_a_weight_update_that_arrives_while_a_batch_generates_is_loaded_between_
     rng = np.random.default_rng(2)
     moved = {k: (w + rng.normal(0, 0.3, w.shape)).astype(np.float32) for k, w in original.items()}
     weights = EngineWeights(v, inflight=True)
-    started, out = threading.Event(), {}
+    started, seen = threading.Event(), {}
 
-    def generate():
+    def sync():  # the weights group's thread; the batch generates in this test's thread, where the engine was made
+        assert started.wait(120)
+        weights.update(moved, version=1, seq=2)  # returns once loaded, with the batch still running
+        seen["after_update"] = (v.version, weights.busy)
+        weights.update(original, version=0, seq=1)  # overtaken by send 2: ignored
+        seen["after_stale"] = v.version
+
+    try:
+        thread = threading.Thread(target=sync)
+        thread.start()
         with weights.generating(min_version=0) as between_steps:
             def hook():
                 started.set()
                 between_steps()
-            out["completions"] = v.generate(prompts * 4, 40, 1.0, seed=11, between_steps=hook)
-
-    try:
-        thread = threading.Thread(target=generate)
-        thread.start()
-        assert started.wait(120)
-        weights.update(moved, version=1, seq=2)  # returns once loaded, with the batch still running
-        assert v.version == 1 and thread.is_alive()
-        weights.update(original, version=0, seq=1)  # overtaken by send 2: ignored
-        assert v.version == 1
+            completions = v.generate(prompts * 4, 40, 1.0, seed=11, between_steps=hook)
         thread.join(120)
-        versions = [c.token_versions for c in out["completions"]]
+        assert seen == {"after_update": (1, True), "after_stale": 1} and v.version == 1
+        versions = [c.token_versions for c in completions]
         spanning = [ver for ver in versions if ver is not None and set(ver.tolist()) == {0, 1}]
         assert len(spanning) >= 16, f"only {len(spanning)} of {len(versions)} completions span the update"
     finally:
