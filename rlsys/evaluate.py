@@ -17,9 +17,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rlsys.actors.rollout import make_engine
 from rlsys.config import EnvConfig, RewardConfig, RolloutConfig
 from rlsys.data.chat import PromptFormat
-from rlsys.engines.generation import HFEngine
+from rlsys.engines.generation import GenerationEngine
 from rlsys.rewards import RewardOutcome, RewardScorer
 from rlsys.types import Prompt, Trajectory
 
@@ -100,8 +101,7 @@ def evaluate_checkpoint(model_dir: str, prompts: list[Prompt], fmt: PromptFormat
         from rlsys.envs import env_stop_strings
 
         stop = tuple(dict.fromkeys([*stop, *env_stop_strings(env.name, env.params)]))
-    engine = HFEngine(model_dir, tokenizer.pad_token_id, tokenizer.eos_token_id, key="MODEL_DIR", stop=stop,
-                      tokenizer=tokenizer)
+    engine = make_engine(rollout, model_dir, tokenizer, stop=stop, key="MODEL_DIR")  # rollout.backend's, as in training
     loop = _agent_loop(engine, fmt, env, rollout) if env is not None else None
 
     def complete(chunk: list[Prompt], greedy: bool) -> list[_Completed]:
@@ -119,8 +119,12 @@ def evaluate_checkpoint(model_dir: str, prompts: list[Prompt], fmt: PromptFormat
         return [item for start in range(0, len(chunk), batch_size)
                 for item in complete(chunk[start:start + batch_size], greedy)]
 
-    greedy = complete_all(prompts, greedy=True)
-    sampled = complete_all([p for p in prompts for _ in range(num_samples)], greedy=False) if num_samples else []
+    try:
+        greedy = complete_all(prompts, greedy=True)
+        sampled = complete_all([p for p in prompts for _ in range(num_samples)], greedy=False) if num_samples else []
+    finally:
+        if hasattr(engine, "close"):  # vLLM: frees its memory and process state for whatever runs next here
+            engine.close()
     items = greedy + sampled
     with RewardScorer(reward.terms, reward.timeout_s) as scorer:
         ok = [i for i, item in enumerate(items) if item.trajectory is None or item.trajectory.error is None]
@@ -155,7 +159,7 @@ class _Completed(NamedTuple):
         return self.completion if self.shown is None else self.shown
 
 
-def _agent_loop(engine: HFEngine, fmt: PromptFormat, env: EnvConfig, rollout: RolloutConfig):
+def _agent_loop(engine: GenerationEngine, fmt: PromptFormat, env: EnvConfig, rollout: RolloutConfig):
     """An agent loop over environment workers on the Ray this process has, or a local one started for them."""
     import ray
 

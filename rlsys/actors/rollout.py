@@ -30,11 +30,12 @@ WEIGHTS_WAIT_S = 30.0
 WEIGHTS_GROUP = "weights"  # the actor's concurrency group for in-flight weight syncs
 
 
-def make_engine(cfg: RolloutConfig, model_dir: str, tokenizer, seed: int = 0, stop: tuple[str, ...] = ()
-                ) -> GenerationEngine:
+def make_engine(cfg: RolloutConfig, model_dir: str, tokenizer, seed: int = 0, stop: tuple[str, ...] = (),
+                key: str = "checkpoint") -> GenerationEngine:
     """The generation engine ``rollout.backend`` names, on the GPU when the worker has one (``seed``: the vLLM
     engine's own; every sampled request brings its own, :func:`request_seed`); it stops at ``rollout.stop`` and
-    ``stop`` (an environment's)."""
+    ``stop`` (an environment's). ``key``: what the user called the checkpoint, for the HF engine's error if it does
+    not load."""
     stop = tuple(dict.fromkeys([*cfg.stop, *stop]))
     if cfg.backend == "vllm":
         from rlsys.engines.vllm_engine import VLLMEngine, VLLMSettings  # imports vLLM: only where it is used
@@ -47,7 +48,8 @@ def make_engine(cfg: RolloutConfig, model_dir: str, tokenizer, seed: int = 0, st
         return VLLMEngine(model_dir, tokenizer.pad_token_id, tokenizer.eos_token_id, settings, stop=stop,
                           tokenizer=tokenizer, seed=seed)
     device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
-    return HFEngine(model_dir, tokenizer.pad_token_id, tokenizer.eos_token_id, device, stop=stop, tokenizer=tokenizer)
+    return HFEngine(model_dir, tokenizer.pad_token_id, tokenizer.eos_token_id, device, key=key, stop=stop,
+                    tokenizer=tokenizer)
 
 
 class RolloutWorker:
