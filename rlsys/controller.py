@@ -473,13 +473,11 @@ class Controller:
             self.rollouts.synced(self.version)
             self.sync_s.append(seconds)
             self.metrics.log(self.version, {"sync/seconds": seconds})
-            if self._eval_due() and self.version not in self.eval_accuracy:
-                self._evaluate()
-            return
-        sync = SyncRound(self.version, time.perf_counter() - call.start, waiting=len(self.actors.rollouts))
-        # acked after the worker's current batch, or (in-flight updates) after its next decoding step
-        for worker, ack in self.rollouts.sync(call.refs[0], self.version):
-            self.pending[ack] = LoadingWeights(sync, worker)
+        else:
+            sync = SyncRound(self.version, time.perf_counter() - call.start, waiting=len(self.actors.rollouts))
+            # acked after the worker's current batch, or (in-flight updates) after its next decoding step
+            for worker, ack in self.rollouts.sync(call.refs[0], self.version):
+                self.pending[ack] = LoadingWeights(sync, worker)
         if self._eval_due() and self.version not in self.eval_accuracy:  # a resume may have evaluated it already
             self._evaluate()
 

@@ -20,7 +20,7 @@ How a sync goes (vLLM's protocol, ``NCCLTrainerWeightTransferEngine.send_weights
 Known limits: the workers receive only between two generation batches (the sync call queues behind the batch, as
 without in-flight updates; the config refuses ``inflight_weight_updates`` with it); a rollout worker that restarts
 is out of the NCCL group, which cannot be re-formed without every member — the run then stops naming the worker
-(:meth:`rlsys.rollout_pool.RolloutPool.send_weights_if_restarted`); use the object-store path where workers are
+(:meth:`rlsys.rollout_pool.RolloutPool.lost`); use the object-store path where workers are
 expected to fail.
 """
 

@@ -143,10 +143,10 @@ class VLLMEngine:
 
         start_version = self.version
         # LLM.generate's own loop (enqueue, then step the engine to the end), with a hook between the steps
-        ids = self.llm.enqueue([TokensPrompt(prompt_token_ids=list(map(int, p))) for p in prompts],
-                               [params(i) for i in range(len(prompts))], use_tqdm=False)
+        internal = self.llm.enqueue([TokensPrompt(prompt_token_ids=list(map(int, p))) for p in prompts],
+                                    [params(i) for i in range(len(prompts))], use_tqdm=False)
         # enqueue returns vLLM's internal ids ("<n>-<random>"); outputs carry the external "<n>", counting up
-        mine = {int(i.rsplit("-", 1)[0]) for i in ids}
+        mine = {int(i.rsplit("-", 1)[0]): i for i in internal}
         engine, finished = self.llm.llm_engine, {}
         try:
             while engine.has_unfinished_requests():
@@ -154,9 +154,9 @@ class VLLMEngine:
                 if between_steps is not None:
                     between_steps()
         except BaseException:  # requests left running would end up in the next call's outputs
-            engine.abort_request([i for i in ids if int(i.rsplit("-", 1)[0]) not in finished], internal=True)
+            engine.abort_request([i for n, i in mine.items() if n not in finished], internal=True)
             raise
-        if missing := mine - set(finished):
+        if missing := set(mine) - set(finished):
             raise RuntimeError(f"vLLM finished without requests {sorted(missing)} of the {len(prompts)} sent")
         completions = []
         for key in sorted(mine):  # prompt order
