@@ -13,7 +13,8 @@ to host numpy arrays and returns it, so Ray stores it once in the object store),
 - **transfer**: a worker's ``update_weights`` call minus the load it reports (argument fetch from the object store
   and Ray's call overhead; on one machine the object store is shared memory);
 - **load**: the seconds the worker reports from the weights' arrival to loaded in its engine (slowest worker);
-- **sync**: gather + store + the slowest worker's call, what ``sync/seconds`` logs in a run.
+- **sync**: gather + store + the slowest worker's call, what ``sync/seconds`` logs in a run (median, and the
+  range over the repeats).
 
 GB/s is the weights' bytes (float32) over the sync's seconds, and "of copy" that figure over a single-threaded
 ``np.copyto`` of the same bytes on this machine (median of 3). Usage::
@@ -96,6 +97,7 @@ def sync_rows(size: str, workers: int, repeats: int, root: Path) -> dict:
                 calls[pending[done]] = time.perf_counter() - gathered
                 loads[pending.pop(done)] = ray.get(done)
             rounds.append({"gather_store_s": gathered - start, "call_s": max(calls.values()),
+                           "sync_s": gathered - start + max(calls.values()),
                            "load_s": max(loads.values()),
                            "transfer_s": max(calls[w] - loads[w] for w in calls)})
             del ref
@@ -115,8 +117,8 @@ def sync_rows(size: str, workers: int, repeats: int, root: Path) -> dict:
     rounds = rounds[1:]
     row = {"size": size, "parameters_m": params / 1e6, "gb": nbytes / 1e9, "workers": workers, "repeats": repeats,
            **{k: statistics.median(r[k] for r in rounds) for k in rounds[0]},
-           "store_s": statistics.median(puts), "copy_gbps": copy_gbps(nbytes)}
-    row["sync_s"] = row["gather_store_s"] + row["call_s"]
+           "store_s": statistics.median(puts), "copy_gbps": copy_gbps(nbytes),
+           "sync_s_min": min(r["sync_s"] for r in rounds), "sync_s_max": max(r["sync_s"] for r in rounds)}
     row["sync_gbps"] = nbytes / row["sync_s"] / 1e9
     row["of_copy"] = row["sync_gbps"] / row["copy_gbps"]
     print(row, flush=True)
@@ -145,9 +147,11 @@ def main() -> None:
         f"Weight sync, learner → rollout workers (float32, 1 learner, HF engines, object store; median of "
         f"{args.repeats}; {platform.node()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M')})",
         ["model", "GB", "workers", "gather + store s", "store s (est.)", "transfer s", "load s", "sync s",
+         "sync s min-max",
          "sync GB/s", "copy GB/s", "of copy"],
         [[f"{r['parameters_m']:.1f} M", f"{r['gb']:.3f}", r["workers"], f"{r['gather_store_s']:.3f}",
           f"{r['store_s']:.3f}", f"{r['transfer_s']:.3f}", f"{r['load_s']:.3f}", f"{r['sync_s']:.3f}",
+          f"{r['sync_s_min']:.3f}-{r['sync_s_max']:.3f}",
           f"{r['sync_gbps']:.2f}", f"{r['copy_gbps']:.2f}", f"{r['of_copy']:.0%}"] for r in rows])
     if args.smoke:
         print(table)
