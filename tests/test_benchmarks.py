@@ -63,3 +63,13 @@ def test_the_vllm_vs_hf_benchmark_runs_both_engines_and_both_in_flight_settings(
                                                                   for w in ("default", "long")}
     assert all(float(r["samples/s"]) > 0 for r in generation)
     assert [r["in-flight updates"] for r in the_table(out, "η = 1")] == ["off", "on"]
+
+
+@pytest.mark.slow
+def test_the_pipeline_vs_ideal_benchmark_times_the_parts_and_the_pipeline_at_each_eta():
+    out = run_smoke("pipeline_vs_ideal.py")
+    [parts] = the_table(out, "Parts of a step in isolation")
+    assert all(float(parts[f"{p} s"]) > 0 for p in ("generate", "reward", "train", "sync"))
+    runs = the_table(out, "The pipeline against that bound")
+    assert [r["η"] for r in runs] == ["0", "1"]
+    assert all(float(r["step s"]) > 0 and float(r["ideal s"]) > 0 for r in runs)
