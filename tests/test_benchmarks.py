@@ -73,3 +73,12 @@ def test_the_pipeline_vs_ideal_benchmark_times_the_parts_and_the_pipeline_at_eac
     runs = the_table(out, "The pipeline against that bound")
     assert [r["η"] for r in runs] == ["0", "1"]
     assert all(float(r["step s"]) > 0 and float(r["ideal s"]) > 0 for r in runs)
+
+
+@pytest.mark.slow
+def test_the_trl_benchmark_trains_with_trl_and_with_rlsys_and_evaluates_both():
+    pytest.importorskip("trl", reason="TRL is not installed (the test extra brings it)")
+    rows = the_table(run_smoke("vs_trl.py"), "rlsys vs TRL GRPOTrainer")
+    assert [r["trainer"] for r in rows] == ["TRL GRPOTrainer", "rlsys η = 1"]
+    for r in rows:
+        assert float(r["completions/s"]) > 0 and "→" in r["held-out accuracy before → after"]
