@@ -138,7 +138,7 @@ def main() -> None:
                      "achieved": ideal / run["step_s"]})
         print(rows[-1], flush=True)
 
-    from results_io import markdown_table
+    from results_io import markdown_table, save
 
     when = f"{platform.node()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M')}"
     table = markdown_table(
@@ -155,12 +155,7 @@ def main() -> None:
         [[r["eta"], f"{r['step_s']:.3f}", f"{r['ideal_s']:.3f}", f"{r['achieved']:.0%}", f"{r['samples_per_s']:.0f}",
           f"{r['learner_idle']:.0%}", f"{r['rollout_idle']:.0%}", f"{r['sync_s']:.3f}", f"{r['wall_s']:.1f}"]
          for r in rows])
-    if args.smoke:
-        print(table)
-        return
-    from results_io import save
-
-    save("pipeline_vs_ideal", table, rows)
+    save("pipeline_vs_ideal", table, rows, smoke=args.smoke)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,12 @@ def markdown_table(title: str, header: list[str], rows: list[list[object]]) -> s
     return "\n".join(lines) + "\n"
 
 
-def save(name: str, table: str, rows: list[dict]) -> Path:
-    """Write the table and the rows, print the table; returns the results folder (for further files)."""
+def save(name: str, table: str, rows: list | dict, smoke: bool = False) -> Path:
+    """Write the table and the rows, print the table; returns the results folder (for further files). ``smoke``:
+    a benchmark's ``--smoke`` run, which checks that the script works and is no measurement: print only."""
+    if smoke:
+        print(table)
+        return RESULTS
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.md").write_text(table if table.endswith("\n") else table + "\n")
     (RESULTS / f"{name}.json").write_text(json.dumps(rows, indent=2))

@@ -156,10 +156,7 @@ def main() -> None:
               f"{off['wall_s'] / r['wall_s']:.2f}×", f"{r['learner_idle']:.0%}", f"{r['rollout_idle']:.0%}",
               f"{r['spanning']} of {r['samples']}", f"{r['mean_len']:.1f}", r["dropped_stale"],
               r["max_staleness_seen"]] for r in rl])
-    if args.smoke:
-        print(table)
-        return
-    save("vllm_vs_hf", table, {"generation": rows, "inflight": rl})
+    save("vllm_vs_hf", table, {"generation": rows, "inflight": rl}, smoke=args.smoke)
 
 
 if __name__ == "__main__":

@@ -139,7 +139,7 @@ def main() -> None:
             rows.append(rlsys_run(overrides, eta, args.steps, args.seed))
             print(rows[-1], flush=True)
 
-    from results_io import markdown_table
+    from results_io import markdown_table, save
 
     trl = rows[0]
     table = markdown_table(
@@ -150,12 +150,7 @@ def main() -> None:
         [[r["trainer"], f"{r['completions_per_s']:.0f}", f"{r['completions_per_s'] / trl['completions_per_s']:.2f}×",
           f"{r['train_s']:.1f}", f"{r['startup_s']:.1f}", f"{r['acc_before']:.1%} → {r['acc_after']:.1%}"]
          for r in rows])
-    if args.smoke:
-        print(table)
-        return
-    from results_io import save
-
-    save("vs_trl", table, rows)
+    save("vs_trl", table, rows, smoke=args.smoke)
 
 
 if __name__ == "__main__":

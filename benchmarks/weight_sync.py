@@ -141,7 +141,7 @@ def main() -> None:
             for workers in args.workers:
                 rows.append(sync_rows(size, workers, args.repeats, Path(tmp)))
 
-    from results_io import markdown_table
+    from results_io import markdown_table, save
 
     table = markdown_table(
         f"Weight sync, learner → rollout workers (float32, 1 learner, HF engines, object store; median of "
@@ -153,12 +153,7 @@ def main() -> None:
           f"{r['store_s']:.3f}", f"{r['transfer_s']:.3f}", f"{r['load_s']:.3f}", f"{r['sync_s']:.3f}",
           f"{r['sync_s_min']:.3f}-{r['sync_s_max']:.3f}",
           f"{r['sync_gbps']:.2f}", f"{r['copy_gbps']:.2f}", f"{r['of_copy']:.0%}"] for r in rows])
-    if args.smoke:
-        print(table)
-        return
-    from results_io import save
-
-    save("weight_sync", table, rows)
+    save("weight_sync", table, rows, smoke=args.smoke)
 
 
 if __name__ == "__main__":
