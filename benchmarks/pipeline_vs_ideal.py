@@ -18,7 +18,9 @@
 
 Usage::
 
-    python benchmarks/pipeline_vs_ideal.py [--rounds 20] [--steps 200] [--etas 0 1 2] [--smoke] [key=value ...]
+    python benchmarks/pipeline_vs_ideal.py [key=value ...] [--rounds 20] [--steps 200] [--etas 0 1 2] [--smoke]
+
+Config overrides (``key=value``, for every run) go before ``--etas``, which takes every number after it.
 
 ``--smoke``: 3 rounds and 8 steps at η = 0 and 1 — that the script works, not a measurement (CI runs it).
 Figures depend on the machine and its load; read them within one invocation. Results go to
