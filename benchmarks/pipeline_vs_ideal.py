@@ -49,22 +49,13 @@ def base_overrides(root: Path, overrides: list[str]) -> list[str]:
 def parts_in_isolation(overrides: list[str], rounds: int, root: Path) -> dict[str, float]:
     """Median seconds of generate, reward, train and sync for one step's batch (see the module docstring)."""
     import ray
+    from run_actors import run_actors
 
-    from rlsys.actors.placement import create_actors, setup_learners, shutdown_actors
     from rlsys.config import load_config
-    from rlsys.prepare import prepare
-    from rlsys.rollout_pool import RolloutPool
-    from rlsys.train import init_ray
 
     cfg = load_config(None, base_overrides(root, overrides))
-    prepared = prepare(cfg)
-    init_ray(cfg)
-    actors = create_actors(cfg, prepared.model_dir, None)
     per, times = cfg.rollout.groups_per_request, {"generate": [], "reward": [], "train": [], "sync": []}
-    try:
-        setup_learners(actors.learners)
-        pool = RolloutPool(actors, cfg.rollout.hang_timeout_s)
-        ray.get([w.version.remote() for w in actors.rollouts])  # engines built
+    with run_actors(cfg) as (prepared, actors, pool):
         prompts = prepared.train_prompts
         for r in range(rounds + 1):
             step = [prompts[(r * cfg.train.groups_per_step + i) % len(prompts)]
@@ -90,9 +81,6 @@ def parts_in_isolation(overrides: list[str], rounds: int, root: Path) -> dict[st
                 for part, seconds in zip(times, (generated - start, rewarded - generated, trained - trained_from,
                                                  synced - trained)):
                     times[part].append(seconds)
-    finally:
-        shutdown_actors(actors)
-        ray.shutdown()
     return {part: statistics.median(s) for part, s in times.items()}
 
 

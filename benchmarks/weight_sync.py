@@ -64,25 +64,16 @@ def copy_gbps(nbytes: int, runs: int = 3) -> float:
 def sync_rows(size: str, workers: int, repeats: int, root: Path) -> dict:
     """One configuration's medians (see the module docstring), from real actors on a local Ray."""
     import ray
+    from run_actors import run_actors
 
-    from rlsys.actors.placement import create_actors, setup_learners, shutdown_actors
     from rlsys.config import load_config
-    from rlsys.prepare import prepare
-    from rlsys.rollout_pool import RolloutPool
-    from rlsys.train import init_ray
 
     hidden, intermediate, layers, heads = SIZES[size]
     cfg = load_config(None, [
         f"output.root={root}/runs", f"output.cache_dir={root}/cache", "output.progress_bar=false", "warmup.steps=0",
         f"model.hidden_size={hidden}", f"model.intermediate_size={intermediate}", f"model.num_layers={layers}",
         f"model.num_heads={heads}", f"rollout.num_workers={workers}", "task.num_train=64", "task.num_eval=8"])
-    prepared = prepare(cfg)
-    init_ray(cfg)
-    actors = create_actors(cfg, prepared.model_dir, None)
-    try:
-        setup_learners(actors.learners)
-        pool = RolloutPool(actors, cfg.rollout.hang_timeout_s)
-        ray.get([w.version.remote() for w in actors.rollouts])  # engines built
+    with run_actors(cfg) as (_, actors, pool):
         rounds = []
         for version in range(1, repeats + 2):  # the first round warms up (allocations, first fetch) and is dropped
             start = time.perf_counter()
@@ -111,9 +102,6 @@ def sync_rows(size: str, workers: int, repeats: int, root: Path) -> dict:
             puts.append(time.perf_counter() - start)
             del ref
         del state
-    finally:
-        shutdown_actors(actors)
-        ray.shutdown()
     rounds = rounds[1:]
     row = {"size": size, "parameters_m": params / 1e6, "gb": nbytes / 1e9, "workers": workers, "repeats": repeats,
            **{k: statistics.median(r[k] for r in rounds) for k in rounds[0]},
